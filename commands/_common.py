@@ -1,0 +1,83 @@
+"""What every command shares: global flags, one-line errors with exit codes, stdout for data, `--json`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+STATE: dict[str, bool] = {"debug": False, "quiet": False}
+
+Output = Annotated[str, typer.Option("-o", "--output", help="Where to write ('-' = stdout for tables).")]
+Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes.")]
+
+
+def emit(written: list[str] | str, summary: dict[str, Any] | None = None, as_json: bool = False) -> None:
+    """stdout carries only data: the paths written, or the JSON summary with them."""
+    written = [written] if isinstance(written, str) else written
+    if as_json:
+        sys.stdout.write(json.dumps({"written": written, **(summary or {})}, default=str) + "\n")
+    else:
+        for w in written:
+            if w != "-":
+                sys.stdout.write(f"{w}\n")
+    sys.stdout.flush()
+
+
+def log(message: str) -> None:
+    if not STATE["quiet"]:
+        from kcomp import console
+
+        console.log(message)
+
+
+def set_global(debug: bool, quiet: bool) -> None:
+    STATE.update(debug=debug, quiet=quiet)
+    if quiet:
+        from kcomp import console
+
+        console.set_quiet(True)
+
+
+def run_app(app: typer.Typer) -> None:
+    """Entry point: library errors become one stderr line and an exit code; tracebacks only with --debug."""
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `kcomp ... | head` ends quietly
+    from kcomp.errors import Interrupted, KcompError
+
+    try:
+        app()
+    except KcompError as e:
+        _fail(e, e.exit_code)
+    except Interrupted as e:
+        _fail(e, 130, prefix="interrupted")
+    except KeyboardInterrupt:
+        _fail(None, 130, prefix="interrupted")
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        _fail(e, 1, prefix=f"internal error ({type(e).__name__})")
+
+
+def _fail(e: BaseException | None, code: int, prefix: str = "error") -> None:
+    if STATE["debug"] and e is not None:
+        traceback.print_exception(e, file=sys.stderr)
+    text = str(e).strip().splitlines()[0] if e is not None and str(e).strip() else ""
+    sys.stderr.write(f"kcomp: {prefix}: {text}\n" if text else f"kcomp: {prefix}\n")
+    if code == 1 and not STATE["debug"]:
+        sys.stderr.write("kcomp: re-run with --debug for the traceback\n")
+    raise SystemExit(code)
+
+
+def existing(path: str, what: str = "file") -> Path:
+    from kcomp.errors import BadInput
+
+    p = Path(path)
+    if path != "-" and not p.exists():
+        raise BadInput(f"{what} not found", path=p)
+    return p

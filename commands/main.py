@@ -1,0 +1,50 @@
+"""The `kcomp` command: registers the ten subcommands; nothing heavy is imported until one of them runs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from kcomp import __version__
+from kcomp.commands import (_common, ensemble, oof, prep, split, stack, submit, train, tta, tune_threshold,
+                            wbf)
+
+app = typer.Typer(
+    name="kcomp",
+    help="Composable commands from a Kaggle-style vision competition's raw data to a submission CSV.\n\n"
+         "raw -> prep -> index -> split -> folds -> train -> run -> oof/tta -> predictions -> "
+         "wbf/ensemble/stack -> tune-threshold -> submit -> CSV. Every arrow is a file.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kcomp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or logs on stderr.")] = False,
+) -> None:
+    _common.set_global(debug, quiet)
+
+
+for module in (prep, split, train, oof, tune_threshold, tta, wbf, ensemble, stack, submit):
+    module.register(app)
+
+
+def run() -> None:
+    _common.run_app(app)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,87 @@
+"""kcomp train TASK --folds FOLDS -o RUN"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from kcomp.commands._common import Device, Json, Output, Workers, emit, log
+
+Opt = typer.Option
+
+
+def command(
+    task: Annotated[str, typer.Argument(help="cls | seg | det | ink")],
+    folds: Annotated[str, Opt("--folds", help="folds.parquet from `kcomp split`.")],
+    output: Output = ...,
+    fold: Annotated[str, Opt(help="Fold to train, or 'all' (one after another).")] = "0",
+    target: Annotated[str | None, Opt(help="Label column (cls; default: label).")] = None,
+    model: Annotated[str | None, Opt(help="Model name (timm for cls). Default resnet18.")] = None,
+    img_size: Annotated[int | None, Opt(help="Square input size. Default 224.")] = None,
+    epochs: Annotated[int | None, Opt(help="Default 10.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Per-step batch. Default 32.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak AdamW learning rate (cosine with warmup). Default 1e-3.")] = None,
+    weight_decay: Annotated[float | None, Opt(help="Default 0.05 (not on norms/biases).")] = None,
+    warmup_epochs: Annotated[float | None, Opt(help="Linear warmup length in epochs. Default 1.")] = None,
+    accum: Annotated[int | None, Opt(help="Gradient accumulation steps. Default 1.")] = None,
+    loss: Annotated[str | None, Opt(help="ce | bi_tempered | taylor. Default ce.")] = None,
+    smoothing: Annotated[float | None, Opt(help="Label smoothing. Default 0.")] = None,
+    t1: Annotated[float | None, Opt(help="Bi-tempered loss t1. Default 0.8.")] = None,
+    t2: Annotated[float | None, Opt(help="Bi-tempered loss t2. Default 1.4.")] = None,
+    taylor_n: Annotated[int | None, Opt(help="Taylor CE order. Default 2.")] = None,
+    mixup: Annotated[float | None, Opt(help="Mixup alpha (0 = off).")] = None,
+    cutmix: Annotated[float | None, Opt(help="CutMix alpha (0 = off).")] = None,
+    mix_prob: Annotated[float | None, Opt(help="Probability a batch is mixed. Default 1.")] = None,
+    ema: Annotated[float | None, Opt(help="EMA decay, e.g. 0.999 (0 = off); validation uses the EMA.")] = None,
+    aug: Annotated[str | None, Opt(help="none | light | medium | strong. Default medium.")] = None,
+    drop_rate: Annotated[float | None, Opt(help="Head dropout.")] = None,
+    drop_path: Annotated[float | None, Opt(help="Stochastic depth rate.")] = None,
+    weights: Annotated[str | None, Opt(help="Local pretrained weights: timm state dict or kcomp checkpoint.")] = None,
+    metric: Annotated[str | None, Opt(help="Metric choosing best.pt (default: the task's).")] = None,
+    val_tta: Annotated[int | None, Opt(help="TTA views for validation (1, 2, 4, 8). Default 1.")] = None,
+    seed: Annotated[int | None, Opt(help="Default 42.")] = None,
+    deterministic: Annotated[bool, Opt("--deterministic", help="Deterministic kernels (slower).")] = False,
+    amp: Annotated[str | None, Opt(help="auto | bf16 | fp16 | off. auto: bf16/fp16 on CUDA, fp32 on CPU.")] = None,
+    channels_last: Annotated[bool | None, Opt("--channels-last/--no-channels-last")] = None,
+    device: Device = "auto",
+    workers: Workers = 2,
+    compile_model: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,
+    save_every: Annotated[int, Opt(help="Also save last.pt every N optimizer steps (0 = epoch ends only).")] = 0,
+    resume: Annotated[bool, Opt("--resume", help="Continue from RUN/foldK/last.pt (also automatic).")] = False,
+    as_json: Json = False,
+) -> None:
+    """Train TASK on the train rows of FOLDS outside the validation fold; write the run directory RUN:
+    config.json, and per fold RUN/foldK/{last.pt,best.pt,metrics.parquet,train.log}. Prints best.pt paths.
+    An interrupted fold (Ctrl-C, SIGTERM) saves last.pt and exits 130; the same command resumes it."""
+    from pathlib import Path
+
+    from kcomp.train import config
+    from kcomp.train.loop import fold_scores, train
+
+    cfg = config.resolve(
+        task=task, folds=str(Path(folds).resolve()), target=target, model=model, img_size=img_size, epochs=epochs,
+        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, accum=accum,
+        loss=loss, smoothing=smoothing, t1=t1, t2=t2, taylor_n=taylor_n, mixup=mixup, cutmix=cutmix,
+        mix_prob=mix_prob, ema=ema, aug=aug, drop_rate=drop_rate, drop_path=drop_path, weights=weights,
+        metric=metric, val_tta=val_tta, seed=seed, deterministic=deterministic or None, amp=amp,
+        channels_last=channels_last, device=device, workers=workers, compile=compile_model or None,
+        save_every=save_every)
+    results = train(cfg, run=output, fold=fold if fold == "all" else _int(fold), resume=resume)
+    summary = fold_scores(results)
+    for r in results:
+        log(f"fold {r.fold}: best {r.metric} {r.best_score:.4f} at epoch {r.best_epoch}")
+    emit([str(r.checkpoint) for r in results], summary, as_json)
+
+
+def _int(text: str) -> int:
+    from kcomp.errors import BadUsage
+
+    try:
+        return int(text)
+    except ValueError:
+        raise BadUsage(f"--fold {text}: expected a fold number or 'all'") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(command)

@@ -1,0 +1,45 @@
+"""kcomp wbf PRED... -o PRED"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from kcomp.commands._common import Json, Output, emit, log
+from kcomp.commands._weights import parse_weights
+
+
+def command(
+    preds: Annotated[list[str], typer.Argument(help="Box prediction files (task det) of the same images.")],
+    output: Output = ...,
+    iou: Annotated[float, typer.Option("--iou", help="IoU above which boxes are fused.")] = 0.55,
+    skip_box_thr: Annotated[float, typer.Option(help="Boxes scoring below this are dropped first.")] = 0.01,
+    weights: Annotated[str | None, typer.Option(help="Comma-separated, one per file, e.g. 1,1.")] = None,
+    method: Annotated[str, typer.Option(help="wbf | nms | soft_nms")] = "wbf",
+    conf_type: Annotated[str, typer.Option(help="avg | max | box_and_model_avg | absent_model_aware_avg")] = "avg",
+    as_json: Json = False,
+) -> None:
+    """Fuse the boxes of several detection prediction files (models, folds, TTA views) image by image with
+    weighted boxes fusion (or NMS / soft-NMS); boxes stay in original pixel coordinates. Writes PRED."""
+    from kcomp.artifacts.predictions import check_compatible, read_predictions, write_predictions
+    from kcomp.errors import BadInput
+    from kcomp.post.wbf import fuse_boxes
+
+    files = [read_predictions(p) for p in preds]
+    for f in files:
+        if f.task != "det":
+            raise BadInput(f"holds {f.task} predictions; wbf fuses det (box) predictions", path=f.source)
+    check_compatible(files)
+    df = fuse_boxes([f.df for f in files], method=method, iou_thr=iou, skip_box_thr=skip_box_thr,
+                    weights=parse_weights(weights, len(files)), conf_type=conf_type)
+    meta = {k: v for k, v in files[0].meta.items() if k not in ("kcomp_version", "schema", "command")}
+    meta["fusion"] = {"method": method, "iou": iou, "skip_box_thr": skip_box_thr, "weights": weights,
+                      "conf_type": conf_type, "inputs": list(preds)}
+    n = int(sum(len(b) for b in df["boxes"]))
+    log(f"wbf: {n} boxes on {len(df)} images from {len(files)} file(s)")
+    emit(write_predictions(df, output, **meta), {"images": len(df), "boxes": n}, as_json)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("wbf")(command)

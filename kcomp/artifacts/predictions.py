@@ -1,0 +1,116 @@
+"""Prediction tables: `id`, `fold`, per-task values (class probabilities for cls), with what they mean in metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
+from kcomp.errors import BadInput
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+KINDS = ("oof", "test")
+# the column holding each task's predicted values
+VALUE_COLUMNS = {"cls": "probs", "det": "boxes"}
+BOX_FIELDS = ("x1", "y1", "x2", "y2", "score", "label")
+
+
+@dataclass
+class Predictions:
+    df: pd.DataFrame
+    meta: dict[str, Any]
+    source: str
+
+    @property
+    def kind(self) -> str:
+        return self.meta["kind"]
+
+    @property
+    def task(self) -> str:
+        return self.meta["task"]
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes", []))
+
+    def probs(self) -> np.ndarray:
+        return np.stack(self.df["probs"].to_numpy()).astype(np.float32) if len(self.df) else np.zeros((0, 0))
+
+
+def write_predictions(df: pd.DataFrame, path: str | Path, *, task: str, kind: str, classes: list[str],
+                      **meta: Any) -> str:
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}")
+    meta.setdefault("values", "probabilities")
+    return write_table(df, path, "predictions", task=task, kind=kind, classes=classes, **meta)
+
+
+def read_predictions(path: str | Path, *, kind: str | None = None) -> Predictions:
+    df, meta = read_table(path, "predictions")
+    where = "<stdin>" if str(path) == STDIO else str(path)
+    if len(df) == 0:
+        raise BadInput("prediction file has no rows", path=where)
+    value_col = VALUE_COLUMNS.get(meta.get("task", ""), "probs")
+    require_columns(df, ["id", value_col], where)
+    if kind is not None and meta.get("kind") != kind:
+        raise BadInput(f"holds {meta.get('kind')} predictions, expected {kind}", path=where)
+    dup = df["id"][df["id"].duplicated()]
+    if len(dup):
+        raise BadInput(f"duplicate id {dup.iloc[0]!r}", path=where)
+    preds = Predictions(df, meta, where)
+    if value_col == "boxes":
+        _check_boxes(df, where)
+        return preds
+    widths = {len(p) for p in df["probs"]}
+    if len(widths) != 1:
+        raise BadInput(f"rows have probability vectors of different lengths {sorted(widths)}", path=where)
+    p = preds.probs()
+    bad = ~np.isfinite(p).all(axis=tuple(range(1, p.ndim)))
+    if bad.any():
+        raise BadInput(f"NaN or inf in probs for id {df['id'].iloc[int(np.argmax(bad))]!r} "
+                       f"({int(bad.sum())} row(s))", path=where)
+    return preds
+
+
+def check_compatible(preds: list[Predictions]) -> None:
+    """Files combined by ensemble/stack must describe the same rows with the same meaning."""
+    first = preds[0]
+    for other in preds[1:]:
+        for key in ("task", "kind"):
+            if other.meta.get(key) != first.meta.get(key):
+                raise BadInput(f"{key} {other.meta.get(key)!r} differs from {first.meta.get(key)!r} of {first.source}",
+                               path=other.source)
+        if other.classes != first.classes:
+            raise BadInput(f"classes differ from those of {first.source}", path=other.source)
+        a, b = set(first.df["id"]), set(other.df["id"])
+        if a != b:
+            extra = sorted(b - a) or sorted(a - b)
+            raise BadInput(f"ids differ from {first.source} ({len(a ^ b)} not shared, e.g. {extra[0]!r})",
+                           path=other.source)
+
+
+def aligned(preds: list[Predictions]) -> list[np.ndarray]:
+    """Each file's probabilities in the first file's id order."""
+    order = preds[0].df["id"]
+    out = []
+    for p in preds:
+        pos = {v: i for i, v in enumerate(p.df["id"])}
+        out.append(p.probs()[[pos[v] for v in order]])
+    return out
+
+
+def _check_boxes(df: pd.DataFrame, where: str) -> None:
+    require_columns(df, ["height", "width"], where)
+    for i, boxes in zip(df["id"], df["boxes"], strict=True):
+        for b in boxes:
+            values = [b.get(k) for k in BOX_FIELDS] if isinstance(b, dict) else None
+            if values is None or any(v is None for v in values):
+                raise BadInput(f"id {i!r}: box {b!r} lacks one of {', '.join(BOX_FIELDS)}", path=where)
+            if not np.isfinite(np.asarray(values, dtype=float)).all():
+                raise BadInput(f"id {i!r}: NaN or inf in box {b!r}", path=where)
+

@@ -1,0 +1,56 @@
+"""Competition presets: each only translates raw layout -> index (`prep`) and predictions -> submission (`submit`).
+
+Adding one: write a module with a class decorated `@register_competition("name")` and add it to `_MODULES`.
+Modules must not import heavy libraries at top level: `kcomp prep --help` imports them to list presets.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol
+
+from kcomp.registry import Registry
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from kcomp.artifacts.predictions import Predictions
+
+
+class Competition(Protocol):
+    task: str
+    id_column: str
+
+    def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
+        """Write `out/index.parquet` (+ caches); return the paths written."""
+
+    def submit(self, preds: list[Predictions], *, thresholds: dict[str, Any] | None) -> pd.DataFrame:
+        """Submission rows (any order; `submit` aligns them with the sample)."""
+
+
+COMPETITIONS: Registry[type[Competition]] = Registry("competition")
+register_competition = COMPETITIONS.register
+
+_MODULES = ("kcomp.competitions.cassava", "kcomp.competitions.demo")
+
+
+def _load() -> None:
+    for m in _MODULES:
+        importlib.import_module(m)
+
+
+def get_competition(name: str) -> Competition:
+    _load()
+    return COMPETITIONS.get(name)()
+
+
+def list_competitions() -> list[str]:
+    _load()
+    return COMPETITIONS.names()
+
+
+def describe() -> str:
+    _load()
+    return COMPETITIONS.describe()

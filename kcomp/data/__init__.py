@@ -1,0 +1,1 @@
+"""Datasets, samplers, augmentation pipelines and file decoding."""

@@ -1,0 +1,69 @@
+"""Datasets and the seeded sampler that makes training replayable.
+
+The sampler yields `(index, sample_seed)` pairs derived from (seed, epoch) only, and datasets seed their
+augmentations from `sample_seed`. So a run resumed mid-epoch replays exactly the same batches and augmentations,
+with any number of DataLoader workers, without saving worker RNG state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from kcomp.data.images import read_rgb
+
+
+class SeededSampler(Sampler):
+    def __init__(self, n: int, *, seed: int, shuffle: bool = True, num_replicas: int = 1, rank: int = 0) -> None:
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.num_replicas, self.rank = num_replicas, rank
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """`start` is the number of this replica's samples already consumed in the epoch (for resume)."""
+        self.epoch, self.start = epoch, start
+
+    def _order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
+        seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
+        total = self.per_replica * self.num_replicas
+        if total > self.n:  # pad so every replica sees the same number of samples
+            perm = torch.cat([perm, perm[: total - self.n]])
+        mine = perm[self.rank :: self.num_replicas]
+        return mine, seeds[mine]
+
+    @property
+    def per_replica(self) -> int:
+        return -(-self.n // self.num_replicas)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        idx, seeds = self._order()
+        yield from zip(idx[self.start :].tolist(), seeds[self.start :].tolist(), strict=True)
+
+    def __len__(self) -> int:
+        return self.per_replica - self.start
+
+
+class ImageDataset(Dataset):
+    """RGB images with optional integer targets; returns (uint8 CxHxW tensor, target or -1)."""
+
+    def __init__(self, files: Sequence[Path], targets: Sequence[int] | None, transform: Callable[..., Any],
+                 reduce_to: int | None = None) -> None:
+        self.files, self.targets, self.transform, self.reduce_to = list(files), targets, transform, reduce_to
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        idx, seed = item if isinstance(item, tuple) else (item, None)
+        img = read_rgb(self.files[idx], self.reduce_to)
+        if seed is not None:
+            self.transform.set_random_seed(seed)
+        img = self.transform(image=img)["image"]
+        x = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+        return x, (int(self.targets[idx]) if self.targets is not None else -1)

@@ -1,0 +1,1 @@
+"""Batched prediction, TTA transforms and their inverses."""

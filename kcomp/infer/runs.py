@@ -1,0 +1,111 @@
+"""`oof` and `tta`: predictions from trained run directories, written once for every task."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from kcomp.artifacts import paths, read_index, read_json
+from kcomp.artifacts.checkpoint import load_checkpoint
+from kcomp.artifacts.index import IndexTable
+from kcomp.errors import BadInput
+from kcomp.infer.predict import predict_loader
+from kcomp.tasks import get_task
+from kcomp.train.device import amp_dtype, resolve_device
+
+
+@dataclass
+class Run:
+    path: Path
+    cfg: dict[str, Any]
+    setup: dict[str, Any]
+    folds: list[int]
+    table: IndexTable
+
+
+def open_run(run: str | Path) -> Run:
+    run = Path(run)
+    if not paths.config(run).is_file():
+        raise BadInput("not a kcomp run directory (no config.json)", path=run)
+    saved = read_json(paths.config(run), "run-config")
+    folds = paths.trained_folds(run)
+    if not folds:
+        raise BadInput("has no trained fold (no fold*/best.pt)", path=run)
+    return Run(run, saved["config"], saved["setup"], folds, read_index(saved["config"]["folds"], "folds"))
+
+
+def _check_same(runs: list[Run]) -> None:
+    first = runs[0]
+    for r in runs[1:]:
+        if r.cfg["task"] != first.cfg["task"] or r.setup != first.setup:
+            raise BadInput(f"predicts {r.cfg['task']} {r.setup} unlike {first.path}", path=r.path)
+
+
+def _predict(run: Run, fold: int, rows: Any, *, tta: int, device: str, batch_size: int | None, workers: int,
+             with_targets: bool) -> np.ndarray:
+    task = get_task(run.cfg["task"])
+    ck = load_checkpoint(paths.best_checkpoint(run.path, fold), task=task.name)
+    dev = resolve_device(device)
+    model = task.build_model(run.cfg, run.setup)
+    model.load_state_dict(ck["model"])
+    model = model.to(dev).to(memory_format=torch.channels_last)
+    ds = task.dataset(run.table, rows, run.cfg, run.setup, train=False, with_targets=with_targets)
+    dl = DataLoader(ds, batch_size=batch_size or run.cfg["batch_size"], num_workers=workers,
+                    pin_memory=dev.type == "cuda")
+    return predict_loader(model, dl, task, tta=tta, device=dev, dtype=amp_dtype(dev, run.cfg["amp"]),
+                          label=f"{run.path.name} fold {fold}")
+
+
+def predict_oof(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto", batch_size: int | None = None,
+                workers: int = 2) -> tuple[Any, dict[str, Any]]:
+    """Each fold predicts its own held-out rows; several runs are averaged. Returns (frame, metadata)."""
+    import pandas as pd
+
+    runs = [open_run(r) for r in run_dirs]
+    _check_same(runs)
+    task = get_task(runs[0].cfg["task"])
+    df = runs[0].table.df
+    parts = []
+    for fold in runs[0].folds:
+        rows = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
+        preds = [_predict(r, fold, rows, tta=tta, device=device, batch_size=batch_size, workers=workers,
+                          with_targets=True) for r in runs if fold in r.folds]
+        frame = task.frame(rows, np.mean(preds, axis=0), runs[0].setup, with_targets=True)
+        frame.insert(1, "fold", fold)
+        parts.append(frame)
+    out = pd.concat(parts, ignore_index=True)
+    metric = runs[0].cfg["metric"] or task.default_metric
+    preds = np.stack(out["probs"].to_numpy())
+    score = task.score(metric, preds, out["target"].to_numpy())
+    missing = sorted(set(df[(df["split"] == "train") & (df["fold"] >= 0)]["fold"]) - set(runs[0].folds))
+    meta = {"metric": metric, "score": score, "folds": runs[0].folds, "untrained_folds": missing,
+            "runs": [str(r.path) for r in runs], "tta": tta, "competition": runs[0].table.competition}
+    return out, _pred_meta(runs[0], task, "oof", meta)
+
+
+def predict_test(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto", batch_size: int | None = None,
+                 workers: int = 2) -> tuple[Any, dict[str, Any]]:
+    """Test rows of the runs' index, averaged over every fold of every run."""
+    runs = [open_run(r) for r in run_dirs]
+    _check_same(runs)
+    task = get_task(runs[0].cfg["task"])
+    rows = runs[0].table.rows("test")
+    if len(rows) == 0:
+        raise BadInput("index has no test rows", path=runs[0].table.source)
+    preds = [_predict(r, k, rows, tta=tta, device=device, batch_size=batch_size, workers=workers,
+                      with_targets=False) for r in runs for k in r.folds]
+    out = task.frame(rows, np.mean(preds, axis=0), runs[0].setup, with_targets=False)
+    out.insert(1, "fold", -1)
+    meta = {"runs": [str(r.path) for r in runs], "models": len(preds), "tta": tta,
+            "competition": runs[0].table.competition}
+    return out, _pred_meta(runs[0], task, "test", meta)
+
+
+def _pred_meta(run: Run, task: Any, kind: str, extra: dict[str, Any]) -> dict[str, Any]:
+    return {"task": task.name, "kind": kind, "classes": run.setup.get("classes", []),
+            "target": run.setup.get("target"), **extra}

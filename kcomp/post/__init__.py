@@ -1,0 +1,1 @@
+"""Post-processing of model outputs: blending, stacking and other steps between predictions and a submission."""

@@ -1,0 +1,97 @@
+"""Blend several models' predictions of the same rows into one array.
+
+Elementwise on any shape (N,), (N, C), (N, H, W)..., so class probabilities and segmentation probability maps
+share one code path; arrays are accumulated one at a time so large maps are never stacked in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from kcomp.errors import BadInput, BadUsage
+
+METHODS = ("mean", "rank", "geometric", "power")
+GEOMETRIC_EPS = 1e-7
+
+
+def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
+    if weights is None:
+        return np.full(n, 1.0 / n)
+    w = np.asarray(weights, dtype=np.float64).reshape(-1)
+    if len(w) != n:
+        raise BadUsage(f"got {len(w)} weights for {n} arrays")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise BadUsage(f"weights must be finite and non-negative, got {list(map(float, w))}")
+    if w.sum() == 0:
+        raise BadUsage("weights are all zero")
+    return w / w.sum()
+
+
+def _rank01(a: np.ndarray) -> np.ndarray:
+    """Average-tie ranks along axis 0 scaled to [0, 1]; a single row gets 0.5 since it has no order."""
+    from scipy.stats import rankdata
+
+    n = a.shape[0]
+    if n == 1:
+        return np.full(a.shape, 0.5)
+    return (rankdata(a, method="average", axis=0) - 1.0) / (n - 1)
+
+
+def combine(
+    arrays: Sequence[np.ndarray],
+    *,
+    method: str = "mean",
+    weights: Sequence[float] | None = None,
+    power: float = 2.0,
+    normalize: bool = True,
+) -> np.ndarray:
+    """Weighted blend of equally shaped arrays, returned as float32.
+
+    mean: weighted arithmetic mean. geometric: exp of the weighted mean of log(clip(p, 1e-7, 1)).
+    power: weighted mean of p**power with no root (Kaggle's power averaging, which sharpens confident models).
+    rank: weighted mean of per-column ranks along axis 0 scaled to [0, 1]; only order matters (AUC metrics).
+    With `normalize`, 2-D results of mean/geometric/power are rescaled to rows summing to 1 when the first
+    input's rows already sum to 1 (single-label class distributions); multi-label or map inputs are left alone.
+    """
+    if method not in METHODS:
+        raise BadUsage(f"unknown ensemble method {method!r}; choose one of: {', '.join(METHODS)}")
+    if len(arrays) == 0:
+        raise BadUsage("nothing to combine: no arrays given")
+    if method == "power" and not (np.isfinite(power) and power > 0):
+        raise BadUsage(f"power must be a positive number, got {power}")
+    shape = np.shape(arrays[0])
+    if len(shape) == 0:
+        raise BadInput("array 0 is a scalar; expected at least one row axis")
+    for i, a in enumerate(arrays[1:], start=1):
+        if np.shape(a) != shape:
+            raise BadInput(f"array {i} has shape {np.shape(a)} but array 0 has shape {shape}")
+    w = _weights(weights, len(arrays))
+
+    acc = np.zeros(shape, dtype=np.float64)
+    rows_are_distributions = False
+    for i, (a, wi) in enumerate(zip(arrays, w)):
+        a = np.asarray(a, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise BadInput(f"array {i} contains NaN or inf")
+        if i == 0 and a.ndim == 2:
+            rows_are_distributions = bool(np.allclose(a.sum(axis=1), 1.0, atol=1e-3))
+        if wi == 0:
+            continue
+        if method == "mean":
+            acc += wi * a
+        elif method == "geometric":
+            acc += wi * np.log(np.clip(a, GEOMETRIC_EPS, 1.0))
+        elif method == "power":
+            if (a < 0).any():
+                raise BadInput(f"array {i} has negative values; power averaging needs probabilities")
+            acc += wi * np.power(a, power)
+        else:
+            acc += wi * _rank01(a)
+    if method == "geometric":
+        acc = np.exp(acc)
+    if normalize and method != "rank" and rows_are_distributions:
+        sums = acc.sum(axis=1, keepdims=True)
+        np.divide(acc, sums, out=acc, where=sums > 0)
+    return acc.astype(np.float32)

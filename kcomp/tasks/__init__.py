@@ -1,0 +1,29 @@
+"""Tasks: each implements the small protocol in `base.py`; train/oof/tta are written once against it."""
+
+from kcomp.registry import Registry
+from kcomp.tasks.base import Task
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+# The one list of task modules (no folder scanning). Each registers itself on import.
+_MODULES = ("kcomp.tasks.cls",)
+
+
+def _load() -> None:
+    import importlib
+
+    for m in _MODULES:
+        importlib.import_module(m)
+
+
+def get_task(name: str) -> Task:
+    if not TASKS.names():
+        _load()
+    return TASKS.get(name)()
+
+
+def list_tasks() -> list[str]:
+    return ["cls", "seg", "det", "ink"]
+
+
+__all__ = ["TASKS", "Task", "get_task", "list_tasks"]

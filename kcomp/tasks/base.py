@@ -1,0 +1,46 @@
+"""The task protocol: everything task-specific that train, oof and tta need, and nothing else."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+    import torch
+    from torch.utils.data import Dataset
+
+    from kcomp.artifacts.index import IndexTable
+
+
+class Task(Protocol):
+    name: str
+    default_metric: str
+    supports_mix: bool  # batch mixup/cutmix make sense for this task's targets
+
+    def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
+        """Resolve what the model's output means (classes, target column); stored in config and checkpoints."""
+
+    def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
+                train: bool, with_targets: bool = True) -> Dataset:
+        """Items are (uint8 CxHxW image tensor, target)."""
+
+    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+                    ) -> torch.nn.Module: ...
+
+    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any: ...
+
+    def targets(self, rows: pd.DataFrame, setup: dict[str, Any]) -> np.ndarray: ...
+
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+        """Probabilities for a batch, averaged over `tta` augmentations whose inverses are applied."""
+
+    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float: ...
+
+    def frame(self, rows: pd.DataFrame, preds: np.ndarray, setup: dict[str, Any], *, with_targets: bool
+              ) -> pd.DataFrame:
+        """Prediction rows for the predictions artifact."""
+
+    def tune_thresholds(self, preds: Any) -> dict[str, Any]:
+        """Thresholds (+ min sizes) maximising the metric on OOF predictions, with the score they reach."""
+

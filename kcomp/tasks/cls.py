@@ -1,0 +1,107 @@
+"""Task `cls`: single-label image classification with timm models (Cassava; SIIM study / has_opacity)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from kcomp.errors import BadInput, BadUsage
+from kcomp.tasks import TASKS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from kcomp.artifacts.index import IndexTable
+
+
+@TASKS.register("cls")
+class ClsTask:
+    """Single-label classification (timm); softmax probabilities, accuracy by default."""
+
+    name = "cls"
+    default_metric = "accuracy"
+    supports_mix = True
+
+    def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
+        target = cfg.get("target") or "label"
+        if target not in table.df.columns:
+            raise BadUsage(f"--target {target}: no such column in {table.source} "
+                           f"(columns: {', '.join(map(str, table.df.columns))})")
+        train = table.df[table.df["split"] == "train"][target]
+        if target == "label" and table.classes:
+            classes = table.classes
+        elif train.dtype.kind in "iub":
+            classes = [str(c) for c in range(int(train.max()) + 1)]
+        else:
+            classes = sorted(map(str, train.dropna().unique()))
+        if len(classes) < 2:
+            raise BadInput(f"column {target} has fewer than 2 classes among train rows", path=table.source)
+        return {"target": target, "classes": classes}
+
+    def targets(self, rows: pd.DataFrame, setup: dict[str, Any]) -> np.ndarray:
+        col = rows[setup["target"]]
+        if col.isna().any():
+            raise BadInput(f"column {setup['target']} is empty for {int(col.isna().sum())} row(s)")
+        if col.dtype.kind in "iub":
+            return col.to_numpy(np.int64)
+        lookup = {c: i for i, c in enumerate(setup["classes"])}
+        unknown = sorted(set(map(str, col)) - set(lookup))
+        if unknown:
+            raise BadInput(f"column {setup['target']} has value {unknown[0]!r} not among the trained classes")
+        return np.array([lookup[str(v)] for v in col], dtype=np.int64)
+
+    def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
+                train: bool, with_targets: bool = True) -> Any:
+        from kcomp.data import transforms
+        from kcomp.data.datasets import ImageDataset
+
+        files = [table.file(p) for p in rows["path"]]
+        tf = transforms.cls_train(cfg["img_size"], cfg["aug"]) if train else transforms.cls_eval(cfg["img_size"])
+        targets = self.targets(rows, setup) if with_targets else None
+        return ImageDataset(files, targets, tf, reduce_to=cfg["img_size"])
+
+    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+                    ) -> torch.nn.Module:
+        from kcomp.models import create_cls_model
+
+        return create_cls_model(cfg["model"], len(setup["classes"]), weights=weights,
+                                drop_rate=cfg["drop_rate"], drop_path_rate=cfg["drop_path"])
+
+    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+        from kcomp.train.losses import build_loss
+
+        return build_loss(cfg["loss"], smoothing=cfg["smoothing"], t1=cfg["t1"], t2=cfg["t2"],
+                          taylor_n=cfg["taylor_n"])
+
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+        """All flips go through the model as one batch; class labels are flip-invariant, so no inverse."""
+        from kcomp.infer.tta import flips
+
+        views = flips(x, tta)
+        logits = model(torch.cat(views)).float()
+        return logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
+
+    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
+        from kcomp.metrics import get_metric
+
+        return float(get_metric(metric).fn(targets, preds))
+
+    def frame(self, rows: pd.DataFrame, preds: np.ndarray, setup: dict[str, Any], *, with_targets: bool
+              ) -> pd.DataFrame:
+        import pandas as pd
+
+        out = pd.DataFrame({"id": rows["id"].to_numpy(), "probs": list(preds.astype(np.float32))})
+        if with_targets:
+            out["target"] = self.targets(rows, setup)
+        return out
+
+    def tune_thresholds(self, preds: Any) -> dict[str, Any]:
+        """Single-label classification predicts the argmax; there is no threshold to tune, so say so."""
+        probs, targets = preds.probs(), preds.df["target"].to_numpy()
+        metric = preds.meta.get("metric") or self.default_metric
+        return {"task": self.name, "method": "argmax", "classes": {c: None for c in preds.classes},
+                "metric": metric, "score": self.score(metric, probs, targets), "oof": preds.source,
+                "note": "single-label classification submits the argmax class; no threshold applies"}
+

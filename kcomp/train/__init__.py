@@ -1,0 +1,1 @@
+"""Training loop pieces: losses, batch mixing and the loop itself."""
