@@ -26,10 +26,12 @@ def prep_cls_layout(raw: Path | None, out: Path, *, competition: str, id_column:
     if not raw.is_dir():
         raise BadInput("raw directory not found", path=raw)
     train = read_csv(raw / "train.csv", [id_column, label_column])
+    if len(train) == 0:
+        raise BadInput("has no rows", path=raw / "train.csv")
     labels = pd.to_numeric(train[label_column], errors="coerce")
-    if labels.isna().any() or (labels % 1 != 0).any():
-        bad = train[label_column][labels.isna() | (labels % 1 != 0)].iloc[0]
-        raise BadInput(f"column {label_column} has non-integer value {bad!r}", path=raw / "train.csv")
+    if labels.isna().any() or (labels % 1 != 0).any() or (labels < 0).any():
+        bad = train[label_column][labels.isna() | (labels % 1 != 0) | (labels < 0)].iloc[0]
+        raise BadInput(f"column {label_column} has value {bad!r}; expected an integer >= 0", path=raw / "train.csv")
     dup = train[id_column][train[id_column].duplicated()]
     if len(dup):
         raise BadInput(f"duplicate {id_column} {dup.iloc[0]!r}", path=raw / "train.csv")

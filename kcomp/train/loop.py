@@ -45,7 +45,7 @@ def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: 
     table = read_index(cfg["folds"], "folds")
     task = get_task(cfg["task"])
     setup = task.setup(table, cfg)
-    _write_run_config(Path(run), cfg, setup)
+    _check_run_config(Path(run), cfg)
     available = sorted(int(f) for f in table.df["fold"].unique() if f >= 0)
     if fold == "all":
         todo = available
@@ -56,14 +56,20 @@ def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: 
     return [_train_fold(cfg, table, task, setup, Path(run), k, resume) for k in todo]
 
 
-def _write_run_config(run: Path, cfg: dict[str, Any], setup: dict[str, Any]) -> None:
+def _check_run_config(run: Path, cfg: dict[str, Any]) -> bool:
     """config.json is shared by all folds of a run; a second fold with other options is an error, not a mix."""
     path = paths.config(run)
     if path.exists():
         saved = read_json(path, "run-config")
         config_mod.require_same(saved["config"], cfg, str(path))
-        return
-    write_json(path, "run-config", {"config": cfg, "setup": setup})
+        return True
+    return False
+
+
+def _write_run_config(run: Path, cfg: dict[str, Any], setup: dict[str, Any]) -> None:
+    """Written once a fold's data and model are built, so a bad option (fold, model, weights) leaves no run dir."""
+    if not _check_run_config(run, cfg):
+        write_json(paths.config(run), "run-config", {"config": cfg, "setup": setup})
 
 
 def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str, Any], fold: int,
@@ -78,8 +84,10 @@ def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str,
     val_ds = task.dataset(table, val_rows, cfg, setup, train=False)
     sampler = SeededSampler(len(train_ds), seed=cfg["seed"])
     workers = int(cfg["workers"])
+    # A private generator: DataLoader draws a base seed per epoch, which must not advance the global RNG that
+    # dropout uses, or a run resumed mid-epoch would drift from an uninterrupted one.
     common: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda",
-                              "persistent_workers": workers > 0}
+                              "persistent_workers": workers > 0, "generator": torch.Generator().manual_seed(0)}
     if workers > 0:
         common["prefetch_factor"] = 4
     drop_last = len(train_ds) >= cfg["batch_size"]
@@ -144,6 +152,7 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
     train_dl, val_dl, sampler, (val_rows, val_targets) = _loaders(cfg, table, task, setup, fold, device)
 
     model = task.build_model(cfg, setup, weights=cfg["weights"]).to(device)
+    _write_run_config(run, cfg, setup)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, cfg)

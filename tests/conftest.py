@@ -1,0 +1,58 @@
+"""Shared fixtures: the CLI as a subprocess (real exit codes, real stdout), and miniature competitions on disk."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def last_error_line(self) -> str:
+        lines = [ln for ln in self.stderr.splitlines() if ln.startswith("kcomp:")]
+        return lines[0] if lines else ""
+
+
+def run_cli(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = None, timeout: float = 600) -> CliResult:
+    """Run `kcomp ARGS` in a fresh interpreter, as a shell or Make would."""
+    env = {**os.environ, "COLUMNS": "200", "PYTHONHASHSEED": "0"}
+    proc = subprocess.run([sys.executable, "-m", "kcomp.commands.main", "--quiet", *map(str, args)], cwd=cwd,
+                          input=stdin, capture_output=True, timeout=timeout, env=env)
+    return CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+
+@pytest.fixture(scope="session")
+def cassava_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A miniature Cassava download: real file names and columns, 800x600 JPEGs, 5 classes."""
+    from kcomp.competitions.demo import make_cls_layout
+
+    return make_cls_layout(tmp_path_factory.mktemp("cassava") / "raw", n_train=150, n_test=15, size=(600, 800),
+                           seed=3)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """prep -> split -> train (2 folds, 1 epoch, 32 px) once per session for the commands that read runs."""
+    root = tmp_path_factory.mktemp("demo")
+    data, run = root / "data", root / "run"
+    assert run_cli("prep", "demo", "-o", data).code == 0
+    assert run_cli("split", data / "index.parquet", "-o", data / "folds.parquet", "--folds", "2").code == 0
+    r = run_cli("train", "cls", "--folds", data / "folds.parquet", "--fold", "all", "--img-size", "32",
+                "--epochs", "1", "--batch-size", "32", "--workers", "0", "-o", run)
+    assert r.code == 0, r.stderr
+    oof = run_cli("oof", run, "-o", root / "oof.parquet", "--workers", "0")
+    test = run_cli("tta", run, "-o", root / "test.parquet", "--workers", "0")
+    assert oof.code == 0 and test.code == 0, oof.stderr + test.stderr
+    return {"root": root, "data": data, "run": run, "oof": root / "oof.parquet", "test": root / "test.parquet",
+            "folds": data / "folds.parquet", "index": data / "index.parquet",
+            "sample": data / "raw" / "sample_submission.csv"}

@@ -1,0 +1,92 @@
+"""Nothing lost: a run killed with SIGKILL and resumed ends with the same weights as an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import run_cli
+
+TRAIN = ["train", "cls", "--img-size", "32", "--epochs", "2", "--batch-size", "16", "--drop-rate", "0.2",
+         "--drop-path", "0.1", "--mixup", "0.4", "--cutmix", "1.0", "--ema", "0.9", "--deterministic",
+         "--save-every", "1"]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    ck = torch.load(run / "fold0" / "last.pt", weights_only=True)
+    return {**{f"model.{k}": v for k, v in ck["model"].items()}, **{f"ema.{k}": v for k, v in ck["ema"].items()}}
+
+
+def _kill_and_resume(args: list[str], run: Path, kills: int, seed: int) -> int:
+    """Start the command, SIGKILL it at a random moment after it has saved at least once, repeat until done."""
+    rng = random.Random(seed)
+    killed = 0
+    cmd = [sys.executable, "-m", "kcomp.commands.main", "--quiet", *args]
+    while True:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if killed < kills:
+            ckpt = run / "fold0" / "last.pt"
+            start = ckpt.stat().st_mtime if ckpt.exists() else 0
+            deadline = time.time() + 120
+            while proc.poll() is None and time.time() < deadline and (
+                    not ckpt.exists() or ckpt.stat().st_mtime == start):
+                time.sleep(0.02)
+            time.sleep(rng.uniform(0.0, 0.6))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed += 1
+                continue
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err.decode()
+        return killed
+
+
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_sigkill_resume_is_bit_identical(demo_run, tmp_path, workers):
+    folds = ["--folds", str(demo_run["folds"]), "--fold", "0", "--workers", workers]
+    ref = tmp_path / "ref"
+    assert run_cli(*TRAIN, *folds, "-o", ref).code == 0
+    resumed = tmp_path / "resumed"
+    killed = _kill_and_resume([*TRAIN, *folds, "-o", str(resumed)], resumed, kills=3, seed=int(workers))
+    assert killed >= 1
+    a, b = _weights(ref), _weights(resumed)
+    assert a.keys() == b.keys()
+    diff = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not diff, f"{len(diff)} tensors differ after {killed} kills, e.g. {diff[:3]}"
+
+
+def test_sigterm_saves_and_exits_130(demo_run, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "kcomp.commands.main", "--quiet", *TRAIN, "--folds", str(demo_run["folds"]),
+           "--workers", "0", "-o", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = run / "fold0" / "last.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    if proc.returncode == 0:
+        pytest.skip("training finished before the signal arrived")
+    assert proc.returncode == 130, err.decode()
+    assert "re-run the same command to resume" in err.decode()
+    pos = torch.load(ckpt, weights_only=True)["position"]
+    assert pos["step"] >= 1
+
+
+def test_resume_with_other_options_is_refused(demo_run, tmp_path):
+    folds = ["--folds", str(demo_run["folds"]), "--workers", "0", "-o", str(tmp_path / "r")]
+    base = ["train", "cls", "--img-size", "32", "--epochs", "1", "--batch-size", "32"]
+    assert run_cli(*base, *folds).code == 0
+    r = run_cli(*base, "--lr", "0.1", *folds)
+    assert r.code == 2
+    assert "lr" in r.last_error_line and "0.1" in r.last_error_line
