@@ -11,7 +11,8 @@ from kcomp.commands._common import Json, Output, emit, log
 
 def command(
     oof: Annotated[list[str], typer.Argument(help="OOF prediction files, one per base model.")],
-    test: Annotated[list[str], typer.Option("--test", help="Test prediction files, same models, same order.")],
+    test: Annotated[list[str], typer.Option("--test", help="Test prediction files of the same models ("
+                                            "`--test A B` and `--test A --test B` both work).")],
     output: Output = ...,
     model: Annotated[str, typer.Option(help="logreg | mlp | gbm")] = "logreg",
     folds: Annotated[int, typer.Option("--folds", help="CV folds for the level-2 score.")] = 5,
@@ -20,13 +21,15 @@ def command(
     as_json: Json = False,
 ) -> None:
     """Fit a level-2 model on the base models' OOF class probabilities (cross-validated for an honest score,
-    then refit on all OOF rows) and write its predictions for the test rows to PRED."""
-    from kcomp.artifacts.predictions import aligned, check_compatible, read_predictions, write_predictions
+    then refit on all OOF rows) and write its predictions for the test rows to PRED. Files are told apart by
+    the kind in their metadata, and each test file is paired with the OOF file of the same runs."""
+    from kcomp.artifacts.predictions import aligned, check_compatible, pair_by_runs, read_predictions, write_predictions
     from kcomp.errors import BadInput
     from kcomp.post.stack import stack
 
-    oofs = [read_predictions(p, kind="oof") for p in oof]
-    tests = [read_predictions(p, kind="test") for p in test]
+    files = [read_predictions(p) for p in [*oof, *test]]
+    oofs, tests = pair_by_runs([f for f in files if f.kind == "oof"], [f for f in files if f.kind == "test"])
+    oof, test = [f.source for f in oofs], [f.source for f in tests]
     check_compatible(oofs)
     check_compatible(tests)
     if "target" not in oofs[0].df.columns:

@@ -16,6 +16,7 @@ class CliResult:
     code: int
     stdout: str
     stderr: str
+    raw_stdout: bytes = b""
 
     @property
     def last_error_line(self) -> str:
@@ -28,7 +29,8 @@ def run_cli(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = No
     env = {**os.environ, "COLUMNS": "200", "PYTHONHASHSEED": "0"}
     proc = subprocess.run([sys.executable, "-m", "kcomp.commands.main", "--quiet", *map(str, args)], cwd=cwd,
                           input=stdin, capture_output=True, timeout=timeout, env=env)
-    return CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+    return CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
+                     proc.stdout)
 
 
 @pytest.fixture(scope="session")

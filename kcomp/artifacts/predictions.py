@@ -114,3 +114,18 @@ def _check_boxes(df: pd.DataFrame, where: str) -> None:
             if not np.isfinite(np.asarray(values, dtype=float)).all():
                 raise BadInput(f"id {i!r}: NaN or inf in box {b!r}", path=where)
 
+
+def pair_by_runs(oofs: list[Predictions], tests: list[Predictions]) -> tuple[list[Predictions], list[Predictions]]:
+    """Order test files to match OOF files made by the same runs (falling back to the order given), so
+    `--test B A` cannot silently pair model A's OOF with model B's test predictions."""
+    from kcomp.errors import BadUsage
+
+    if len(oofs) != len(tests):
+        raise BadUsage(f"got {len(oofs)} OOF file(s) and {len(tests)} test file(s); give one of each per model")
+    keys = [tuple(p.meta.get("runs") or ()) for p in tests]
+    if all(keys) and len(set(keys)) == len(keys):
+        by_runs = dict(zip(keys, tests, strict=True))
+        if all(tuple(o.meta.get("runs") or ()) in by_runs for o in oofs):
+            return oofs, [by_runs[tuple(o.meta["runs"])] for o in oofs]
+    return oofs, tests
+

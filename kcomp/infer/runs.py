@@ -47,14 +47,14 @@ def _check_same(runs: list[Run]) -> None:
 
 
 def _predict(run: Run, fold: int, rows: Any, *, tta: int, device: str, batch_size: int | None, workers: int,
-             with_targets: bool) -> np.ndarray:
+             with_targets: bool, table: IndexTable | None = None) -> np.ndarray:
     task = get_task(run.cfg["task"])
     ck = load_checkpoint(paths.best_checkpoint(run.path, fold), task=task.name)
     dev = resolve_device(device)
     model = task.build_model(run.cfg, run.setup)
     model.load_state_dict(ck["model"])
     model = model.to(dev).to(memory_format=torch.channels_last)
-    ds = task.dataset(run.table, rows, run.cfg, run.setup, train=False, with_targets=with_targets)
+    ds = task.dataset(table or run.table, rows, run.cfg, run.setup, train=False, with_targets=with_targets)
     dl = DataLoader(ds, batch_size=batch_size or run.cfg["batch_size"], num_workers=workers,
                     pin_memory=dev.type == "cuda")
     return predict_loader(model, dl, task, tta=tta, device=dev, dtype=amp_dtype(dev, run.cfg["amp"]),
@@ -88,21 +88,22 @@ def predict_oof(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto
     return out, _pred_meta(runs[0], task, "oof", meta)
 
 
-def predict_test(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto", batch_size: int | None = None,
-                 workers: int = 2) -> tuple[Any, dict[str, Any]]:
-    """Test rows of the runs' index, averaged over every fold of every run."""
+def predict_test(run_dirs: list[str | Path], *, index: str | Path | None = None, tta: int = 1, device: str = "auto",
+                 batch_size: int | None = None, workers: int = 2) -> tuple[Any, dict[str, Any]]:
+    """Test rows of the runs' index (or of another `index`), averaged over every fold of every run."""
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
     task = get_task(runs[0].cfg["task"])
-    rows = runs[0].table.rows("test")
+    table = read_index(index) if index is not None else runs[0].table
+    rows = table.rows("test")
     if len(rows) == 0:
-        raise BadInput("index has no test rows", path=runs[0].table.source)
+        raise BadInput("index has no test rows", path=table.source)
     preds = [_predict(r, k, rows, tta=tta, device=device, batch_size=batch_size, workers=workers,
-                      with_targets=False) for r in runs for k in r.folds]
+                      with_targets=False, table=table) for r in runs for k in r.folds]
     out = task.frame(rows, np.mean(preds, axis=0), runs[0].setup, with_targets=False)
     out.insert(1, "fold", -1)
     meta = {"runs": [str(r.path) for r in runs], "models": len(preds), "tta": tta,
-            "competition": runs[0].table.competition}
+            "index": table.source, "competition": table.competition or runs[0].table.competition}
     return out, _pred_meta(runs[0], task, "test", meta)
 
 

@@ -186,6 +186,9 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
         state["history"] = ck["history"]
         state["loss_sum"] = ck["position"]["loss_sum"].to(device)
         if state["epoch"] >= cfg["epochs"]:
+            if not paths.best_checkpoint(run, fold).is_file():
+                raise BadInput(f"fold {fold} finished training but its best.pt is gone; delete the fold directory "
+                               f"to train it again", path=paths.fold_dir(run, fold))
             console.log(f"fold {fold}: already trained ({cfg['epochs']} epochs)")
             return _result(fold, state, metric_name, run)
     elif resume:

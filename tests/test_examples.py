@@ -1,0 +1,371 @@
+"""The example workflows: examples/cassava/{Makefile,pipeline.sh} and examples/demo/Makefile.
+
+Dry runs (`make -n`) check the chain and its dependency order; a fake `kcomp` checks the shell pipeline; the slow
+tests really run the demo (and Cassava on a miniature download) with every output under tmp_path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CASSAVA = ROOT / "examples" / "cassava"
+DEMO = ROOT / "examples" / "demo"
+VARIABLES = ["RAW", "DATA", "RUNS", "OUT", "MODEL", "MODEL2", "NAME", "NAME2", "IMG", "EPOCHS", "FOLDS", "TTA", "SEED",
+             "KCOMP", "DEVICE", "NGPU", "WEIGHTS", "WEIGHTS2", "FLAGS", "FLAGS2", "EXTRA", "ENSEMBLE"]
+KCOMP_MODULE = f"{sys.executable} -m kcomp.commands.main"
+
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
+
+
+def _env() -> dict[str, str]:
+    """The caller's environment minus anything that would leak into the Makefiles' `?=` defaults or make itself."""
+    drop = {"MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES", *VARIABLES}
+    return {k: v for k, v in os.environ.items() if k not in drop}
+
+
+def _make(directory: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["make", "--no-print-directory", "-C", str(directory), *args], env=_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class Call:
+    env: dict[str, str]
+    sub: str
+    args: list[str]
+    redirect: str | None
+
+    def opt(self, name: str) -> str | None:
+        """The value of the last `name VALUE` (click keeps the last of repeated options)."""
+        values = [self.args[i + 1] for i, a in enumerate(self.args[:-1]) if a == name]
+        return values[-1] if values else None
+
+    @property
+    def positional(self) -> list[str]:
+        out, skip = [], False
+        for a in self.args:
+            if skip:
+                skip = False
+            elif a.startswith("-"):
+                skip = a not in {"--json", "--deterministic", "--resume", "--compile"}
+            else:
+                out.append(a)
+        return out
+
+
+def _dry_run(directory: Path, *args: str) -> tuple[list[Call], list[str]]:
+    """`make -n` -> the kcomp calls in order, and the other shell lines (mkdir, mv)."""
+    proc = _make(directory, "-n", "KCOMP=kcomp", *args)
+    assert proc.returncode == 0, proc.stderr
+    calls, other = [], []
+    for line in proc.stdout.replace("\\\n", " ").splitlines():
+        env = {}
+        while m := re.match(r"([A-Z_]+)=(\$\(\(.*?\)\)|\S+)\s+", line):  # VAR=$(( k % n )) or VAR=word
+            env[m[1]] = m[2]
+            line = line[m.end():]
+        words = shlex.split(line)
+        if words and words[0] == "kcomp":
+            redirect = None
+            if ">" in words:
+                i = words.index(">")
+                redirect, words = words[i + 1], words[:i]
+            calls.append(Call(env, words[1], words[2:], redirect))
+        elif line.strip():
+            other.append(line)
+    return calls, other
+
+
+def _index(calls: list[Call], sub: str, **opts: str) -> int:
+    found = [i for i, c in enumerate(calls) if c.sub == sub and all(c.opt(f"--{k}") == v for k, v in opts.items())]
+    assert len(found) == 1, (sub, opts, found)
+    return found[0]
+
+
+def _assert_chain(calls: list[Call], *, comp: str, raw: str, data: Path, runs: Path, out: Path,
+                  models: dict[str, str], folds: int, tta: str, sample: str) -> dict[str, list[Call]]:
+    """prep, split, train (every fold of every model), oof/tta per model, ensembles, tune-threshold, submit."""
+    by_sub: dict[str, list[Call]] = {}
+    for c in calls:
+        by_sub.setdefault(c.sub, []).append(c)
+    assert sorted(by_sub) == sorted(["prep", "split", "train", "oof", "tta", "ensemble", "tune-threshold", "submit"])
+
+    prep, split = calls[0], calls[1]
+    assert (prep.sub, prep.positional, prep.opt("-o")) == ("prep", [comp, raw], str(data))
+    assert split.sub == "split" and split.positional == [f"{data}/index.parquet"]
+    assert split.opt("--folds") == str(folds) and split.opt("--strategy") == "stratified"
+    folds_file = split.opt("-o")
+    assert folds_file == f"{data}/folds{folds}.parquet"
+
+    trains = by_sub["train"]
+    assert sorted((c.opt("-o"), c.opt("--fold")) for c in trains) == sorted(
+        (f"{runs}/{name}", str(k)) for name in models for k in range(folds))
+    for c in trains:
+        assert c.positional == ["cls"] and c.opt("--folds") == folds_file
+        name = Path(c.opt("-o")).name
+        assert c.opt("--model") == models[name]
+        assert c.redirect == f"{runs}/{name}/fold{c.opt('--fold')}/train.json.tmp" and "--json" in c.args
+
+    last_train = {name: max(i for i, c in enumerate(calls) if c.sub == "train" and c.opt("-o") == f"{runs}/{name}")
+                  for name in models}
+    first_train = min(i for i, c in enumerate(calls) if c.sub == "train")
+    assert first_train > 1
+    preds: dict[str, dict[str, str]] = {"oof": {}, "tta": {}}
+    for sub in ("oof", "tta"):
+        assert len(by_sub[sub]) == len(models)
+        for name in models:
+            i = next(i for i, c in enumerate(calls) if c.sub == sub and c.positional == [f"{runs}/{name}"])
+            assert i > last_train[name], f"{sub} of {name} before its last fold finished training"
+            assert calls[i].opt("--tta") == tta
+            preds[sub][name] = calls[i].opt("-o")
+            assert preds[sub][name].startswith(f"{out}/")
+
+    ensembles = by_sub["ensemble"]
+    assert len(ensembles) == 2
+    ens = {}
+    for kind, sub in (("oof", "oof"), ("test", "tta")):
+        c = next(c for c in ensembles if c.positional == list(preds[sub].values()))
+        i = calls.index(c)
+        assert all(i > calls.index(p) for p in by_sub[sub])
+        ens[kind] = (i, c.opt("-o"))
+    tune = _index(calls, "tune-threshold")
+    assert tune > ens["oof"][0] and calls[tune].positional == [ens["oof"][1]]
+    submit = calls[-1]
+    assert submit.sub == "submit" and submit.positional == [comp, ens["test"][1]]
+    assert calls.index(submit) > max(tune, ens["test"][0])
+    assert submit.opt("--thresholds") == calls[tune].opt("-o")
+    assert submit.opt("--sample") == sample
+    assert submit.opt("-o") == f"{out}/submission.csv"
+    return by_sub
+
+
+def _assert_writes_only_under(calls: list[Call], other: list[str], root: Path) -> None:
+    for c in calls:
+        for path in filter(None, [c.opt("-o"), c.opt("--oof-output"), c.redirect]):
+            assert path.startswith(f"{root}/"), f"{c.sub} writes {path} outside {root}"
+    for line in other:
+        words = shlex.split(line)
+        assert words[0] in {"mkdir", "mv"}, line
+        assert all(w.startswith(f"{root}/") for w in words[1:] if not w.startswith("-")), line
+
+
+# --- examples/cassava/Makefile -----------------------------------------------------------------------------------
+
+def test_cassava_dry_run_prints_the_chain(tmp_path: Path) -> None:
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "out"
+    calls, other = _dry_run(CASSAVA, "RAW=/some/raw", f"DATA={data}", f"RUNS={runs}", f"OUT={out}")
+    by_sub = _assert_chain(calls, comp="cassava", raw="/some/raw", data=data, runs=runs, out=out,
+                           models={"tf_efficientnet_b3": "tf_efficientnet_b3", "resnet50": "resnet50"}, folds=5,
+                           tta="4", sample="/some/raw/sample_submission.csv")
+    for c in by_sub["train"]:  # the Cassava defaults: size, epochs, bi-tempered loss, CutMix, EMA
+        assert (c.opt("--img-size"), c.opt("--epochs"), c.opt("--device")) == ("384", "10", "auto")
+        assert (c.opt("--loss"), c.opt("--t1"), c.opt("--t2")) == ("bi_tempered", "0.8", "1.4")
+        assert (c.opt("--cutmix"), c.opt("--ema")) == ("1.0", "0.999")
+        assert c.env == {}  # no GPU pinning unless NGPU is set
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
+def test_cassava_variables_reach_the_commands(tmp_path: Path) -> None:
+    calls, other = _dry_run(CASSAVA, "RAW=/r", f"DATA={tmp_path}/d", f"RUNS={tmp_path}/r", f"OUT={tmp_path}/o",
+                            "MODEL=convnext_tiny", "MODEL2=deit_small_patch16_224", "FOLDS=2", "EPOCHS=1", "IMG=224",
+                            "TTA=8", "DEVICE=cuda", "SEED=7", "NGPU=2", "EXTRA=--batch-size 8 --deterministic",
+                            "WEIGHTS=/w/convnext.pth", "ENSEMBLE=rank")
+    _assert_chain(calls, comp="cassava", raw="/r", data=tmp_path / "d", runs=tmp_path / "r", out=tmp_path / "o",
+                  models={"convnext_tiny": "convnext_tiny", "deit_small_patch16_224": "deit_small_patch16_224"},
+                  folds=2, tta="8", sample="/r/sample_submission.csv")
+    trains = [c for c in calls if c.sub == "train"]
+    for c in trains:
+        assert (c.opt("--epochs"), c.opt("--img-size"), c.opt("--device"), c.opt("--seed")) == ("1", "224", "cuda",
+                                                                                               "7")
+        assert c.opt("--batch-size") == "8" and "--deterministic" in c.args
+        assert c.opt("--weights") == ("/w/convnext.pth" if c.opt("--model") == "convnext_tiny" else None)
+        assert c.env == {"CUDA_VISIBLE_DEVICES": f"$(( {c.opt('--fold')} % 2 ))"}
+    assert [c.opt("--method") for c in calls if c.sub == "ensemble"] == ["rank", "rank"]
+    assert next(c for c in calls if c.sub == "split").opt("--seed") == "7"
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
+@pytest.mark.parametrize("example", [CASSAVA, DEMO], ids=["cassava", "demo"])
+def test_stack_target_is_the_alternative_blend(tmp_path: Path, example: Path) -> None:
+    out = tmp_path / "out"
+    calls, other = _dry_run(example, "RAW=/r", f"DATA={tmp_path}/d", f"RUNS={tmp_path}/r", f"OUT={out}", "stack")
+    subs = [c.sub for c in calls]
+    assert "ensemble" not in subs and subs[-3:] == ["stack", "tune-threshold", "submit"]
+    stack, tune, submit = calls[-3:]
+    oofs = [c.opt("-o") for c in calls if c.sub == "oof"]
+    tests = [c.opt("-o") for c in calls if c.sub == "tta"]
+    assert stack.args[:len(oofs)] == oofs and len(oofs) == 2
+    assert [stack.args[i + 1] for i, a in enumerate(stack.args) if a == "--test"] == tests  # a repeated option
+    assert (stack.opt("-o"), stack.opt("--oof-output")) == (f"{out}/test_stack.parquet", f"{out}/oof_stack.parquet")
+    assert stack.opt("--model") == "logreg"
+    assert tune.positional == [f"{out}/oof_stack.parquet"]
+    assert submit.positional[1:] == [f"{out}/test_stack.parquet"]
+    assert submit.opt("--thresholds") == tune.opt("-o") and submit.opt("-o") == f"{out}/submission_stack.csv"
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
+def test_cassava_refuses_two_models_in_one_run_dir() -> None:
+    proc = _make(CASSAVA, "-n", "RAW=/r", "MODEL2=tf_efficientnet_b3")
+    assert proc.returncode != 0 and "own run directories" in proc.stderr
+
+
+def test_cassava_targets_are_real_files(tmp_path: Path) -> None:
+    """Once every output exists in order, nothing is left to do; a retrained fold redoes only what follows it."""
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "out"
+    variables = ["RAW=/some/raw", f"DATA={data}", f"RUNS={runs}", f"OUT={out}", "FOLDS=2", "KCOMP=kcomp"]
+    calls, _ = _dry_run(CASSAVA, *variables)
+    produced = [c.redirect.removesuffix(".tmp") if c.redirect else c.opt("-o") for c in calls]
+    produced[0] = f"{data}/index.parquet"  # prep's target
+    for t, path in enumerate(produced):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("x")
+        os.utime(path, (1_000_000 + t, 1_000_000 + t))
+    assert _make(CASSAVA, "-q", *variables).returncode == 0, "make -q: something is out of date"
+
+    os.utime(runs / "resnet50" / "fold1" / "train.json", (2_000_000, 2_000_000))
+    redo, _ = _dry_run(CASSAVA, *variables)
+    assert [c.sub for c in redo] == ["oof", "ensemble", "tune-threshold", "tta", "ensemble", "submit"]
+    assert all("resnet50" in " ".join(c.positional) for c in redo if c.sub in ("oof", "tta"))
+
+
+# --- examples/cassava/pipeline.sh --------------------------------------------------------------------------------
+
+def _fake_kcomp(tmp_path: Path, fail_on: str = "") -> tuple[str, Path]:
+    log = tmp_path / "calls.jsonl"
+    fake = tmp_path / "fake_kcomp.py"
+    fake.write_text("import json, sys\n"
+                    f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                    f"sys.exit(3 if sys.argv[1:2] == [{fail_on!r}] else 0)\n")
+    return f"{sys.executable} {fake}", log
+
+
+def _pipeline(raw: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(CASSAVA / "pipeline.sh"), raw], env={**_env(), **env}, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_pipeline_sh_runs_the_chain_for_one_model(tmp_path: Path) -> None:
+    kcomp, log = _fake_kcomp(tmp_path)
+    d, r, o = tmp_path / "d", tmp_path / "r", tmp_path / "o"
+    proc = _pipeline("/some/raw", {"KCOMP": kcomp, "FOLDS": "2", "DATA": str(d), "RUNS": str(r), "OUT": str(o),
+                                   "EXTRA": "--batch-size 8"})
+    assert proc.returncode == 0, proc.stderr
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    run = f"{r}/tf_efficientnet_b3"
+    assert [c[0] for c in calls] == ["prep", "split", "train", "train", "oof", "tta", "tune-threshold", "submit"]
+    assert calls[0] == ["prep", "cassava", "/some/raw", "-o", str(d)]
+    assert calls[1][:4] == ["split", f"{d}/index.parquet", "-o", f"{d}/folds2.parquet"]
+    for k, c in enumerate(calls[2:4]):
+        text = " ".join(c)
+        assert f"--fold {k} " in text and f"-o {run} " in text and "--batch-size 8" in text
+        assert "--loss bi_tempered --t1 0.8 --t2 1.4 --cutmix 1.0 --ema 0.999" in text
+    assert calls[4][:4] == ["oof", run, "-o", f"{o}/oof_tf_efficientnet_b3.parquet"]
+    assert calls[5][:4] == ["tta", run, "-o", f"{o}/test_tf_efficientnet_b3.parquet"]
+    assert calls[6] == ["tune-threshold", f"{o}/oof_tf_efficientnet_b3.parquet", "-o", f"{o}/thresholds.json"]
+    assert calls[7] == ["submit", "cassava", f"{o}/test_tf_efficientnet_b3.parquet", "-o", f"{o}/submission.csv",
+                        "--thresholds", f"{o}/thresholds.json", "--sample", "/some/raw/sample_submission.csv"]
+
+
+def test_pipeline_sh_stops_at_the_first_failure_and_wants_raw(tmp_path: Path) -> None:
+    kcomp, log = _fake_kcomp(tmp_path, fail_on="train")
+    proc = _pipeline("/raw", {"KCOMP": kcomp, "DATA": str(tmp_path / "d"), "RUNS": str(tmp_path / "r"),
+                              "OUT": str(tmp_path / "o")})
+    assert proc.returncode == 3
+    assert [json.loads(line)[0] for line in log.read_text().splitlines()] == ["prep", "split", "train"]
+    proc = subprocess.run(["bash", str(CASSAVA / "pipeline.sh")], env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 2 and "usage:" in proc.stderr
+
+
+# --- examples/demo/Makefile --------------------------------------------------------------------------------------
+
+def test_demo_dry_run_prints_the_chain(tmp_path: Path) -> None:
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "out"
+    calls, other = _dry_run(DEMO, f"DATA={data}", f"RUNS={runs}", f"OUT={out}")
+    by_sub = _assert_chain(calls, comp="demo", raw=f"{data}/raw", data=data, runs=runs, out=out,
+                           models={"resnet18": "resnet18", "resnet18-light": "resnet18"}, folds=3, tta="2",
+                           sample=f"{data}/raw/sample_submission.csv")
+    for c in by_sub["train"]:
+        assert (c.opt("--img-size"), c.opt("--epochs"), c.opt("--device")) == ("64", "3", "auto")
+        light = c.opt("-o").endswith("resnet18-light")
+        assert c.opt("--aug") == ("light" if light else None)
+        assert c.opt("--seed") == ("7" if light else "42")
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
+def test_demo_defaults_stay_inside_the_example_dir() -> None:
+    calls, other = _dry_run(DEMO)
+    for c in calls:
+        for path in filter(None, [c.opt("-o"), c.redirect]):
+            assert not os.path.isabs(path) and not path.startswith(".."), path
+
+
+def _repo_files(directory: Path) -> set[str]:
+    return {str(p.relative_to(directory)) for p in directory.rglob("*")}
+
+
+@pytest.mark.slow
+def test_demo_makefile_runs_end_to_end(tmp_path: Path) -> None:
+    before = _repo_files(DEMO)
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "out"
+    variables = [f"DATA={data}", f"RUNS={runs}", f"OUT={out}", f"KCOMP={KCOMP_MODULE}"]
+    proc = _make(DEMO, *variables, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "oof: CV accuracy" in proc.stderr
+
+    with open(data / "raw" / "sample_submission.csv") as f:
+        sample = list(csv.DictReader(f))
+    with open(out / "submission.csv") as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == ["image_id", "label"]
+        rows = list(reader)
+    assert [r["image_id"] for r in rows] == [r["image_id"] for r in sample] and len(rows) == 60
+    assert {int(r["label"]) for r in rows} <= set(range(5))
+    assert len({r["label"] for r in rows}) > 1  # a trained model, not a constant
+    assert _make(DEMO, "-q", *variables).returncode == 0  # every target is a real, up-to-date file
+
+    proc = _make(DEMO, *variables, "stack", timeout=600)  # reuses the trained runs and their predictions
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train" not in proc.stdout.split() and " oof " not in proc.stdout
+    with open(out / "submission_stack.csv") as f:
+        assert [r["image_id"] for r in csv.DictReader(f)] == [r["image_id"] for r in sample]
+    assert _repo_files(DEMO) == before, "the demo wrote into the repository"
+
+
+@pytest.mark.slow
+def test_cassava_makefile_runs_on_a_miniature_download(tmp_path: Path, cassava_raw: Path) -> None:
+    """The real Cassava flags (bi-tempered loss, CutMix, EMA) and submit against the sample, on tiny settings."""
+    before = _repo_files(CASSAVA)
+    variables = [f"RAW={cassava_raw}", f"DATA={tmp_path}/data", f"RUNS={tmp_path}/runs", f"OUT={tmp_path}/out",
+                 f"KCOMP={KCOMP_MODULE}", "MODEL=resnet18", "MODEL2=resnet18", "NAME2=resnet18-b", "FOLDS=2",
+                 "EPOCHS=1", "IMG=32", "TTA=2", "EXTRA=--batch-size 16 --workers 0"]
+    proc = _make(CASSAVA, *variables, "all", "stack", timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(cassava_raw / "sample_submission.csv") as f:
+        ids = [r["image_id"] for r in csv.DictReader(f)]
+    for name in ("submission.csv", "submission_stack.csv"):
+        with open(tmp_path / "out" / name) as f:
+            rows = list(csv.DictReader(f))
+        assert [r["image_id"] for r in rows] == ids
+        assert {int(r["label"]) for r in rows} <= set(range(5))
+    assert _repo_files(CASSAVA) == before
+
+
+@pytest.mark.slow
+def test_pipeline_sh_runs_on_a_miniature_download(tmp_path: Path, cassava_raw: Path) -> None:
+    env = {"KCOMP": KCOMP_MODULE, "DATA": str(tmp_path / "d"), "RUNS": str(tmp_path / "r"),
+           "OUT": str(tmp_path / "o"), "MODEL": "resnet18", "FOLDS": "2", "EPOCHS": "1", "IMG": "32", "TTA": "2",
+           "EXTRA": "--batch-size 16 --workers 0"}
+    proc = _pipeline(str(cassava_raw), env, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "o" / "submission.csv").read_text().startswith("image_id,label\n")
