@@ -15,12 +15,15 @@ def command(
     raw_dir: Annotated[Path | None, typer.Argument(help="The unpacked competition download.")] = None,
     output: Output = ...,
     seed: Annotated[int, typer.Option(help="Seed for presets that generate data (demo).")] = 0,
+    split_fragment: Annotated[str | None, typer.Option(
+        help="vesuvius: cut these train fragments (comma-separated names, e.g. 2) into top/bottom halves "
+             "holding similar papyrus, indexed as 2a/2b, so folds can be made per half.")] = None,
     as_json: Json = False,
 ) -> None:
     from kcomp.competitions import get_competition
 
     comp = get_competition(competition)
-    written = comp.prep(raw_dir, Path(output), seed=seed)
+    written = comp.prep(raw_dir, Path(output), seed=seed, split_fragment=split_fragment)
     emit(written, {"competition": competition}, as_json)
 
 

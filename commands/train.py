@@ -40,6 +40,12 @@ def command(
     weights: Annotated[str | None, Opt(help="Local pretrained weights: timm state dict or kcomp checkpoint.")] = None,
     metric: Annotated[str | None, Opt(help="Metric choosing best.pt (default: the task's).")] = None,
     val_tta: Annotated[int | None, Opt(help="TTA views for validation (1, 2, 4, 8). Default 1.")] = None,
+    layers: Annotated[str | None, Opt(help="ink: GxL = G groups of L consecutive layers centred on the stack "
+                                            "(5x7 of 65 layers = 15..49). Default 5x7.")] = None,
+    layer_start: Annotated[int | None, Opt(help="ink: first layer instead of the centred choice.")] = None,
+    patch: Annotated[int | None, Opt(help="ink: patch size in px (multiple of 32). Default 224.")] = None,
+    stride: Annotated[int | None, Opt(help="ink: training patch stride. Default patch/2.")] = None,
+    layer_shift: Annotated[int | None, Opt(help="ink: max layer-shift augmentation. Default 2.")] = None,
     seed: Annotated[int | None, Opt(help="Default 42.")] = None,
     deterministic: Annotated[bool, Opt("--deterministic", help="Deterministic kernels (slower).")] = False,
     amp: Annotated[str | None, Opt(help="auto | bf16 | fp16 | off. auto: bf16/fp16 on CUDA, fp32 on CPU.")] = None,
@@ -64,7 +70,8 @@ def command(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, accum=accum,
         loss=loss, smoothing=smoothing, t1=t1, t2=t2, taylor_n=taylor_n, mixup=mixup, cutmix=cutmix,
         mix_prob=mix_prob, ema=ema, aug=aug, drop_rate=drop_rate, drop_path=drop_path, weights=weights,
-        metric=metric, val_tta=val_tta, seed=seed, deterministic=deterministic or None, amp=amp,
+        metric=metric, val_tta=val_tta, layers=layers, layer_start=layer_start, patch=patch, stride=stride,
+        layer_shift=layer_shift, seed=seed, deterministic=deterministic or None, amp=amp,
         channels_last=channels_last, device=device, workers=workers, compile=compile_model or None,
         save_every=save_every)
     results = train(cfg, run=output, fold=fold if fold == "all" else _int(fold), resume=resume)

@@ -12,6 +12,8 @@ from kcomp.commands._common import Json, Output, emit, log
 def command(
     oof: Annotated[str, typer.Argument(help="OOF predictions from `kcomp oof` / `ensemble` ('-' = stdin).")],
     output: Output = ...,
+    downscale: Annotated[int | None, typer.Option(help="ink: search the threshold on maps downscaled by this "
+                                                       "factor (competitors used 32). Default 32.")] = None,
     as_json: Json = False,
 ) -> None:
     """Choose per-class thresholds (and minimum sizes, where the task has them) that maximise the competition
@@ -19,13 +21,11 @@ def command(
     argmax needs no threshold: the file records that and the OOF score."""
     from kcomp.artifacts import write_json
     from kcomp.artifacts.predictions import read_predictions
-    from kcomp.errors import BadInput
     from kcomp.tasks import get_task
 
     preds = read_predictions(oof, kind="oof")
-    if "target" not in preds.df.columns:
-        raise BadInput("OOF predictions have no target column", path=preds.source)
-    body = get_task(preds.task).tune_thresholds(preds)
+    options = {"downscale": downscale} if downscale is not None else {}
+    body = get_task(preds.task).tune_thresholds(preds, **options)
     written = write_json(output, "thresholds", body)
     if body.get("note"):
         log(f"tune-threshold: {body['note']}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kcomp.artifacts._atomic import atomic_write_bytes
 from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
 from kcomp.errors import BadInput
 
@@ -16,7 +18,7 @@ if TYPE_CHECKING:
 
 KINDS = ("oof", "test")
 # the column holding each task's predicted values
-VALUE_COLUMNS = {"cls": "probs", "det": "boxes"}
+VALUE_COLUMNS = {"cls": "probs", "det": "boxes", "ink": "map_key", "seg": "map_key"}
 BOX_FIELDS = ("x1", "y1", "x2", "y2", "score", "label")
 
 
@@ -38,6 +40,10 @@ class Predictions:
     def classes(self) -> list[str]:
         return list(self.meta.get("classes", []))
 
+    def maps(self) -> Any:
+        """Dense maps (uint8, prob*255) keyed by `map_key`; an NpzFile loads one map at a time."""
+        return np.load(maps_path(self.source, self.meta), allow_pickle=False)
+
     def probs(self) -> np.ndarray:
         return np.stack(self.df["probs"].to_numpy()).astype(np.float32) if len(self.df) else np.zeros((0, 0))
 
@@ -47,7 +53,32 @@ def write_predictions(df: pd.DataFrame, path: str | Path, *, task: str, kind: st
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     meta.setdefault("values", "probabilities")
+    if "map" in df.columns:  # dense maps go to an .npz beside the table, written first so the table never dangles
+        if str(path) == STDIO:
+            from kcomp.errors import BadUsage
+
+            raise BadUsage("dense predictions (maps) cannot be written to stdout; give -o PATH")
+        npz = _npz_name(path)
+        buf = io.BytesIO()
+        np.savez(buf, **{str(k): np.ascontiguousarray(m) for k, m in zip(df["map_key"], df["map"], strict=True)})
+        atomic_write_bytes(Path(path).parent / npz, buf.getvalue())
+        df = df.drop(columns=["map"])
+        meta.update(maps_file=npz, values="uint8 probability*255 maps")
     return write_table(df, path, "predictions", task=task, kind=kind, classes=classes, **meta)
+
+
+def _npz_name(path: str | Path) -> str:
+    p = Path(path)
+    return p.with_suffix(".npz").name if p.suffix == ".parquet" else p.name + ".npz"
+
+
+def maps_path(source: str, meta: dict[str, Any]) -> Path:
+    if "maps_file" not in meta:
+        raise BadInput("holds no dense maps (no maps_file in its metadata)", path=source)
+    p = Path(source).parent / meta["maps_file"]
+    if not p.is_file():
+        raise BadInput(f"its maps file {p} is missing", path=source)
+    return p
 
 
 def read_predictions(path: str | Path, *, kind: str | None = None) -> Predictions:
@@ -65,6 +96,9 @@ def read_predictions(path: str | Path, *, kind: str | None = None) -> Prediction
     preds = Predictions(df, meta, where)
     if value_col == "boxes":
         _check_boxes(df, where)
+        return preds
+    if value_col == "map_key":
+        maps_path(where, meta)
         return preds
     widths = {len(p) for p in df["probs"]}
     if len(widths) != 1:

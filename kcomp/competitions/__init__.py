@@ -33,7 +33,7 @@ class Competition(Protocol):
 COMPETITIONS: Registry[type[Competition]] = Registry("competition")
 register_competition = COMPETITIONS.register
 
-_MODULES = ("kcomp.competitions.cassava", "kcomp.competitions.demo")
+_MODULES = ("kcomp.competitions.cassava", "kcomp.competitions.demo", "kcomp.competitions.vesuvius")
 
 
 def _load() -> None:

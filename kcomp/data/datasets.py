@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -67,3 +68,6 @@ class ImageDataset(Dataset):
         img = self.transform(image=img)["image"]
         x = torch.from_numpy(img).permute(2, 0, 1).contiguous()
         return x, (int(self.targets[idx]) if self.targets is not None else -1)
+
+    def targets_array(self) -> np.ndarray:
+        return np.asarray(self.targets if self.targets is not None else [-1] * len(self.files), dtype=np.int64)

@@ -6,15 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from kcomp.artifacts import paths, read_index, read_json
 from kcomp.artifacts.checkpoint import load_checkpoint
 from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput
-from kcomp.infer.predict import predict_loader
 from kcomp.tasks import get_task
 from kcomp.train.device import amp_dtype, resolve_device
 
@@ -54,11 +51,9 @@ def _predict(run: Run, fold: int, rows: Any, *, tta: int, device: str, batch_siz
     model = task.build_model(run.cfg, run.setup)
     model.load_state_dict(ck["model"])
     model = model.to(dev).to(memory_format=torch.channels_last)
-    ds = task.dataset(table or run.table, rows, run.cfg, run.setup, train=False, with_targets=with_targets)
-    dl = DataLoader(ds, batch_size=batch_size or run.cfg["batch_size"], num_workers=workers,
-                    pin_memory=dev.type == "cuda")
-    return predict_loader(model, dl, task, tta=tta, device=dev, dtype=amp_dtype(dev, run.cfg["amp"]),
-                          label=f"{run.path.name} fold {fold}")
+    return task.predict_rows(model, table or run.table, rows, run.cfg, run.setup, tta=tta, device=dev,
+                             dtype=amp_dtype(dev, run.cfg["amp"]), batch_size=batch_size or run.cfg["batch_size"],
+                             workers=workers, with_targets=with_targets, label=f"{run.path.name} fold {fold}")
 
 
 def predict_oof(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto", batch_size: int | None = None,
@@ -75,15 +70,15 @@ def predict_oof(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto
         rows = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
         preds = [_predict(r, fold, rows, tta=tta, device=device, batch_size=batch_size, workers=workers,
                           with_targets=True) for r in runs if fold in r.folds]
-        frame = task.frame(rows, np.mean(preds, axis=0), runs[0].setup, with_targets=True)
+        frame = task.frame(rows, task.average(preds), runs[0].setup, with_targets=True)
         frame.insert(1, "fold", fold)
         parts.append(frame)
     out = pd.concat(parts, ignore_index=True)
     metric = runs[0].cfg["metric"] or task.default_metric
-    preds = np.stack(out["probs"].to_numpy())
-    score = task.score(metric, preds, out["target"].to_numpy())
+    score = task.oof_score(metric, out, runs[0].table)
     missing = sorted(set(df[(df["split"] == "train") & (df["fold"] >= 0)]["fold"]) - set(runs[0].folds))
     meta = {"metric": metric, "score": score, "folds": runs[0].folds, "untrained_folds": missing,
+            "index": runs[0].table.source,
             "runs": [str(r.path) for r in runs], "tta": tta, "competition": runs[0].table.competition}
     return out, _pred_meta(runs[0], task, "oof", meta)
 
@@ -100,7 +95,7 @@ def predict_test(run_dirs: list[str | Path], *, index: str | Path | None = None,
         raise BadInput("index has no test rows", path=table.source)
     preds = [_predict(r, k, rows, tta=tta, device=device, batch_size=batch_size, workers=workers,
                       with_targets=False, table=table) for r in runs for k in r.folds]
-    out = task.frame(rows, np.mean(preds, axis=0), runs[0].setup, with_targets=False)
+    out = task.frame(rows, task.average(preds), runs[0].setup, with_targets=False)
     out.insert(1, "fold", -1)
     meta = {"runs": [str(r.path) for r in runs], "models": len(preds), "tta": tta,
             "index": table.source, "competition": table.competition or runs[0].table.competition}

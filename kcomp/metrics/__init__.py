@@ -56,5 +56,6 @@ def list_metrics() -> list[str]:
 
 
 from kcomp.metrics import _classification  # noqa: E402,F401  (registers the classification metrics)
+from kcomp.metrics import _segmentation  # noqa: E402,F401  (registers the segmentation metrics)
 
 __all__ = ["METRICS", "Metric", "get_metric", "list_metrics", "register_metric"]

@@ -41,6 +41,17 @@ class Task(Protocol):
               ) -> pd.DataFrame:
         """Prediction rows for the predictions artifact."""
 
-    def tune_thresholds(self, preds: Any) -> dict[str, Any]:
+    def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
+                     setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
+                     batch_size: int, workers: int, with_targets: bool, label: str | None = None) -> Any:
+        """One model's predictions for `rows` (an (N, C) array for cls, a list of maps for ink)."""
+
+    def average(self, preds: list[Any]) -> Any:
+        """Combine several models' `predict_rows` outputs (folds, runs)."""
+
+    def oof_score(self, metric: str, frame: pd.DataFrame, table: IndexTable) -> float:
+        """The CV score of an OOF frame (before it is written)."""
+
+    def tune_thresholds(self, preds: Any, **options: Any) -> dict[str, Any]:
         """Thresholds (+ min sizes) maximising the metric on OOF predictions, with the score they reach."""
 

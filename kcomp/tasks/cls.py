@@ -83,6 +83,23 @@ class ClsTask:
         logits = model(torch.cat(views)).float()
         return logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
 
+    def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
+                     setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
+                     batch_size: int, workers: int, with_targets: bool, label: str | None = None) -> np.ndarray:
+        from torch.utils.data import DataLoader
+
+        from kcomp.infer.predict import predict_loader
+
+        ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=with_targets)
+        dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        return predict_loader(model, dl, self, tta=tta, device=device, dtype=dtype, label=label)
+
+    def average(self, preds: list[np.ndarray]) -> np.ndarray:
+        return np.mean(preds, axis=0)
+
+    def oof_score(self, metric: str, frame: pd.DataFrame, table: IndexTable) -> float:
+        return self.score(metric, np.stack(frame["probs"].to_numpy()), frame["target"].to_numpy())
+
     def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
         from kcomp.metrics import get_metric
 
@@ -97,8 +114,10 @@ class ClsTask:
             out["target"] = self.targets(rows, setup)
         return out
 
-    def tune_thresholds(self, preds: Any) -> dict[str, Any]:
+    def tune_thresholds(self, preds: Any, **options: Any) -> dict[str, Any]:
         """Single-label classification predicts the argmax; there is no threshold to tune, so say so."""
+        if "target" not in preds.df.columns:
+            raise BadInput("OOF predictions have no target column", path=preds.source)
         probs, targets = preds.probs(), preds.df["target"].to_numpy()
         metric = preds.meta.get("metric") or self.default_metric
         return {"task": self.name, "method": "argmax", "classes": {c: None for c in preds.classes},

@@ -34,6 +34,13 @@ DEFAULTS: dict[str, Any] = {
     "weights": None,
     "metric": None,
     "val_tta": 1,
+    # task ink
+    "layers": "5x7",
+    "layer_start": None,
+    "patch": 224,
+    "stride": None,
+    "layer_shift": 2,
+    "infer_stride": None,
     "seed": 42,
     "deterministic": False,
     "amp": "auto",

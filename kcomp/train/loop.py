@@ -93,7 +93,7 @@ def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str,
     drop_last = len(train_ds) >= cfg["batch_size"]
     train_dl = DataLoader(train_ds, batch_size=cfg["batch_size"], sampler=sampler, drop_last=drop_last, **common)
     val_dl = DataLoader(val_ds, batch_size=cfg["batch_size"], shuffle=False, **common)
-    return train_dl, val_dl, sampler, (val_rows, task.targets(val_rows, setup))
+    return train_dl, val_dl, sampler, (val_rows, val_ds.targets_array())
 
 
 def _optimizer(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:

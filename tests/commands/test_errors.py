@@ -363,7 +363,7 @@ CASES = [
                  r"got 0 OOF file\(s\) and 2 test file\(s\)", 2, id="stack-test-given-as-oof"),
     # ---- tune-threshold
     pytest.param(demo_files, ("tune-threshold", "{test}", "-o", "{out}/thresholds.json"),
-                 r"got 0 OOF file\(s\) and 2 test file\(s\)", 2, id="tune-threshold-on-test-predictions"),
+                 r"{test}: holds test predictions, expected oof", 2, id="tune-threshold-on-test-predictions"),
     # ---- submit
     pytest.param(demo_files, ("submit", "kaggle-nope", "{test}", "-o", "{out}/submission.csv"),
                  r"unknown competition 'kaggle-nope'", 2, id="submit-unknown-competition"),

@@ -1,0 +1,175 @@
+"""Task `ink`: 2.5D ink detection over TIFF layer stacks (Vesuvius Challenge).
+
+Index rows are fragments (or row ranges of one: `y0`, `y1`) with `path` = layer dir, `mask`, `labels`.
+`--layers GxL` picks G groups of L consecutive layers centred on the stack's middle (`--layer-start` overrides);
+patches of `--patch` px are sampled inside the papyrus mask; validation scores F0.5 on a patch grid, while
+oof/tta predict whole fragments with blended sliding windows and write uint8 maps.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from kcomp.errors import BadInput
+from kcomp.tasks import TASKS
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from kcomp.artifacts.index import IndexTable
+    from kcomp.data.ink_patches import Fragment
+
+IGNORE = 2
+
+
+@TASKS.register("ink")
+class InkTask:
+    """2.5D/3D ink detection on layer-stack patches; F0.5 inside the papyrus mask"""
+
+    name = "ink"
+    default_metric = "f05"
+    supports_mix = False
+
+    def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
+        from kcomp.models.ink import parse_layers, select_layers
+
+        for col in ("mask", "y0", "y1", "n_layers"):
+            if col not in table.df.columns:
+                raise BadInput(f"missing column {col}: not an ink index (made by `kcomp prep vesuvius`?)",
+                               path=table.source)
+        groups, per_group = parse_layers(cfg["layers"])
+        layers = select_layers(int(table.df["n_layers"].min()), groups, per_group, cfg["layer_start"])
+        if cfg["patch"] % 32:
+            from kcomp.errors import BadUsage
+
+            raise BadUsage(f"--patch {cfg['patch']}: must be a multiple of 32 (the encoder's stride)")
+        return {"classes": ["ink"], "groups": groups, "per_group": per_group, "layers": layers,
+                "patch": cfg["patch"]}
+
+    def fragments(self, table: IndexTable, rows: pd.DataFrame, *, with_targets: bool) -> list[Fragment]:
+        from kcomp.data.ink_patches import Fragment
+        from kcomp.data.layers import LayerStack, read_png_mask
+
+        out = []
+        for r in rows.itertuples(index=False):
+            shape = (int(r.height), int(r.width))
+            y0, y1 = int(r.y0), int(r.y1)
+            mask = read_png_mask(table.file(r.mask), shape)[y0:y1]
+            labels = None
+            if with_targets and getattr(r, "labels", ""):
+                labels = read_png_mask(table.file(r.labels), shape)[y0:y1]
+            out.append(Fragment(str(r.id), LayerStack(table.file(r.path), expected=shape), mask, labels, y0))
+        return out
+
+    def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
+                train: bool, with_targets: bool = True) -> Any:
+        from kcomp.data.ink_patches import InkPatches
+
+        patch = setup["patch"]
+        stride = (cfg["stride"] or patch // 2) if train else patch
+        return InkPatches(self.fragments(table, rows, with_targets=with_targets), layers=setup["layers"],
+                          patch=patch, stride=stride, train=train, layer_shift=cfg["layer_shift"] if train else 0,
+                          with_targets=with_targets)
+
+    def targets(self, rows: pd.DataFrame, setup: dict[str, Any]) -> np.ndarray:
+        raise NotImplementedError("ink targets are maps; they come from the dataset (targets_array)")
+
+    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+                    ) -> torch.nn.Module:
+        from kcomp.models import load_pretrained
+        from kcomp.models.ink import InkNet
+
+        model = InkNet(cfg["model"], setup["groups"], setup["per_group"], drop_path_rate=cfg["drop_path"],
+                       drop_rate=cfg["drop_rate"])
+        if weights:
+            load_pretrained(model.encoder, weights)  # a timm state dict; the stem's in_chans differ and is skipped
+        return model
+
+    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+        smoothing = cfg["smoothing"]
+
+        def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            valid = target != IGNORE
+            t = target.float().clamp(max=1)
+            t = t * (1 - smoothing) + 0.5 * smoothing
+            loss = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
+            return (loss * valid).sum() / valid.sum().clamp_min(1)
+
+        return masked_bce
+
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+        """8x TTA = {identity, flip W, flip H, flip HW} x {depth flip}; spatial flips are inverted exactly."""
+        from kcomp.infer.tta import flips, unflip
+
+        views = flips(x, min(tta, 4))
+        if tta == 8:
+            views += [v.flip(1) for v in views]
+        probs = model(torch.cat(views)).float().sigmoid().view(len(views), x.shape[0], *x.shape[-2:])
+        spatial = min(tta, 4)
+        back = unflip(list(probs[:spatial])) + (unflip(list(probs[spatial:])) if tta == 8 else [])
+        return torch.stack(back).mean(0)
+
+    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
+        from kcomp.metrics import get_metric
+
+        return float(get_metric(metric).fn(targets, preds))
+
+    def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
+                     setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
+                     batch_size: int, workers: int, with_targets: bool, label: str | None = None) -> list[np.ndarray]:
+        from kcomp.infer.sliding import predict_region
+
+        patch = setup["patch"]
+        stride = cfg.get("infer_stride") or patch // 2
+        return [predict_region(model, self, f.stack, setup["layers"], f.mask, f.y0, patch=patch, stride=stride,
+                               tta=tta, batch_size=batch_size, device=device, dtype=dtype, workers=workers,
+                               label=f"{label or ''} {f.id}".strip())
+                for f in self.fragments(table, rows, with_targets=False)]
+
+    def average(self, preds: list[list[np.ndarray]]) -> list[np.ndarray]:
+        """Per fragment, the mean of the models' uint8 maps."""
+        if len(preds) == 1:
+            return preds[0]
+        return [np.rint(np.mean([p[i] for p in preds], axis=0, dtype=np.float32)).astype(np.uint8)
+                for i in range(len(preds[0]))]
+
+    def frame(self, rows: pd.DataFrame, preds: list[np.ndarray], setup: dict[str, Any], *, with_targets: bool
+              ) -> pd.DataFrame:
+        import pandas as pd
+
+        keys = [str(i) for i in rows["id"]]
+        return pd.DataFrame({"id": rows["id"].to_numpy(), "map_key": keys, "y0": rows["y0"].to_numpy(),
+                             "y1": rows["y1"].to_numpy(), "height": rows["height"].to_numpy(),
+                             "width": rows["width"].to_numpy(), "map": preds})
+
+    def oof_score(self, metric: str, frame: pd.DataFrame, table: IndexTable) -> float:
+        """F0.5 at threshold 0.5 over all held-out fragments' pixels inside their masks."""
+        from kcomp.metrics import get_metric
+
+        truth, score = [], []
+        rows = table.df.set_index("id").loc[frame["id"]].reset_index()
+        for f, m in zip(self.fragments(table, rows, with_targets=True), frame["map"], strict=True):
+            t = np.where(f.mask, f.labels.astype(np.uint8) if f.labels is not None else 0, IGNORE)
+            truth.append(t.ravel())
+            score.append(m.ravel())
+        return float(get_metric(metric).fn(np.concatenate(truth), np.concatenate(score)))
+
+    def tune_thresholds(self, preds: Any, *, downscale: int = 32) -> dict[str, Any]:
+        """Threshold searched on a downscaled map, then min component size checked at full resolution."""
+        from kcomp.artifacts import read_index
+        from kcomp.post.ink_threshold import tune
+
+        table = read_index(preds.meta["index"])
+        maps = preds.maps()
+        rows = table.df.set_index("id").loc[preds.df["id"]].reset_index()
+        fragments = [(maps[k], f.labels if f.labels is not None else np.zeros_like(f.mask), f.mask)
+                     for k, f in zip(preds.df["map_key"], self.fragments(table, rows, with_targets=True), strict=True)]
+        best = tune(fragments, downscale=downscale)
+        return {"task": self.name, "method": "threshold+min_size", "threshold": best.threshold,
+                "min_size": best.min_size, "downscale": best.downscale, "metric": "f05", "score": best.score,
+                "oof": preds.source, "curve": best.curve,
+                "classes": {"ink": {"threshold": best.threshold, "min_size": best.min_size}}}
