@@ -7,19 +7,15 @@ Prints `name: ours X s, reference Y s, ratio Z` lines and appends them, with mac
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
+from _results import append_section
 
 from kcomp.metrics._segmentation import fbeta_pixels
 from kcomp.post.ink_threshold import downscale_maps, remove_small, search_threshold, tune
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 STEPS = 256
 NAIVE_SAMPLE = 16  # thresholds timed before deciding whether to run all 256 or extrapolate
 NAIVE_BUDGET_S = 40.0
@@ -99,23 +95,10 @@ def bench_fragment(name: str, frag) -> list[str]:
     return lines
 
 
-def append_results(lines: list[str]) -> None:
-    """Append (never overwrite): other benchmarks write to the same file."""
-    try:
-        with RESULTS.open("x") as f:
-            f.write("# Benchmark results\n")
-    except FileExistsError:
-        pass
-    info = (f"{datetime.date.today().isoformat()}, processor {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs, numpy {np.__version__}, opencv {cv2.__version__}")
-    with RESULTS.open("a") as f:
-        f.write(f"\n## ink_threshold ({info})\n\n" + "".join(f"- {ln}\n" for ln in lines))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-full", action="store_true", help="skip the full 8181x6330 fragment")
-    ap.add_argument("--no-write", action="store_true", help=f"do not append to {RESULTS.name}")
+    ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args()
     sizes = [("synthetic", 4000, 3000)] + ([] if args.no_full else [("full-size", 8181, 6330)])
     lines = []
@@ -124,7 +107,7 @@ def main() -> None:
             print(ln, flush=True)
             lines.append(ln)
     if not args.no_write:
-        append_results(lines)
+        append_section("ink_threshold", lines)
 
 
 if __name__ == "__main__":

@@ -8,19 +8,17 @@ Both sides run in this process on the same inputs, best of --repeats; outputs ar
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import cv2
 import numpy as np
+from _results import append_section
 
 from kcomp.post.rle import decode, encode
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+NOTE = ("Reference = the notebook kernels (row-major; column order applied to `mask.T`). The reference "
+        "column decode returns a transposed view; ours returns a C-contiguous array.")
 VESUVIUS = (8181, 6330)
 CLOUDS = (350, 525)  # submission size; 4 classes per image
 
@@ -129,30 +127,15 @@ def bench_clouds(images: int, repeats: int) -> list[str]:
     return lines
 
 
-def append_results(lines: list[str], args: argparse.Namespace) -> None:
-    """Append (never overwrite): other benchmarks write to the same file."""
-    try:
-        with RESULTS.open("x") as f:
-            f.write("# Benchmark results\n")
-    except FileExistsError:
-        pass
-    info = (f"{datetime.date.today().isoformat()}, processor {platform.processor() or platform.machine()}, "
-            f"{os.cpu_count()} CPUs, numpy {np.__version__}, opencv {cv2.__version__}, best of {args.repeats}")
-    note = ("Reference = the notebook kernels (row-major; column order applied to `mask.T`). The reference column "
-            "decode returns a transposed view; ours returns a C-contiguous array.")
-    with RESULTS.open("a") as f:
-        f.write(f"\n## rle ({info})\n\n{note}\n\n" + "".join(f"- {ln}\n" for ln in lines))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5, help="best of N timings per side")
     ap.add_argument("--clouds-images", type=int, default=400, help="test images (x4 masks); the real test set has 3698")
-    ap.add_argument("--no-write", action="store_true", help=f"do not append to {RESULTS.name}")
+    ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args()
     lines = bench_vesuvius(args.repeats) + bench_clouds(args.clouds_images, args.repeats)
     if not args.no_write:
-        append_results(lines, args)
+        append_section("rle", lines, extra=f"best of {args.repeats}", note=NOTE)
 
 
 if __name__ == "__main__":

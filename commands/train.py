@@ -46,6 +46,8 @@ def command(
     patch: Annotated[int | None, Opt(help="ink: patch size in px (multiple of 32). Default 224.")] = None,
     stride: Annotated[int | None, Opt(help="ink: training patch stride. Default patch/2.")] = None,
     layer_shift: Annotated[int | None, Opt(help="ink: max layer-shift augmentation. Default 2.")] = None,
+    neg_fraction: Annotated[float | None, Opt(help="ink: share of ink-free training patches kept (positive/"
+                                                   "negative balance). Default 1 (all).")] = None,
     seed: Annotated[int | None, Opt(help="Default 42.")] = None,
     deterministic: Annotated[bool, Opt("--deterministic", help="Deterministic kernels (slower).")] = False,
     amp: Annotated[str | None, Opt(help="auto | bf16 | fp16 | off. auto: bf16/fp16 on CUDA, fp32 on CPU.")] = None,
@@ -71,7 +73,7 @@ def command(
         loss=loss, smoothing=smoothing, t1=t1, t2=t2, taylor_n=taylor_n, mixup=mixup, cutmix=cutmix,
         mix_prob=mix_prob, ema=ema, aug=aug, drop_rate=drop_rate, drop_path=drop_path, weights=weights,
         metric=metric, val_tta=val_tta, layers=layers, layer_start=layer_start, patch=patch, stride=stride,
-        layer_shift=layer_shift, seed=seed, deterministic=deterministic or None, amp=amp,
+        layer_shift=layer_shift, neg_fraction=neg_fraction, seed=seed, deterministic=deterministic or None, amp=amp,
         channels_last=channels_last, device=device, workers=workers, compile=compile_model or None,
         save_every=save_every)
     results = train(cfg, run=output, fold=fold if fold == "all" else _int(fold), resume=resume)

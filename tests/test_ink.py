@@ -82,9 +82,10 @@ def test_sliding_window_blend_has_no_seams():
             return out
 
     rng = np.random.default_rng(0)
-    img = (rng.uniform(0, 100, (90, 75)) * 256).astype(np.uint16)  # tiles see img/256
+    img = (rng.uniform(0, 100, (130, 75)) * 256).astype(np.uint16)  # tiles see img/256
     mask = np.ones(img.shape, dtype=bool)
     mask[:5] = False
+    mask[40:80] = False  # a gap taller than a tile: the band must skip it
     out = predict_region(_Pointwise(), get_task("ink"), Stack(img), [0, 1], mask, 0, patch=32, stride=16, tta=8,
                          batch_size=4, device=torch.device("cpu"), dtype=None, workers=0)
     expected = torch.sigmoid((torch.from_numpy(img.astype(np.float32) / 256) - 50) / 20).numpy()
@@ -131,3 +132,16 @@ def test_vesuvius_raw_to_submission(vesuvius_raw, tmp_path):
 
     decoded = decode(sub["Predicted"][0], (64, 72), order="row")
     assert decoded.shape == (64, 72)
+
+
+def test_neg_fraction_keeps_every_inked_window_and_drops_empty_ones():
+    from kcomp.data.ink_patches import Fragment, InkPatches
+
+    mask = np.ones((128, 128), dtype=bool)
+    labels = np.zeros_like(mask)
+    labels[10:20, 10:20] = True
+    frag = Fragment("f", None, mask, labels, 0)
+    full = InkPatches([frag], layers=[0], patch=32, stride=16, train=True)
+    half = InkPatches([frag], layers=[0], patch=32, stride=16, train=True, neg_fraction=0.0)
+    inked = [tuple(p) for p in full.positions if labels[p[1]:p[1] + 32, p[2]:p[2] + 32].any()]
+    assert sorted(map(tuple, half.positions)) == sorted(inked) and len(full) > len(half) > 0

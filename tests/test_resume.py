@@ -90,3 +90,12 @@ def test_resume_with_other_options_is_refused(demo_run, tmp_path):
     r = run_cli(*base, "--lr", "0.1", *folds)
     assert r.code == 2
     assert "lr" in r.last_error_line and "0.1" in r.last_error_line
+
+
+def test_options_added_by_a_newer_kcomp_do_not_block_resume():
+    from kcomp.train import config
+
+    old = config.resolve(task="cls", folds="f.parquet")
+    del old["neg_fraction"]
+    assert config.differences(old, config.resolve(task="cls", folds="f.parquet")) == []
+    assert config.differences(old, config.resolve(task="cls", folds="f.parquet", neg_fraction=0.5)) == ["neg_fraction"]

@@ -51,21 +51,21 @@ def test_prep_writes_one_row_per_fragment(vesuvius_index: Path, vesuvius_raw: Pa
     t = read_index(vesuvius_index)
     assert (t.competition, t.task, t.classes, t.meta["n_layers"]) == ("vesuvius", "ink", ["ink"], N_LAYERS)
     df = t.df
-    for col in ("id", "fragment", "path", "mask", "labels", "split", "height", "width", "n_layers", "y0", "y1",
+    for col in ("id", "fragment", "path", "mask", "inklabels", "split", "height", "width", "n_layers", "y0", "y1",
                 "group"):
         assert col in df.columns, col
     assert list(df["id"]) == ["1", "2", "a"]
     assert list(df["split"]) == ["train", "train", "test"]
     assert list(df["path"]) == ["train/1/surface_volume", "train/2/surface_volume", "test/a/surface_volume"]
     assert list(df["mask"]) == ["train/1/mask.png", "train/2/mask.png", "test/a/mask.png"]
-    assert list(df["labels"]) == ["train/1/inklabels.png", "train/2/inklabels.png", ""]
+    assert list(df["inklabels"]) == ["train/1/inklabels.png", "train/2/inklabels.png", ""]
     assert list(zip(df["height"], df["width"], strict=True)) == [(96, 80), (128, 96), (64, 72)]
     assert list(df["y0"]) == [0, 0, 0] and list(df["y1"]) == [96, 128, 64]
     assert list(df["group"]) == list(df["id"]) and list(df["fragment"]) == list(df["id"])
     assert set(df["n_layers"]) == {N_LAYERS}
     # paths resolve under the raw dir through the index's root
     assert t.file(df["path"][0]) == (vesuvius_raw / "train/1/surface_volume").resolve()
-    assert t.file(df["labels"][1]).is_file()
+    assert t.file(df["inklabels"][1]).is_file()
 
 
 def test_split_fragment_cli_halves_tile_and_balance(vesuvius_raw: Path, tmp_path: Path):

@@ -108,7 +108,7 @@ def _fragment_rows(raw: Path, split: str, name: str, n_layers_seen: dict[str, An
         labels = f"{split}/{name}/{LABELS}"
     h, w = stack.shape
     base = {"fragment": name, "path": f"{split}/{name}/{LAYER_DIR}", "mask": f"{split}/{name}/{MASK}",
-            "labels": labels, "split": split, "height": h, "width": w, "n_layers": stack.n_layers}
+            "inklabels": labels, "split": split, "height": h, "width": w, "n_layers": stack.n_layers}
     if name not in cuts:
         return [{"id": name, **base, "y0": 0, "y1": h, "mask_pixels": int(mask.sum())}]
     cut = cuts[name]
@@ -155,7 +155,7 @@ def prep_vesuvius(raw: Path | None, out: Path, *, split_fragments: Any = None) -
             bar.advance()
     df = pd.DataFrame(rows)
     df["group"] = df["id"]
-    cols = ["id", "fragment", "path", "mask", "labels", "split", "height", "width", "n_layers", "y0", "y1", "group",
+    cols = ["id", "fragment", "path", "mask", "inklabels", "split", "height", "width", "n_layers", "y0", "y1", "group",
             "mask_pixels"]
     df = df[cols]
     for c in ("height", "width", "n_layers", "y0", "y1", "mask_pixels"):

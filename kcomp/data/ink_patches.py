@@ -48,13 +48,30 @@ def window_positions(mask: np.ndarray, patch: int, stride: int) -> np.ndarray:
     return np.stack([y0[keep], x0[keep]], axis=1)
 
 
+def _balance(positions: np.ndarray, labels: np.ndarray, patch: int, neg_fraction: float,
+             rng: np.random.Generator) -> np.ndarray:
+    """Keep every window holding ink and a seeded `neg_fraction` of the ink-free ones (ink is a few % of papyrus)."""
+    h, w = labels.shape
+    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
+    integral[1:, 1:] = labels.astype(np.int64).cumsum(0).cumsum(1)
+    y0, x0 = positions[:, 0], positions[:, 1]
+    y1, x1 = np.minimum(y0 + patch, h), np.minimum(x0 + patch, w)
+    ink = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    keep = (ink > 0) | (rng.random(len(positions)) < neg_fraction)
+    return positions[keep]
+
+
 class InkPatches(Dataset):
     def __init__(self, fragments: list[Fragment], *, layers: list[int], patch: int, stride: int, train: bool,
-                 layer_shift: int = 0, with_targets: bool = True) -> None:
+                 layer_shift: int = 0, with_targets: bool = True, neg_fraction: float = 1.0, seed: int = 0) -> None:
         self.fragments, self.layers, self.patch = fragments, layers, patch
         self.train, self.layer_shift, self.with_targets = train, layer_shift, with_targets
-        pos = [np.column_stack([np.full(len(p), i), p]) for i, f in enumerate(fragments)
-               for p in [window_positions(f.mask, patch, stride)]]
+        pos = []
+        for i, f in enumerate(fragments):
+            p = window_positions(f.mask, patch, stride)
+            if neg_fraction < 1 and f.labels is not None:
+                p = _balance(p, f.labels, patch, neg_fraction, np.random.default_rng(seed + i))
+            pos.append(np.column_stack([np.full(len(p), i), p]))
         self.positions = np.concatenate(pos) if pos else np.zeros((0, 3), dtype=np.int64)
 
     def __len__(self) -> int:

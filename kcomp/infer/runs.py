@@ -44,7 +44,7 @@ def _check_same(runs: list[Run]) -> None:
 
 
 def _predict(run: Run, fold: int, rows: Any, *, tta: int, device: str, batch_size: int | None, workers: int,
-             with_targets: bool, table: IndexTable | None = None) -> np.ndarray:
+             with_targets: bool, table: IndexTable | None = None) -> Any:
     task = get_task(run.cfg["task"])
     ck = load_checkpoint(paths.best_checkpoint(run.path, fold), task=task.name)
     dev = resolve_device(device)

@@ -60,8 +60,8 @@ class InkTask:
             y0, y1 = int(r.y0), int(r.y1)
             mask = read_png_mask(table.file(r.mask), shape)[y0:y1]
             labels = None
-            if with_targets and getattr(r, "labels", ""):
-                labels = read_png_mask(table.file(r.labels), shape)[y0:y1]
+            if with_targets and getattr(r, "inklabels", ""):
+                labels = read_png_mask(table.file(r.inklabels), shape)[y0:y1]
             out.append(Fragment(str(r.id), LayerStack(table.file(r.path), expected=shape), mask, labels, y0))
         return out
 
@@ -73,7 +73,8 @@ class InkTask:
         stride = (cfg["stride"] or patch // 2) if train else patch
         return InkPatches(self.fragments(table, rows, with_targets=with_targets), layers=setup["layers"],
                           patch=patch, stride=stride, train=train, layer_shift=cfg["layer_shift"] if train else 0,
-                          with_targets=with_targets)
+                          with_targets=with_targets, neg_fraction=cfg["neg_fraction"] if train else 1.0,
+                          seed=cfg["seed"])
 
     def targets(self, rows: pd.DataFrame, setup: dict[str, Any]) -> np.ndarray:
         raise NotImplementedError("ink targets are maps; they come from the dataset (targets_array)")

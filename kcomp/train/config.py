@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
     "patch": 224,
     "stride": None,
     "layer_shift": 2,
+    "neg_fraction": 1.0,
     "infer_stride": None,
     "seed": 42,
     "deterministic": False,
@@ -77,9 +78,10 @@ def _check(cfg: dict[str, Any]) -> None:
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Keys that change what a run computes; runtime keys are free to differ on resume."""
+    """Keys that change what a run computes; runtime keys are free to differ on resume. A key the saved run does
+    not know (a newer kcomp added it) counts as its default, so upgrading kcomp does not orphan runs."""
     keys = (set(saved) | set(current)) - RUNTIME_KEYS
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+    return sorted(k for k in keys if saved.get(k, DEFAULTS.get(k)) != current.get(k, DEFAULTS.get(k)))
 
 
 def require_same(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
