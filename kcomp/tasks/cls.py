@@ -60,6 +60,12 @@ class ClsTask:
         files = [table.file(p) for p in rows["path"]]
         tf = transforms.cls_train(cfg["img_size"], cfg["aug"]) if train else transforms.cls_eval(cfg["img_size"])
         targets = self.targets(rows, setup) if with_targets else None
+        if train and targets is not None:
+            counts = np.bincount(targets, minlength=len(setup["classes"]))
+            if (counts == 0).any():
+                missing = setup["classes"][int(np.argmin(counts))]
+                raise BadInput(f"this fold's training rows have no example of class {missing!r}; re-split with "
+                               f"fewer folds or --strategy stratified", path=table.source)
         return ImageDataset(files, targets, tf, reduce_to=cfg["img_size"])
 
     def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None

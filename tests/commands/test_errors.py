@@ -179,6 +179,53 @@ def _truncated_checkpoint(ctx: Ctx) -> None:
     ctx.add(bad=run, ckpt=run / "fold0" / "best.pt")
 
 
+def _checkpoint_of_another_task(ctx: Ctx) -> None:
+    import torch
+
+    run = _copy_run_config(ctx, "copied")
+    (run / "fold0").mkdir()
+    good = torch.load(ctx.demo["run"] / "fold0" / "best.pt", weights_only=True)
+    torch.save({**good, "task": "ink"}, run / "fold0" / "best.pt")
+    ctx.add(bad=run, ckpt=run / "fold0" / "best.pt")
+
+
+def _folds_that_lost_a_class(ctx: Ctx) -> None:
+    """Every train row of class 0 sits in fold 0, so training fold 0 never sees the class."""
+    import pandas as pd
+
+    from kcomp.artifacts import read_index, write_folds
+
+    table = read_index(ctx.demo["folds"])
+    folds = table.df["fold"].to_numpy().copy()
+    train = (table.df["split"] == "train").to_numpy()
+    folds[train & (table.df["label"] == 0).to_numpy()] = 0
+    table.df = pd.DataFrame(table.df.drop(columns=["fold"]))
+    write_folds(table, folds, ctx.tmp / "lost.parquet")
+    ctx.add(bad=ctx.tmp / "lost.parquet")
+
+
+def _vesuvius_raw(mutate: Callable[[Path], Any]) -> Setup:
+    def setup(ctx: Ctx) -> None:
+        from tests.vesuvius_fixture import make_vesuvius_layout
+
+        raw = make_vesuvius_layout(ctx.tmp / "vraw", n_layers=8)
+        mutate(raw)
+        ctx.add(vraw=raw)
+
+    return setup
+
+
+def _drop_layer(raw: Path) -> None:
+    (raw / "train" / "2" / "surface_volume" / "03.tif").unlink()
+
+
+def _shrink_mask(raw: Path) -> None:
+    import cv2
+
+    path = raw / "train" / "1" / "mask.png"
+    cv2.imwrite(str(path), cv2.imread(str(path))[:-3])
+
+
 def _trained_run_in_out(ctx: Ctx) -> None:
     """`-o RUN` is the demo run (trained once with 1 epoch, lr 1e-3), hard-linked so its files stay shared."""
     demo_files(ctx)
@@ -340,6 +387,15 @@ CASES = [
                  r"{bad}: has no trained fold", 2, id="tta-run-without-trained-folds"),
     pytest.param(_pickled_checkpoint, ("oof", "{bad}", "-o", "{out}/oof.parquet", "--workers", "0"),
                  r"{ckpt}: refused: contains pickled objects", 2, id="oof-pickled-checkpoint"),
+    pytest.param(_checkpoint_of_another_task, ("oof", "{bad}", "-o", "{out}/oof.parquet", "--workers", "0"),
+                 r"{ckpt}: is a checkpoint of task 'ink', not 'cls'", 2, id="oof-checkpoint-of-another-task"),
+    pytest.param(_folds_that_lost_a_class, ("train", "cls", "--folds", "{bad}", "--fold", "0", "--img-size", "32",
+                                            "--epochs", "1", "--workers", "0", "-o", "{out}/run"),
+                 r"{bad}: this fold's training rows have no example of class", 2, id="train-folds-that-lost-a-class"),
+    pytest.param(_vesuvius_raw(_drop_layer), ("prep", "vesuvius", "{vraw}", "-o", "{out}/ink"),
+                 r"03\.tif", 2, id="prep-vesuvius-missing-tiff-layer"),
+    pytest.param(_vesuvius_raw(_shrink_mask), ("prep", "vesuvius", "{vraw}", "-o", "{out}/ink"),
+                 r"mask\.png", 2, id="prep-vesuvius-mask-of-the-wrong-size"),
     pytest.param(_truncated_checkpoint, ("tta", "{bad}", "-o", "{out}/test.parquet", "--workers", "0"),
                  r"{ckpt}: not a readable torch checkpoint", 2, id="tta-truncated-checkpoint"),
     # ---- ensemble
@@ -429,8 +485,8 @@ def _fill(template: str, names: dict[str, Any], escape: bool) -> str:
     return out
 
 
-def test_bad_input_table_has_enough_rows() -> None:
-    assert len(CASES) >= 25
+def test_bad_input_table_has_at_least_40_rows() -> None:
+    assert len(CASES) >= 40, len(CASES)
     ids = [c.id for c in CASES]
     assert len(set(ids)) == len(ids)
     for command in ("prep", "split", "train", "oof", "tta", "ensemble", "stack", "tune-threshold", "submit"):
