@@ -29,7 +29,8 @@ class Fragment:
 
 def window_positions(mask: np.ndarray, patch: int, stride: int) -> np.ndarray:
     """Top-left corners (y, x) of a grid of windows covering `mask` (last row/column flush with the edge) that
-    hold at least one papyrus pixel; window sums come from one integral image, not per-window slicing."""
+    hold at least one papyrus pixel. Window sums are computed one band of `patch` rows at a time (column sums, then
+    a running sum along x), so memory stays O(patch x width) whatever the fragment's area."""
     h, w = mask.shape
 
     def starts(n: int) -> np.ndarray:
@@ -38,14 +39,15 @@ def window_positions(mask: np.ndarray, patch: int, stride: int) -> np.ndarray:
         s = np.arange(0, n - patch + 1, stride)
         return np.unique(np.append(s, n - patch))
 
-    ys, xs = starts(h), starts(w)
-    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
-    integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
-    y0, x0 = np.meshgrid(ys, xs, indexing="ij")
-    y1, x1 = np.minimum(y0 + patch, h), np.minimum(x0 + patch, w)
-    counts = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-    keep = counts > 0
-    return np.stack([y0[keep], x0[keep]], axis=1)
+    xs = starts(w)
+    x1 = np.minimum(xs + patch, w)
+    out = []
+    for y in starts(h):
+        cols = np.zeros(w + 1, dtype=np.int64)
+        np.cumsum(np.count_nonzero(mask[y:y + patch], axis=0), out=cols[1:])
+        keep = xs[cols[x1] - cols[xs] > 0]
+        out.append(np.column_stack([np.full(len(keep), y), keep]))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), dtype=np.int64)
 
 
 def _balance(positions: np.ndarray, labels: np.ndarray, patch: int, neg_fraction: float,
