@@ -33,6 +33,16 @@ def run_cli(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = No
                      proc.stdout)
 
 
+def run_chain(steps: list[tuple], cwd: Path, timeout: float = 600) -> dict[str, str]:
+    """Run a pipeline step by step as a Makefile would; every step must succeed. Returns stdout by command."""
+    outs = {}
+    for step in steps:
+        r = run_cli(*step, cwd=cwd, timeout=timeout)
+        assert r.code == 0, f"{step[0]}: {r.stderr}"
+        outs[step[0]] = r.stdout
+    return outs
+
+
 @pytest.fixture(scope="session")
 def cassava_raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A miniature Cassava download: real file names and columns, 800x600 JPEGs, 5 classes."""

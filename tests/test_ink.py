@@ -14,7 +14,7 @@ from kcomp.data.ink_patches import window_positions
 from kcomp.errors import BadUsage
 from kcomp.models.ink import InkNet, parse_layers, select_layers
 from kcomp.tasks import get_task
-from tests.conftest import run_cli
+from tests.conftest import run_chain
 from tests.vesuvius_fixture import make_vesuvius_layout
 
 
@@ -113,11 +113,7 @@ def test_vesuvius_raw_to_submission(vesuvius_raw, tmp_path):
         ("submit", "vesuvius", tmp_path / "pred.parquet", "--thresholds", tmp_path / "thr.json", "--sample",
          vesuvius_raw / "sample_submission.csv", "-o", tmp_path / "sub.csv"),
     ]
-    outs = {}
-    for step in steps:
-        r = run_cli(*step, cwd=tmp_path)
-        assert r.code == 0, f"{step[0]}: {r.stderr}"
-        outs[step[0]] = r.stdout
+    outs = run_chain(steps, tmp_path)
     folds = pd.read_parquet(d / "folds.parquet")
     assert set(folds[folds["split"] == "train"]["fold"]) == {0, 1, 2}  # one fragment per fold
     oof = json.loads(outs["oof"])

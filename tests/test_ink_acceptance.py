@@ -14,7 +14,7 @@ import pytest
 import tifffile
 
 from kcomp.data.layers import LayerStack
-from tests.conftest import run_cli
+from tests.conftest import run_chain, run_cli
 from tests.vesuvius_fixture import make_vesuvius_layout
 
 
@@ -35,11 +35,7 @@ def test_issue_chain_on_a_65_layer_layout(tmp_path: Path):
         ("submit", "vesuvius", tmp_path / "pred.parquet", "--thresholds", tmp_path / "thr.json", "--sample",
          raw / "sample_submission.csv", "-o", tmp_path / "sub.csv"),
     ]
-    outs = {}
-    for step in steps:
-        r = run_cli(*step, cwd=tmp_path, timeout=1800)
-        assert r.code == 0, f"{step[0]}: {r.stderr}"
-        outs[step[0]] = r.stdout
+    outs = run_chain(steps, tmp_path, timeout=1800)
     oof = json.loads(outs["oof"])
     assert oof["score"] > 0  # F0.5; predicting no ink anywhere scores 0
     from kcomp.post.rle import decode

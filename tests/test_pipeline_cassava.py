@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from tests.conftest import run_cli
+from tests.conftest import run_chain
 
 
 def test_cassava_raw_to_submission_beats_majority(cassava_raw, tmp_path):
@@ -21,11 +21,7 @@ def test_cassava_raw_to_submission_beats_majority(cassava_raw, tmp_path):
         ("submit", "cassava", tmp_path / "pred.parquet", "--sample", cassava_raw / "sample_submission.csv", "-o",
          tmp_path / "sub.csv"),
     ]
-    outs = {}
-    for step in steps:
-        r = run_cli(*step, cwd=tmp_path)
-        assert r.code == 0, f"{step[0]}: {r.stderr}"
-        outs[step[0]] = r.stdout
+    outs = run_chain(steps, tmp_path)
     assert outs["prep"].strip() == str(d / "index.parquet")
     train_csv = pd.read_csv(cassava_raw / "train.csv")
     majority = train_csv["label"].value_counts(normalize=True).max()
