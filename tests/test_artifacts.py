@@ -612,3 +612,19 @@ def test_align_to_sample_rejects_bad_samples(tmp_path: Path) -> None:
     empty.write_text("")
     _raises_bad_input(align_to_sample, sub, empty, "image_id", match=r"not a readable CSV", path=empty)
     _raises_bad_input(align_to_sample, sub, tmp_path / "nope.csv", "image_id", match=r"no such file")
+
+
+def test_truncated_maps_npz_is_a_clear_error(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from kcomp.artifacts.predictions import read_predictions, write_predictions
+
+    df = pd.DataFrame({"id": ["a"], "fold": [-1], "map_key": ["a"], "map": [np.ones((8, 8), np.uint8)]})
+    write_predictions(df, tmp_path / "p.parquet", task="ink", kind="test", classes=["ink"])
+    p = read_predictions(tmp_path / "p.parquet")
+    assert (p.maps()["a"] == 1).all()
+    npz = tmp_path / "p.npz"
+    npz.write_bytes(npz.read_bytes()[:40])
+    with pytest.raises(BadInput, match="p.npz: not a readable .npz"):
+        read_predictions(tmp_path / "p.parquet").maps()

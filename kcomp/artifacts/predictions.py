@@ -42,7 +42,13 @@ class Predictions:
 
     def maps(self) -> Any:
         """Dense maps (uint8, prob*255) keyed by `map_key`; an NpzFile loads one map at a time."""
-        return np.load(maps_path(self.source, self.meta), allow_pickle=False)
+        import zipfile
+
+        path = maps_path(self.source, self.meta)
+        try:
+            return np.load(path, allow_pickle=False)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise BadInput(f"not a readable .npz of maps (truncated or corrupt?): {e}", path=path) from None
 
     def probs(self) -> np.ndarray:
         return np.stack(self.df["probs"].to_numpy()).astype(np.float32) if len(self.df) else np.zeros((0, 0))
