@@ -27,40 +27,48 @@ class Fragment:
     y0: int
 
 
-def window_positions(mask: np.ndarray, patch: int, stride: int) -> np.ndarray:
-    """Top-left corners (y, x) of a grid of windows covering `mask` (last row/column flush with the edge) that
-    hold at least one papyrus pixel. Window sums are computed one band of `patch` rows at a time (column sums, then
-    a running sum along x), so memory stays O(patch x width) whatever the fragment's area."""
-    h, w = mask.shape
+def grid_starts(n: int, patch: int, stride: int) -> np.ndarray:
+    """Window starts along one axis every `stride`, the last one flush with the edge."""
+    if n <= patch:
+        return np.array([0])
+    return np.unique(np.append(np.arange(0, n - patch + 1, stride), n - patch))
 
-    def starts(n: int) -> np.ndarray:
-        if n <= patch:
-            return np.array([0])
-        s = np.arange(0, n - patch + 1, stride)
-        return np.unique(np.append(s, n - patch))
 
-    xs = starts(w)
+def window_counts(binary: np.ndarray, ys: np.ndarray, xs: np.ndarray, patch: int) -> np.ndarray:
+    """Nonzero pixels in every window (ys x xs grid), one band of `patch` rows at a time (column counts, then a
+    running sum along x), so memory stays O(patch x width) whatever the fragment's area."""
+    w = binary.shape[1]
     x1 = np.minimum(xs + patch, w)
-    out = []
-    for y in starts(h):
-        cols = np.zeros(w + 1, dtype=np.int64)
-        np.cumsum(np.count_nonzero(mask[y:y + patch], axis=0), out=cols[1:])
-        keep = xs[cols[x1] - cols[xs] > 0]
-        out.append(np.column_stack([np.full(len(keep), y), keep]))
-    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), dtype=np.int64)
+    counts = np.empty((len(ys), len(xs)), dtype=np.int64)
+    cols = np.zeros(w + 1, dtype=np.int64)
+    for i, y in enumerate(ys):
+        np.cumsum(np.count_nonzero(binary[y:y + patch], axis=0), out=cols[1:])
+        counts[i] = cols[x1] - cols[xs]
+    return counts
+
+
+def window_positions(mask: np.ndarray, patch: int, stride: int) -> np.ndarray:
+    """Top-left corners (y, x), sorted by y then x, of the grid windows holding at least one papyrus pixel."""
+    h, w = mask.shape
+    ys, xs = grid_starts(h, patch, stride), grid_starts(w, patch, stride)
+    iy, ix = np.nonzero(window_counts(mask, ys, xs, patch))
+    return np.column_stack([ys[iy], xs[ix]]).astype(np.int64)
 
 
 def _balance(positions: np.ndarray, labels: np.ndarray, patch: int, neg_fraction: float,
              rng: np.random.Generator) -> np.ndarray:
     """Keep every window holding ink and a seeded `neg_fraction` of the ink-free ones (ink is a few % of papyrus)."""
-    h, w = labels.shape
-    integral = np.zeros((h + 1, w + 1), dtype=np.int64)
-    integral[1:, 1:] = labels.astype(np.int64).cumsum(0).cumsum(1)
-    y0, x0 = positions[:, 0], positions[:, 1]
-    y1, x1 = np.minimum(y0 + patch, h), np.minimum(x0 + patch, w)
-    ink = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    ys, xs = np.unique(positions[:, 0]), np.unique(positions[:, 1])
+    counts = window_counts(labels, ys, xs, patch)
+    ink = counts[np.searchsorted(ys, positions[:, 0]), np.searchsorted(xs, positions[:, 1])]
     keep = (ink > 0) | (rng.random(len(positions)) < neg_fraction)
     return positions[keep]
+
+
+def read_window(stack: Any, layers: list[int], y: int, x: int, patch: int) -> np.ndarray:
+    """A (layers, patch, patch) float32 window scaled by 1/256, which keeps uint16 intensities inside float16's
+    range (65504) for the host-to-device copy; the model normalises per patch, so the scale does not matter."""
+    return stack.read(layers, y, y + patch, x, x + patch).astype(np.float32) * (1 / 256)
 
 
 class InkPatches(Dataset):
@@ -93,8 +101,7 @@ class InkPatches(Dataset):
         f_idx, y, x = (int(v) for v in self.positions[idx])
         frag, p = self.fragments[f_idx], self.patch
         layers = self._layers(rng, frag.stack.n_layers)
-        # /256 keeps uint16 intensities inside float16's range (65504); the model normalises per patch anyway
-        arr = frag.stack.read(layers, frag.y0 + y, frag.y0 + y + p, x, x + p).astype(np.float32) * (1 / 256)
+        arr = read_window(frag.stack, layers, frag.y0 + y, x, p)
         target = self._target(frag, y, x)
         if rng is not None:
             if rng.random() < 0.5:

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kcomp import console
-from kcomp.data.ink_patches import window_positions
+from kcomp.data.ink_patches import read_window, window_positions
 
 
 def blend_window(patch: int) -> torch.Tensor:
@@ -28,8 +28,7 @@ class _Tiles(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         y, x = (int(v) for v in self.positions[i])
-        p = self.patch
-        arr = self.stack.read(self.layers, self.y0 + y, self.y0 + y + p, x, x + p).astype(np.float32) * (1 / 256)
+        arr = read_window(self.stack, self.layers, self.y0 + y, x, self.patch)
         return torch.from_numpy(arr).to(torch.float16), torch.tensor([y, x])
 
 
