@@ -23,14 +23,12 @@ class Task(Protocol):
 
     def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
                 train: bool, with_targets: bool = True) -> Dataset:
-        """Items are (uint8 CxHxW image tensor, target)."""
+        """Items are (input tensor, target); the dataset also offers `targets_array()` for validation scores."""
 
     def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module: ...
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any: ...
-
-    def targets(self, rows: pd.DataFrame, setup: dict[str, Any]) -> np.ndarray: ...
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """Probabilities for a batch, averaged over `tta` augmentations whose inverses are applied."""

@@ -76,9 +76,6 @@ class InkTask:
                           with_targets=with_targets, neg_fraction=cfg["neg_fraction"] if train else 1.0,
                           seed=cfg["seed"])
 
-    def targets(self, rows: pd.DataFrame, setup: dict[str, Any]) -> np.ndarray:
-        raise NotImplementedError("ink targets are maps; they come from the dataset (targets_array)")
-
     def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module:
         from kcomp.models import load_pretrained

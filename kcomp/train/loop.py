@@ -74,6 +74,8 @@ def _write_run_config(run: Path, cfg: dict[str, Any], setup: dict[str, Any]) -> 
 
 def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str, Any], fold: int,
              device: torch.device) -> tuple[DataLoader, DataLoader, SeededSampler, Any]:
+    """Loaders of the fold's training and validation rows, the sampler to position on resume, and the
+    validation targets the metric compares with."""
     df = table.df
     train_rows = df[(df["split"] == "train") & (df["fold"] >= 0) & (df["fold"] != fold)].reset_index(drop=True)
     val_rows = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
@@ -93,7 +95,7 @@ def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str,
     drop_last = len(train_ds) >= cfg["batch_size"]
     train_dl = DataLoader(train_ds, batch_size=cfg["batch_size"], sampler=sampler, drop_last=drop_last, **common)
     val_dl = DataLoader(val_ds, batch_size=cfg["batch_size"], shuffle=False, **common)
-    return train_dl, val_dl, sampler, (val_rows, val_ds.targets_array())
+    return train_dl, val_dl, sampler, val_ds.targets_array()
 
 
 def _optimizer(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
@@ -149,7 +151,7 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
     seed_everything(cfg["seed"], cfg["deterministic"])
     metric_name = cfg["metric"] or task.default_metric
     metric = get_metric(metric_name)
-    train_dl, val_dl, sampler, (val_rows, val_targets) = _loaders(cfg, table, task, setup, fold, device)
+    train_dl, val_dl, sampler, val_targets = _loaders(cfg, table, task, setup, fold, device)
 
     model = task.build_model(cfg, setup, weights=cfg["weights"]).to(device)
     _write_run_config(run, cfg, setup)
