@@ -29,7 +29,7 @@ def command(
     first = files[0]
     df = first.df.copy()
     df["probs"] = list(blended)
-    meta = {k: v for k, v in first.meta.items() if k not in ("kcomp_version", "schema", "command")}
+    meta = first.carried_meta()
     meta.update(ensemble={"method": method, "weights": weights, "inputs": list(preds)})
     summary: dict = {"rows": len(df)}
     if first.kind == "oof" and "target" in df.columns and meta.get("metric"):

@@ -36,7 +36,7 @@ def command(
         raise BadInput("OOF file has no target column", path=oofs[0].source)
     result = stack(aligned(oofs), oofs[0].df["target"].to_numpy(), aligned(tests), model=model, n_splits=folds,
                    seed=seed)
-    base = {k: v for k, v in tests[0].meta.items() if k not in ("kcomp_version", "schema", "command")}
+    base = tests[0].carried_meta()
     info = {"model": model, "oof": list(oof), "test": list(test), "cv_score": result.cv_score}
     df = tests[0].df[["id", "fold"]].copy()
     df["probs"] = list(result.test.astype("float32"))
@@ -44,7 +44,7 @@ def command(
     if oof_output:
         odf = oofs[0].df[["id", "fold", "target"]].copy()
         odf["probs"] = list(result.oof.astype("float32"))
-        obase = {k: v for k, v in oofs[0].meta.items() if k not in ("kcomp_version", "schema", "command")}
+        obase = oofs[0].carried_meta()
         written.append(write_predictions(odf, oof_output, **{**obase, "stack": info, "metric": "accuracy",
                                                             "score": result.cv_score}))
     for f, s in zip(oof, result.base_scores, strict=True):

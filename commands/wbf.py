@@ -33,7 +33,7 @@ def command(
     check_compatible(files)
     df = fuse_boxes([f.df for f in files], method=method, iou_thr=iou, skip_box_thr=skip_box_thr,
                     weights=parse_weights(weights, len(files)), conf_type=conf_type)
-    meta = {k: v for k, v in files[0].meta.items() if k not in ("kcomp_version", "schema", "command")}
+    meta = files[0].carried_meta()
     meta["fusion"] = {"method": method, "iou": iou, "skip_box_thr": skip_box_thr, "weights": weights,
                       "conf_type": conf_type, "inputs": list(preds)}
     n = int(sum(len(b) for b in df["boxes"]))

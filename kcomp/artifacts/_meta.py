@@ -36,6 +36,11 @@ def make_meta(schema: str, **extra: Any) -> dict[str, Any]:
     }
 
 
+def carried(meta: dict[str, Any], *drop: str) -> dict[str, Any]:
+    """What a derived artifact inherits from its source: everything but the fields `make_meta` writes anew."""
+    return {k: v for k, v in meta.items() if k not in ("kcomp_version", "schema", "command", *drop)}
+
+
 def check_meta(meta: dict[str, Any] | None, accept: str | tuple[str, ...], where: str) -> dict[str, Any]:
     """Reject files of the wrong kind or from a newer kcomp with one line naming the file."""
     accept = (accept,) if isinstance(accept, str) else accept

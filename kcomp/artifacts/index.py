@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from kcomp.artifacts._meta import carried
 from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
 from kcomp.errors import BadInput
 
@@ -62,7 +63,7 @@ def write_index(df: pd.DataFrame, path: str | Path, *, root: Path, competition: 
 def write_folds(table: IndexTable, folds: Any, path: str | Path, **extra: Any) -> str:
     df = table.df.copy()
     df["fold"] = folds
-    meta = {k: v for k, v in table.meta.items() if k not in ("kcomp_version", "schema", "command", "root")}
+    meta = carried(table.meta, "root")
     meta["index_command"] = table.meta.get("command")
     return write_table(df, path, "folds", root=_root_for(path, table.root), **{**meta, **extra})
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kcomp.artifacts._atomic import atomic_write_bytes
+from kcomp.artifacts._meta import carried
 from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
 from kcomp.errors import BadInput
 
@@ -39,6 +40,10 @@ class Predictions:
     @property
     def classes(self) -> list[str]:
         return list(self.meta.get("classes", []))
+
+    def carried_meta(self) -> dict[str, Any]:
+        """Metadata a file derived from this one (ensemble, stack, wbf) keeps."""
+        return carried(self.meta)
 
     def maps(self) -> Any:
         """Dense maps (uint8, prob*255) keyed by `map_key`; an NpzFile loads one map at a time."""
