@@ -212,27 +212,6 @@ def ink_thresholds(thresholds: dict[str, Any] | None) -> tuple[float, int]:
     return thr, min_size
 
 
-def binarize(prob: np.ndarray, threshold: float) -> np.ndarray:
-    """prob >= threshold, as `kcomp tune-threshold` counts it; a uint8 map holds prob*255 and is compared through
-    a 256-entry table (the same float32 values the tuner uses), so no float copy of the map is made."""
-    if prob.dtype == np.uint8:
-        table = (np.arange(256, dtype=np.float64) / 255.0).astype(np.float32) >= threshold
-        return table[prob]
-    return np.asarray(prob, dtype=np.float32) >= threshold
-
-
-def postprocess(prob: np.ndarray, mask: np.ndarray, threshold: float, min_size: int) -> np.ndarray:
-    """Threshold, drop 8-connected components under `min_size` px, then zero outside the papyrus mask (the order
-    `kcomp.post.ink_threshold.tune` scores min_size in, so the submission reproduces the tuned score)."""
-    from kcomp.post.ink_threshold import remove_small
-
-    ink = binarize(prob, threshold)
-    if min_size > 1 and ink.any():
-        ink = remove_small(ink, min_size)
-    ink &= mask
-    return ink
-
-
 def _open_index(preds: Predictions) -> Any:
     from kcomp.artifacts.index import read_index
 
@@ -251,6 +230,7 @@ def submit_ink(preds: list[Predictions], *, thresholds: dict[str, Any] | None) -
     import pandas as pd
 
     from kcomp.data.layers import read_png_mask
+    from kcomp.post.ink_threshold import postprocess
     from kcomp.post.rle import encode
 
     if len(preds) != 1:

@@ -219,6 +219,16 @@ def _uint8_cutoff(threshold: float) -> int:
     return int(passes[0]) if len(passes) else 256
 
 
+def postprocess(prob: np.ndarray, mask: np.ndarray, threshold: float, min_size: int) -> np.ndarray:
+    """The binary ink map `tune` scores: prob >= threshold (uint8 maps through the same cutoff), 8-connected
+    components under `min_size` px dropped, then zeroed outside the papyrus mask. Submissions call this, so they
+    reproduce the tuned score."""
+    ink = prob >= _uint8_cutoff(threshold) if prob.dtype == np.uint8 else np.asarray(prob, np.float32) >= threshold
+    if min_size > 1 and ink.any():
+        ink = remove_small(ink, min_size)
+    return ink & mask
+
+
 def tune(fragments: Sequence[Fragment], *, downscale: int = 32, beta: float = 0.5,
          min_sizes: Sequence[int] = (0, 1000, 5000, 10000, 20000, 50000), steps: int = 256) -> InkThreshold:
     """Threshold from the downscaled search, then the min_size (full-resolution pixels) with the best F-beta.
