@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -13,35 +13,68 @@ from kcomp.commands._weights import parse_weights
 def command(
     preds: Annotated[list[str], typer.Argument(help="Prediction files of the same rows (all oof or all test).")],
     output: Output = ...,
-    method: Annotated[str, typer.Option(help="mean | rank | geometric | power")] = "mean",
+    method: Annotated[str, typer.Option(help="mean | rank | geometric | power (maps: mean | geometric | power)")
+                      ] = "mean",
     weights: Annotated[str | None, typer.Option(help="Comma-separated, one per file, e.g. 1,2.")] = None,
     power: Annotated[float, typer.Option(help="Exponent for --method power (sharpening).")] = 2.0,
     as_json: Json = False,
 ) -> None:
     """Blend prediction files of the same ids, task and classes into one (rows in the first file's order).
-    OOF inputs keep their targets and the blend's CV score is printed, so blends can be compared honestly."""
-    from kcomp.artifacts.predictions import aligned, check_compatible, read_predictions, write_predictions
-    from kcomp.post.ensemble import combine
+    Class probabilities: OOF inputs keep their targets and the blend's CV score is printed, so blends can be
+    compared honestly. Dense maps (seg, ink) are blended id by id into a new .npz (memory: one id's maps);
+    their score comes from `kcomp tune-threshold` on the blended OOF."""
+    from kcomp.artifacts.predictions import check_compatible, read_predictions
 
     files = [read_predictions(p) for p in preds]
     check_compatible(files)
-    blended = combine(aligned(files), method=method, weights=parse_weights(weights, len(files)), power=power)
+    meta = files[0].carried_meta()
+    meta.update(ensemble={"method": method, "weights": weights, "inputs": list(preds)})
+    w = parse_weights(weights, len(files))
+    if "map_key" in files[0].df.columns:
+        written, summary = _maps(files, output, meta, method, w, power)
+    else:
+        written, summary = _probs(files, output, meta, method, w, power)
+    emit(written, summary, as_json)
+
+
+def _probs(files: list, output: str, meta: dict, method: str, w: Any, power: float) -> tuple[str, dict]:
+    from kcomp.artifacts.predictions import aligned, write_predictions
+    from kcomp.post.ensemble import combine
+
+    blended = combine(aligned(files), method=method, weights=w, power=power)
     first = files[0]
     df = first.df.copy()
     df["probs"] = list(blended)
-    meta = first.carried_meta()
-    meta.update(ensemble={"method": method, "weights": weights, "inputs": list(preds)})
     summary: dict = {"rows": len(df)}
     if first.kind == "oof" and "target" in df.columns and meta.get("metric"):
         from kcomp.tasks import get_task
 
-        task = get_task(first.task)
-        meta["score"] = task.score(meta["metric"], blended, df["target"].to_numpy())
+        meta["score"] = get_task(first.task).score(meta["metric"], blended, df["target"].to_numpy())
         for f in files:
             log(f"  {f.source}: {meta['metric']} {f.meta.get('score', float('nan')):.4f}")
         log(f"ensemble ({method}): {meta['metric']} {meta['score']:.4f}")
         summary.update(metric=meta["metric"], score=meta["score"])
-    emit(write_predictions(df, output, **meta), summary, as_json)
+    return write_predictions(df, output, **meta), summary
+
+
+def _maps(files: list, output: str, meta: dict, method: str, w: Any, power: float) -> tuple[str, dict]:
+    from contextlib import ExitStack
+
+    from kcomp.artifacts.predictions import write_map_predictions
+    from kcomp.post.ensemble import blend_maps
+
+    first = files[0]
+    order = first.df["id"].tolist()
+    keys = [dict(zip(f.df["id"], f.df["map_key"].astype(str), strict=True)) for f in files]
+    df = first.df.copy()
+    df["map_key"] = df["map_key"].astype(str)
+    meta.pop("score", None)  # the blend's score is tune-threshold's to report
+    with ExitStack() as stack:
+        sources = [stack.enter_context(f.maps()) for f in files]
+        blended = blend_maps(sources, [[k[i] for i in order] for k in keys], method=method, weights=w, power=power)
+        written = write_map_predictions(df, output, zip(df["map_key"], blended, strict=True), **meta)
+    log(f"ensemble ({method}): {len(df)} map rows from {len(files)} file(s)")
+    return written, {"rows": len(df)}
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -10,6 +10,30 @@ from kcomp.commands._common import Device, Json, Output, Workers, emit, log
 
 Tta = Annotated[int, typer.Option("--tta", help="Flip views averaged: 1, 2, 4 or 8 (use the same as for test).")]
 BatchSize = Annotated[int | None, typer.Option(help="Default: the run's training batch size.")]
+Checkpoints = Annotated[str, typer.Option(help="best | last | best+last (predictions of both averaged).")]
+OutSize = Annotated[str | None, typer.Option(help="seg: HxW of the stored probability maps, e.g. 350x525 "
+                                                  "(default: the preset's submission size).")]
+
+
+def predict_options(tta: int, device: str, batch_size: int | None, workers: int, checkpoints: str,
+                    out_size: str | None) -> Any:
+    """The options `oof` and `tta` share, parsed once."""
+    from kcomp.infer.runs import PredictOptions
+
+    return PredictOptions(tta=tta, device=device, batch_size=batch_size, workers=workers, checkpoints=checkpoints,
+                          out_size=_size(out_size) if out_size else None)
+
+
+def _size(text: str) -> tuple[int, int]:
+    from kcomp.errors import BadUsage
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise BadUsage(f"--out-size {text}: expected HEIGHTxWIDTH, e.g. 350x525") from None
+    if h < 1 or w < 1:
+        raise BadUsage(f"--out-size {text}: sides must be positive")
+    return h, w
 
 
 def command(
@@ -19,6 +43,8 @@ def command(
     device: Device = "auto",
     batch_size: BatchSize = None,
     workers: Workers = 2,
+    checkpoints: Checkpoints = "best",
+    out_size: OutSize = None,
     as_json: Json = False,
 ) -> None:
     """Out-of-fold predictions: each fold's best.pt predicts its own held-out rows; several runs are averaged.
@@ -26,7 +52,8 @@ def command(
     from kcomp.artifacts.predictions import write_predictions
     from kcomp.infer.runs import predict_oof
 
-    df, meta = predict_oof(runs, tta=tta, device=device, batch_size=batch_size, workers=workers)
+    opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
+    df, meta = predict_oof(runs, opts)
     written = write_predictions(df, output, **meta)
     log(f"oof: CV {meta['metric']} {meta['score']:.4f} over {len(df)} rows, folds {meta['folds']}"
         + (f" (untrained folds {meta['untrained_folds']})" if meta["untrained_folds"] else ""))

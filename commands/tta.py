@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
-from kcomp.commands.oof import BatchSize, Tta
+from kcomp.commands.oof import BatchSize, Checkpoints, OutSize, Tta, predict_options
 
 
 def command(
@@ -18,13 +18,18 @@ def command(
     device: Device = "auto",
     batch_size: BatchSize = None,
     workers: Workers = 2,
+    checkpoints: Checkpoints = "best",
+    out_size: OutSize = None,
+    preview: Annotated[str | None, typer.Option(help="seg/ink: also write overlay PNGs of a few ids to this "
+                                                     "directory, to look at before submitting.")] = None,
+    preview_count: Annotated[int, typer.Option(help="How many ids --preview draws.")] = 8,
     as_json: Json = False,
 ) -> None:
     """Test predictions: every fold of every RUN predicts the test rows of the run's index (or of an INDEX file
     given among the arguments), with --tta flip views; probabilities are averaged. Writes PRED."""
     from pathlib import Path
 
-    from kcomp.artifacts.predictions import write_predictions
+    from kcomp.artifacts.predictions import read_predictions, write_predictions
     from kcomp.errors import BadUsage
     from kcomp.infer.runs import predict_test
 
@@ -34,10 +39,17 @@ def command(
     dirs = [r for r in runs if r not in indexes]
     if not dirs:
         raise BadUsage("give at least one run directory")
-    df, meta = predict_test(dirs, index=indexes[0] if indexes else None, tta=tta, device=device,
-                            batch_size=batch_size, workers=workers)
-    written = write_predictions(df, output, **meta)
+    if preview and output == "-":
+        raise BadUsage("--preview reads the predictions back; give -o PATH, not -")
+    opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
+    df, meta = predict_test(dirs, opts, index=indexes[0] if indexes else None)
+    written = [write_predictions(df, output, **meta)]
     log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta} view(s)")
+    if preview:
+        from kcomp.infer.preview import write_previews
+
+        pngs = write_previews(read_predictions(written[0]), Path(preview), n=preview_count)
+        log(f"tta: {len(pngs)} preview(s) in {preview}")
     emit(written, {"rows": len(df), "models": meta["models"]}, as_json)
 
 

@@ -129,3 +129,48 @@ def test_bad_usage() -> None:
         combine([_probs(0)], method="power", power=0)
     with pytest.raises(BadInput, match="negative values"):
         combine([-_probs(0)], method="power")
+
+
+# ---- dense maps (seg, ink): blended id by id into a new npz
+
+
+def _map_file(path, maps: dict[str, np.ndarray], order: list[str]) -> None:
+    import pandas as pd
+
+    from kcomp.artifacts.predictions import write_predictions
+
+    df = pd.DataFrame({"id": order, "fold": -1, "map_key": [f"k{i}" for i in order],
+                       "map": [maps[i] for i in order]})
+    write_predictions(df, path, task="seg", kind="test", classes=["a", "b"])
+
+
+def test_dense_maps_blend_per_id_in_first_files_order(tmp_path) -> None:
+    from kcomp.artifacts.predictions import read_predictions
+    from tests.conftest import run_cli
+
+    rng = np.random.default_rng(0)
+    ids = ["x", "y", "z"]
+    a = {i: rng.integers(0, 256, (2, 5, 7), dtype=np.uint8) for i in ids}
+    b = {i: rng.integers(0, 256, (2, 5, 7), dtype=np.uint8) for i in ids}
+    _map_file(tmp_path / "a.parquet", a, ids)
+    _map_file(tmp_path / "b.parquet", b, ids[::-1])  # other row order and keys: matched by id
+    r = run_cli("ensemble", tmp_path / "a.parquet", tmp_path / "b.parquet", "--weights", "1,3",
+                "-o", tmp_path / "e.parquet")
+    assert r.code == 0, r.stderr
+    out = read_predictions(tmp_path / "e.parquet")
+    assert out.df["id"].tolist() == ids
+    with out.maps() as maps:
+        for i, key in zip(out.df["id"], out.df["map_key"], strict=True):
+            expect = 0.25 * a[i].astype(float) + 0.75 * b[i]
+            assert maps[key].dtype == np.uint8
+            assert np.abs(maps[key] - expect).max() <= 0.5 + 1e-4  # rounded to the nearest uint8 (float32 blend)
+
+
+def test_dense_maps_refuse_rank(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    maps = {"x": np.zeros((1, 2, 2), np.uint8)}
+    _map_file(tmp_path / "a.parquet", maps, ["x"])
+    r = run_cli("ensemble", tmp_path / "a.parquet", tmp_path / "a.parquet", "--method", "rank",
+                "-o", tmp_path / "e.parquet")
+    assert r.code == 2 and "rank has no meaning per pixel" in r.last_error_line

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kcomp.artifacts._atomic import atomic_write_bytes
+from kcomp.artifacts._atomic import atomic_write
 from kcomp.artifacts._meta import carried
 from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
 from kcomp.errors import BadInput
@@ -64,17 +64,29 @@ def write_predictions(df: pd.DataFrame, path: str | Path, *, task: str, kind: st
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
     meta.setdefault("values", "probabilities")
-    if "map" in df.columns:  # dense maps go to an .npz beside the table, written first so the table never dangles
-        if str(path) == STDIO:
-            from kcomp.errors import BadUsage
+    if "map" in df.columns:
+        maps = zip(df["map_key"], df["map"], strict=True)
+        return write_map_predictions(df.drop(columns=["map"]), path, maps, task=task, kind=kind, classes=classes,
+                                     **meta)
+    return write_table(df, path, "predictions", task=task, kind=kind, classes=classes, **meta)
 
-            raise BadUsage("dense predictions (maps) cannot be written to stdout; give -o PATH")
-        npz = _npz_name(path)
-        buf = io.BytesIO()
-        np.savez(buf, **{str(k): np.ascontiguousarray(m) for k, m in zip(df["map_key"], df["map"], strict=True)})
-        atomic_write_bytes(Path(path).parent / npz, buf.getvalue())
-        df = df.drop(columns=["map"])
-        meta.update(maps_file=npz, values="uint8 probability*255 maps")
+
+def write_map_predictions(df: pd.DataFrame, path: str | Path, maps: Iterable[tuple[Any, np.ndarray]], *, task: str,
+                          kind: str, classes: list[str], **meta: Any) -> str:
+    """Dense maps go to an .npz beside the table, one map at a time (memory stays at one map however many rows),
+    and before the table, so a table never points at a missing or half-written npz."""
+    import zipfile
+
+    if str(path) == STDIO:
+        from kcomp.errors import BadUsage
+
+        raise BadUsage("dense predictions (maps) cannot be written to stdout; give -o PATH")
+    npz = _npz_name(path)
+    with atomic_write(Path(path).parent / npz) as f, zipfile.ZipFile(f, "w", allowZip64=True) as zf:
+        for key, m in maps:
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as entry:
+                np.lib.format.write_array(entry, np.ascontiguousarray(m), allow_pickle=False)
+    meta.update(maps_file=npz, values="uint8 probability*255 maps")
     return write_table(df, path, "predictions", task=task, kind=kind, classes=classes, **meta)
 
 

@@ -43,24 +43,63 @@ def _check_same(runs: list[Run]) -> None:
             raise BadInput(f"predicts {r.cfg['task']} {r.setup} unlike {first.path}", path=r.path)
 
 
-def _predict(run: Run, fold: int, rows: Any, *, tta: int, device: str, batch_size: int | None, workers: int,
-             with_targets: bool, table: IndexTable | None = None) -> Any:
+CHECKPOINTS = ("best", "last", "best+last")
+
+
+@dataclass
+class PredictOptions:
+    """How to predict, shared by `oof` and `tta`; `out_size` reaches the task through its config (seg maps)."""
+
+    tta: int = 1
+    device: str = "auto"
+    batch_size: int | None = None
+    workers: int = 2
+    checkpoints: str = "best"
+    out_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        from kcomp.errors import BadUsage
+
+        if self.checkpoints not in CHECKPOINTS:
+            raise BadUsage(f"--checkpoints {self.checkpoints}: choose one of {', '.join(CHECKPOINTS)}")
+
+
+def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:
+    """The evaluated weights of a fold: best.pt holds them as saved; in last.pt the EMA (if any) is what
+    validation used, so it is preferred over the raw weights there too."""
+    if which == "best":
+        return load_checkpoint(paths.best_checkpoint(run.path, fold), task=task)["model"]
+    last = paths.last_checkpoint(run.path, fold)
+    if not last.is_file():
+        raise BadInput(f"--checkpoints {which}: fold {fold} has no last.pt", path=paths.fold_dir(run.path, fold))
+    ck = load_checkpoint(last, task=task)
+    return ck.get("ema") or ck["model"]
+
+
+def _predict(run: Run, fold: int, rows: Any, opts: PredictOptions, *, with_targets: bool,
+             table: IndexTable | None = None) -> Any:
+    """One fold's predictions; with `best+last` the two checkpoints' predictions are averaged (Clouds' trick)."""
     task = get_task(run.cfg["task"])
-    ck = load_checkpoint(paths.best_checkpoint(run.path, fold), task=task.name)
-    dev = resolve_device(device)
-    model = task.build_model(run.cfg, run.setup)
-    model.load_state_dict(ck["model"])
-    model = model.to(dev).to(memory_format=torch.channels_last)
-    return task.predict_rows(model, table or run.table, rows, run.cfg, run.setup, tta=tta, device=dev,
-                             dtype=amp_dtype(dev, run.cfg["amp"]), batch_size=batch_size or run.cfg["batch_size"],
-                             workers=workers, with_targets=with_targets, label=f"{run.path.name} fold {fold}")
+    dev = resolve_device(opts.device)
+    cfg = {**run.cfg, "out_size": opts.out_size}
+    preds = []
+    for which in opts.checkpoints.split("+"):
+        model = task.build_model(run.cfg, run.setup)
+        model.load_state_dict(_weights(run, fold, which, task.name))
+        model = model.to(dev).to(memory_format=torch.channels_last)
+        preds.append(task.predict_rows(model, table or run.table, rows, cfg, run.setup, tta=opts.tta, device=dev,
+                                       dtype=amp_dtype(dev, run.cfg["amp"]),
+                                       batch_size=opts.batch_size or run.cfg["batch_size"], workers=opts.workers,
+                                       with_targets=with_targets, label=f"{run.path.name} fold {fold} {which}"))
+        del model
+    return preds[0] if len(preds) == 1 else task.average(preds)
 
 
-def predict_oof(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto", batch_size: int | None = None,
-                workers: int = 2) -> tuple[Any, dict[str, Any]]:
+def predict_oof(run_dirs: list[str | Path], opts: PredictOptions | None = None) -> tuple[Any, dict[str, Any]]:
     """Each fold predicts its own held-out rows; several runs are averaged. Returns (frame, metadata)."""
     import pandas as pd
 
+    opts = opts or PredictOptions()
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
     task = get_task(runs[0].cfg["task"])
@@ -68,8 +107,7 @@ def predict_oof(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto
     parts = []
     for fold in runs[0].folds:
         rows = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
-        preds = [_predict(r, fold, rows, tta=tta, device=device, batch_size=batch_size, workers=workers,
-                          with_targets=True) for r in runs if fold in r.folds]
+        preds = [_predict(r, fold, rows, opts, with_targets=True) for r in runs if fold in r.folds]
         frame = task.frame(rows, task.average(preds), runs[0].setup, with_targets=True)
         frame.insert(1, "fold", fold)
         parts.append(frame)
@@ -79,13 +117,14 @@ def predict_oof(run_dirs: list[str | Path], *, tta: int = 1, device: str = "auto
     missing = sorted(set(df[(df["split"] == "train") & (df["fold"] >= 0)]["fold"]) - set(runs[0].folds))
     meta = {"metric": metric, "score": score, "folds": runs[0].folds, "untrained_folds": missing,
             "index": runs[0].table.source,
-            "runs": [str(r.path) for r in runs], "tta": tta, "competition": runs[0].table.competition}
+            "runs": [str(r.path) for r in runs], "competition": runs[0].table.competition, **_opts_meta(opts)}
     return out, _pred_meta(runs[0], task, "oof", meta)
 
 
-def predict_test(run_dirs: list[str | Path], *, index: str | Path | None = None, tta: int = 1, device: str = "auto",
-                 batch_size: int | None = None, workers: int = 2) -> tuple[Any, dict[str, Any]]:
+def predict_test(run_dirs: list[str | Path], opts: PredictOptions | None = None, *, index: str | Path | None = None
+                 ) -> tuple[Any, dict[str, Any]]:
     """Test rows of the runs' index (or of another `index`), averaged over every fold of every run."""
+    opts = opts or PredictOptions()
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
     task = get_task(runs[0].cfg["task"])
@@ -93,13 +132,17 @@ def predict_test(run_dirs: list[str | Path], *, index: str | Path | None = None,
     rows = table.rows("test")
     if len(rows) == 0:
         raise BadInput("index has no test rows", path=table.source)
-    preds = [_predict(r, k, rows, tta=tta, device=device, batch_size=batch_size, workers=workers,
-                      with_targets=False, table=table) for r in runs for k in r.folds]
+    preds = [_predict(r, k, rows, opts, with_targets=False, table=table) for r in runs for k in r.folds]
     out = task.frame(rows, task.average(preds), runs[0].setup, with_targets=False)
     out.insert(1, "fold", -1)
-    meta = {"runs": [str(r.path) for r in runs], "models": len(preds), "tta": tta,
-            "index": table.source, "competition": table.competition or runs[0].table.competition}
+    meta = {"runs": [str(r.path) for r in runs], "models": len(preds), "index": table.source,
+            "competition": table.competition or runs[0].table.competition, **_opts_meta(opts)}
     return out, _pred_meta(runs[0], task, "test", meta)
+
+
+def _opts_meta(opts: PredictOptions) -> dict[str, Any]:
+    return {"tta": opts.tta, "checkpoints": opts.checkpoints,
+            "out_size": list(opts.out_size) if opts.out_size else None}
 
 
 def _pred_meta(run: Run, task: Any, kind: str, extra: dict[str, Any]) -> dict[str, Any]:

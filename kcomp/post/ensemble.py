@@ -6,7 +6,7 @@ share one code path; arrays are accumulated one at a time so large maps are neve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -95,3 +95,23 @@ def combine(
         sums = acc.sum(axis=1, keepdims=True)
         np.divide(acc, sums, out=acc, where=sums > 0)
     return acc.astype(np.float32)
+
+
+MAP_METHODS = ("mean", "geometric", "power")
+
+
+def blend_maps(sources: Sequence[Mapping[str, np.ndarray]], keys: Sequence[Sequence[str]], *, method: str = "mean",
+               weights: Sequence[float] | None = None, power: float = 2.0) -> Iterator[np.ndarray]:
+    """Blend dense maps (seg/ink) row by row: row i combines `sources[j][keys[j][i]]` over models j. Maps are
+    uint8 prob*255 (or floats in [0, 1]) and come back as uint8, one row at a time, so an ensemble of thousands
+    of 4x350x525 maps or of whole fragments never holds more than one row's maps in memory."""
+    if method not in MAP_METHODS:
+        raise BadUsage(f"--method {method}: dense maps blend with one of {', '.join(MAP_METHODS)} (rank has no "
+                       "meaning per pixel)")
+    for row in zip(*keys, strict=True):
+        probs = []
+        for src, key in zip(sources, row, strict=True):
+            m = np.asarray(src[key])
+            probs.append(m / 255.0 if m.dtype == np.uint8 else m)
+        yield np.rint(combine(probs, method=method, weights=weights, power=power, normalize=False) * 255.0
+                      ).clip(0, 255).astype(np.uint8)

@@ -104,3 +104,21 @@ def test_stack_takes_several_test_files_after_one_option_and_pairs_them_by_run(d
     a2.meta = {**a2.meta, "runs": ["elsewhere"]}
     _, tests = pair_by_runs([a, a2], [b2, b])
     assert [t.meta["runs"] for t in tests] == [a.meta["runs"], ["elsewhere"]]
+
+
+def test_oof_best_plus_last_averages_both_checkpoints(demo_run, tmp_path):
+    from kcomp.artifacts.predictions import read_predictions
+
+    r = run_cli("oof", demo_run["run"], "--checkpoints", "best+last", "--workers", "0", "-o", tmp_path / "o.parquet")
+    assert r.code == 0, r.stderr
+    both = read_predictions(tmp_path / "o.parquet")
+    assert both.meta["checkpoints"] == "best+last"
+    # one epoch: last.pt holds the same weights as best.pt, so the average equals the best-only predictions
+    np.testing.assert_allclose(both.probs(), read_predictions(demo_run["oof"]).probs(), atol=1e-5)
+
+
+def test_oof_rejects_unknown_checkpoints_and_bad_out_size(demo_run, tmp_path):
+    r = run_cli("oof", demo_run["run"], "--checkpoints", "worst", "-o", tmp_path / "o.parquet")
+    assert r.code == 2 and "--checkpoints worst" in r.last_error_line
+    r = run_cli("tta", demo_run["run"], "--out-size", "350by525", "-o", tmp_path / "t.parquet")
+    assert r.code == 2 and "HEIGHTxWIDTH" in r.last_error_line
