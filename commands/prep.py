@@ -18,12 +18,20 @@ def command(
     split_fragment: Annotated[str | None, typer.Option(
         help="vesuvius: cut these train fragments (comma-separated names, e.g. 2) into top/bottom halves "
              "holding similar papyrus, indexed as 2a/2b, so folds can be made per half.")] = None,
+    size: Annotated[int | None, typer.Option(
+        help="siim-covid19: side of the cached square PNGs [default: 512].")] = None,
+    bits: Annotated[int | None, typer.Option(help="siim-covid19: cached PNG depth, 8 or 16 [default: 8].")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="siim-covid19: decoding processes (0 = this process) [default: all CPUs].")] = None,
+    skip_bad: Annotated[bool, typer.Option(
+        help="siim-covid19: leave unreadable DICOM files out of the index (logged) instead of failing.")] = False,
     as_json: Json = False,
 ) -> None:
     from kcomp.competitions import get_competition
 
     comp = get_competition(competition)
-    written = comp.prep(raw_dir, Path(output), seed=seed, split_fragment=split_fragment)
+    written = comp.prep(raw_dir, Path(output), seed=seed, split_fragment=split_fragment, size=size, bits=bits,
+                        workers=workers, skip_bad=skip_bad)
     emit(written, {"competition": competition}, as_json)
 
 
