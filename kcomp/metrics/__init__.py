@@ -57,5 +57,6 @@ def list_metrics() -> list[str]:
 
 from kcomp.metrics import _classification  # noqa: E402,F401  (registers the classification metrics)
 from kcomp.metrics import _segmentation  # noqa: E402,F401  (registers the segmentation metrics)
+from kcomp.metrics import _detection  # noqa: E402,F401  (registers the detection metrics)
 
 __all__ = ["METRICS", "Metric", "get_metric", "list_metrics", "register_metric"]
