@@ -1,4 +1,5 @@
-"""The `kcomp` command: registers the ten subcommands; nothing heavy is imported until one of them runs."""
+"""The `kcomp` command: registers the ten subcommands and the read-only `report`; nothing heavy is imported until
+one of them runs."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ from typing import Annotated
 import typer
 
 from kcomp import __version__
-from kcomp.commands import (_common, ensemble, oof, prep, split, stack, submit, train, tta, tune_threshold,
-                            wbf)
+from kcomp.commands import (_common, ensemble, oof, prep, report, split, stack, submit, train, tta,
+                            tune_threshold, wbf)
 
 app = typer.Typer(
     name="kcomp",
     help="Composable commands from a Kaggle-style vision competition's raw data to a submission CSV.\n\n"
          "raw -> prep -> index -> split -> folds -> train -> run -> oof/tta -> predictions -> "
-         "wbf/ensemble/stack -> tune-threshold -> submit -> CSV. Every arrow is a file.",
+         "wbf/ensemble/stack -> tune-threshold -> submit -> CSV. Every arrow is a file; `report` draws runs, "
+         "predictions and thresholds.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -38,7 +40,7 @@ def main(
     _common.set_global(debug, quiet)
 
 
-for module in (prep, split, train, oof, tune_threshold, tta, wbf, ensemble, stack, submit):
+for module in (prep, split, train, oof, tune_threshold, tta, wbf, ensemble, stack, submit, report):
     module.register(app)
 
 

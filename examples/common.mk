@@ -1,30 +1,58 @@
-# The chain shared by the example Makefiles: split -> train (one job per model and fold) -> oof + tta per model
-# -> ensemble -> tune-threshold -> submit. An including Makefile sets COMP and the variables, and writes the rule
-# for $(DATA)/index.parquet (how its competition is prepped).
+# What the example Makefiles share. An including Makefile sets its variables (COMP, RAW, DATA, RUNS, OUT, FOLDS,
+# EPOCHS, SEED, KCOMP, DEVICE, NGPU, ...) and writes the rule for $(DATA)/index.parquet (how its competition is
+# prepped). Part 1 is for every example; part 2 is the two-model chain
+#   split -> train (one job per model and fold) -> oof + tta per model -> ensemble -> tune-threshold -> submit
+# that cassava, demo, clouds and vesuvius use. A Makefile with a chain of its own (siim-covid19) sets CHAIN = own.
 
 .DELETE_ON_ERROR:
 .SUFFIXES:
 .DEFAULT_GOAL := all
 
+# --- part 1: every example -------------------------------------------------------------------------------------
+
+TASK     ?= cls
+STRATEGY ?= stratified
+# Options of both `kcomp oof` and `kcomp tta` (e.g. --out-size 350x525 for Clouds' maps).
+PREDICT  ?=
+INDEX  := $(DATA)/index.parquet
+SPLIT  := $(DATA)/folds$(FOLDS).parquet
+KS     := $(shell seq 0 $$(( $(FOLDS) - 1 )))
+# Fold k's job sees GPU k % NGPU only (as cuda:0), so `make -jN NGPU=N` trains N folds on N GPUs at once.
+GPU     = $(if $(filter-out 0,$(NGPU)),CUDA_VISIBLE_DEVICES=$$(( $* % $(NGPU) )) )
+
+# A fold is done when `kcomp train --json` has printed its summary: best.pt is rewritten during training, so it
+# cannot mark completion, and make would delete a half-trained fold's best.pt on Ctrl-C, which resuming may
+# never rewrite. The summary is written to a temporary name and renamed, like every kcomp output.
+# $(call done,RUN): the fold markers RUN/foldK/train.json of a run directory.
+done = $(foreach k,$(KS),$(1)/fold$(k)/train.json)
+
+# $(eval $(call train_folds,RUN,TASK,OPTIONS)): one target per fold of RUN, each training that fold of TASK
+# with OPTIONS (model, size, the run's own flags), so `make -j` trains folds in parallel.
+define train_folds
+$(call done,$(1)): $(1)/fold%/train.json: $(SPLIT)
+	mkdir -p $$(@D)
+	$$(GPU)$(KCOMP) train $(2) --folds $(SPLIT) --fold $$* --epochs $(EPOCHS) --seed $(SEED) --device $(DEVICE) \
+	  -o $(1) $(strip $(3)) --json > $$@.tmp
+	mv $$@.tmp $$@
+endef
+
+$(SPLIT): $(INDEX)
+	$(KCOMP) split $< -o $@ --folds $(FOLDS) --strategy $(STRATEGY) --seed $(SEED)
+
+# --- part 2: the two-model chain -------------------------------------------------------------------------------
+ifneq ($(CHAIN),own)
+
 ifeq ($(NAME),$(NAME2))
 $(error NAME and NAME2 are both '$(NAME)': the two models need their own run directories)
 endif
 
-INDEX  := $(DATA)/index.parquet
-SPLIT  := $(DATA)/folds$(FOLDS).parquet
 RUN    := $(RUNS)/$(NAME)
 RUN2   := $(RUNS)/$(NAME2)
-KS     := $(shell seq 0 $$(( $(FOLDS) - 1 )))
-# A fold is done when `kcomp train --json` has printed its summary: best.pt is rewritten during training, so it
-# cannot mark completion, and make would delete a half-trained fold's best.pt on Ctrl-C, which resuming may
-# never rewrite. The summary is written to a temporary name and renamed, like every kcomp output.
-DONE   := $(foreach k,$(KS),$(RUN)/fold$(k)/train.json)
-DONE2  := $(foreach k,$(KS),$(RUN2)/fold$(k)/train.json)
-GPU     = $(if $(filter-out 0,$(NGPU)),CUDA_VISIBLE_DEVICES=$$(( $* % $(NGPU) )) )
-TRAIN   = $(KCOMP) train cls --folds $(SPLIT) --fold $* --img-size $(IMG) --epochs $(EPOCHS) --seed $(SEED) \
-          --device $(DEVICE)
+DONE   := $(call done,$(RUN))
+DONE2  := $(call done,$(RUN2))
+REPORT := $(OUT)/report/index.html
 
-.PHONY: all index folds train oof tta ensemble thresholds submission stack clean clean-runs
+.PHONY: all index folds train oof tta ensemble thresholds submission report clean clean-runs
 all: submission
 index: $(INDEX)
 folds: $(SPLIT)
@@ -34,37 +62,27 @@ tta: $(OUT)/test_$(NAME).parquet $(OUT)/test_$(NAME2).parquet
 ensemble: $(OUT)/oof_ens.parquet $(OUT)/test_ens.parquet
 thresholds: $(OUT)/thresholds.json
 submission: $(OUT)/submission.csv
-stack: $(OUT)/submission_stack.csv
+report: $(REPORT)
 
 # $(INDEX) (how `kcomp prep` is called) is each competition's own rule.
 
-$(SPLIT): $(INDEX)
-	$(KCOMP) split $< -o $@ --folds $(FOLDS) --strategy stratified --seed $(SEED)
-
-$(DONE): $(RUN)/fold%/train.json: $(SPLIT)
-	mkdir -p $(@D)
-	$(GPU)$(TRAIN) -o $(RUN) --model $(MODEL) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(FLAGS) $(EXTRA) \
-	  --json > $@.tmp
-	mv $@.tmp $@
-
-$(DONE2): $(RUN2)/fold%/train.json: $(SPLIT)
-	mkdir -p $(@D)
-	$(GPU)$(TRAIN) -o $(RUN2) --model $(MODEL2) $(if $(WEIGHTS2),--weights $(WEIGHTS2)) $(FLAGS2) $(EXTRA) \
-	  --json > $@.tmp
-	mv $@.tmp $@
+$(eval $(call train_folds,$(RUN),$(TASK),$(if $(IMG),--img-size $(IMG)) --model $(MODEL) \
+  $(if $(WEIGHTS),--weights $(WEIGHTS)) $(FLAGS) $(EXTRA)))
+$(eval $(call train_folds,$(RUN2),$(TASK),$(if $(IMG),--img-size $(IMG)) --model $(MODEL2) \
+  $(if $(WEIGHTS2),--weights $(WEIGHTS2)) $(FLAGS2) $(EXTRA)))
 
 # Out-of-fold predictions use the same TTA as the test predictions, so CV and leaderboard stay comparable.
 $(OUT)/oof_$(NAME).parquet: $(DONE)
-	$(KCOMP) oof $(RUN) -o $@ --tta $(TTA) --device $(DEVICE)
+	$(KCOMP) oof $(RUN) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT)
 
 $(OUT)/oof_$(NAME2).parquet: $(DONE2)
-	$(KCOMP) oof $(RUN2) -o $@ --tta $(TTA) --device $(DEVICE)
+	$(KCOMP) oof $(RUN2) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT)
 
 $(OUT)/test_$(NAME).parquet: $(DONE)
-	$(KCOMP) tta $(RUN) -o $@ --tta $(TTA) --device $(DEVICE)
+	$(KCOMP) tta $(RUN) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT)
 
 $(OUT)/test_$(NAME2).parquet: $(DONE2)
-	$(KCOMP) tta $(RUN2) -o $@ --tta $(TTA) --device $(DEVICE)
+	$(KCOMP) tta $(RUN2) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT)
 
 $(OUT)/oof_ens.parquet: $(OUT)/oof_$(NAME).parquet $(OUT)/oof_$(NAME2).parquet
 	$(KCOMP) ensemble $^ -o $@ --method $(ENSEMBLE)
@@ -78,9 +96,19 @@ $(OUT)/thresholds.json: $(OUT)/oof_ens.parquet
 $(OUT)/submission.csv: $(OUT)/thresholds.json $(OUT)/test_ens.parquet
 	$(KCOMP) submit $(COMP) $(OUT)/test_ens.parquet -o $@ --thresholds $< --sample $(RAW)/sample_submission.csv
 
-# `make stack`: a logistic regression (STACKER) over both models' OOF probabilities instead of the plain average;
-# its cross-validated level-2 OOF is scored and tuned like the ensemble's. One command writes both files; the
-# level-2 OOF is the target because it is written last.
+# `make report`: training curves of both runs, the ensemble's OOF and test predictions and its thresholds as
+# PNGs + one static page, $(OUT)/report/index.html (opens from disk).
+$(REPORT): $(DONE) $(DONE2) $(OUT)/oof_ens.parquet $(OUT)/test_ens.parquet $(OUT)/thresholds.json
+	$(KCOMP) report $(RUN) $(RUN2) $(OUT)/oof_ens.parquet $(OUT)/test_ens.parquet $(OUT)/thresholds.json \
+	  -o $(@D)
+
+# `make stack` (classification only): a logistic regression (STACKER) over both models' OOF probabilities instead
+# of the plain average; its cross-validated level-2 OOF is scored and tuned like the ensemble's. One command
+# writes both files; the level-2 OOF is the target because it is written last.
+ifeq ($(TASK),cls)
+.PHONY: stack
+stack: $(OUT)/submission_stack.csv
+
 $(OUT)/oof_stack.parquet: $(OUT)/oof_$(NAME).parquet $(OUT)/oof_$(NAME2).parquet \
                           $(OUT)/test_$(NAME).parquet $(OUT)/test_$(NAME2).parquet
 	$(KCOMP) stack $(OUT)/oof_$(NAME).parquet $(OUT)/oof_$(NAME2).parquet \
@@ -93,12 +121,16 @@ $(OUT)/thresholds_stack.json: $(OUT)/oof_stack.parquet
 
 $(OUT)/submission_stack.csv: $(OUT)/thresholds_stack.json $(OUT)/test_stack.parquet
 	$(KCOMP) submit $(COMP) $(OUT)/test_stack.parquet -o $@ --thresholds $< --sample $(RAW)/sample_submission.csv
+endif
 
-# Predictions only; `clean-runs` also removes this example's two run directories (checkpoints!).
+# Predictions and the report only; `clean-runs` also removes this example's two run directories (checkpoints!).
+# Dense maps (seg, ink) live in an .npz beside each predictions table.
 clean:
-	rm -f $(OUT)/oof_$(NAME).parquet $(OUT)/oof_$(NAME2).parquet $(OUT)/test_$(NAME).parquet \
-	      $(OUT)/test_$(NAME2).parquet $(OUT)/oof_ens.parquet $(OUT)/test_ens.parquet $(OUT)/thresholds.json \
-	      $(OUT)/submission.csv $(OUT)/oof_stack.parquet $(OUT)/test_stack.parquet $(OUT)/thresholds_stack.json \
-	      $(OUT)/submission_stack.csv
+	rm -f $(foreach f,oof_$(NAME) oof_$(NAME2) test_$(NAME) test_$(NAME2) oof_ens test_ens oof_stack test_stack,\
+	      $(OUT)/$(f).parquet $(OUT)/$(f).npz) \
+	      $(OUT)/thresholds.json $(OUT)/submission.csv $(OUT)/thresholds_stack.json $(OUT)/submission_stack.csv
+	rm -rf $(OUT)/report
 clean-runs: clean
 	rm -rf $(RUN) $(RUN2)
+
+endif

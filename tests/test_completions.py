@@ -16,10 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMPLETIONS = ROOT / "completions"
 GEN = ROOT / "tools" / "gen_completions.py"
-COMMANDS = ["prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit"]
+COMMANDS = ["prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit",
+            "report"]
 # What a completion request or --help must not import (seconds of start-up each).
 HEAVY = ["torch", "torchvision", "timm", "pandas", "pyarrow", "albumentations", "sklearn", "scipy", "cv2",
-         "segmentation_models_pytorch", "effdet"]
+         "segmentation_models_pytorch", "effdet", "matplotlib"]
 # The CLI as the console script sees it: program name `kcomp`, so the completion variable is _KCOMP_COMPLETE.
 RUNNER = "import sys; sys.argv[0] = 'kcomp'; from kcomp.commands.main import run; run()"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "kcomp"

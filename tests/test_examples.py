@@ -1,4 +1,5 @@
-"""The example workflows: examples/cassava/{Makefile,pipeline.sh} and examples/demo/Makefile.
+"""The example workflows: examples/{cassava,clouds,siim-covid19,vesuvius,demo}/Makefile and
+examples/cassava/pipeline.sh.
 
 Dry runs (`make -n`) check the chain and its dependency order; a fake `kcomp` checks the shell pipeline; the slow
 tests really run the demo (and Cassava on a miniature download) with every output under tmp_path.
@@ -22,8 +23,15 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 CASSAVA = ROOT / "examples" / "cassava"
 DEMO = ROOT / "examples" / "demo"
+CLOUDS = ROOT / "examples" / "clouds"
+SIIM = ROOT / "examples" / "siim-covid19"
+VESUVIUS = ROOT / "examples" / "vesuvius"
 VARIABLES = ["RAW", "DATA", "RUNS", "OUT", "MODEL", "MODEL2", "NAME", "NAME2", "IMG", "EPOCHS", "FOLDS", "TTA", "SEED",
-             "KCOMP", "DEVICE", "NGPU", "WEIGHTS", "WEIGHTS2", "FLAGS", "FLAGS2", "EXTRA", "ENSEMBLE"]
+             "KCOMP", "DEVICE", "NGPU", "WEIGHTS", "WEIGHTS2", "FLAGS", "FLAGS2", "EXTRA", "ENSEMBLE", "TASK",
+             "STRATEGY", "PREDICT", "CHAIN", "ARCH", "ARCH2", "OUT_SIZE", "LAYERS", "LAYERS2", "PATCH",
+             "SPLIT_FRAGMENT", "SIZE", "REGULARISE", "DET_MODEL", "DET_MODEL2", "DET_IMG", "DET_IMG2", "DET_NAME",
+             "DET_NAME2", "CLS_MODEL", "CLS_IMG", "STUDY_NAME", "OPACITY_NAME", "DET_TTA", "CLS_TTA", "DET_WEIGHTS",
+             "DET_WEIGHTS2", "CLS_WEIGHTS", "DET_FLAGS", "CLS_FLAGS", "WBF_IOU", "WBF_SKIP", "NONE_POWER"]
 KCOMP_MODULE = f"{sys.executable} -m kcomp.commands.main"
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
@@ -94,7 +102,8 @@ def _index(calls: list[Call], sub: str, **opts: str) -> int:
 
 
 def _assert_chain(calls: list[Call], *, comp: str, raw: str, data: Path, runs: Path, out: Path,
-                  models: dict[str, str], folds: int, tta: str, sample: str) -> dict[str, list[Call]]:
+                  models: dict[str, str], folds: int, tta: str, sample: str, task: str = "cls",
+                  strategy: str = "stratified") -> dict[str, list[Call]]:
     """prep, split, train (every fold of every model), oof/tta per model, ensembles, tune-threshold, submit."""
     by_sub: dict[str, list[Call]] = {}
     for c in calls:
@@ -104,7 +113,7 @@ def _assert_chain(calls: list[Call], *, comp: str, raw: str, data: Path, runs: P
     prep, split = calls[0], calls[1]
     assert (prep.sub, prep.positional, prep.opt("-o")) == ("prep", [comp, raw], str(data))
     assert split.sub == "split" and split.positional == [f"{data}/index.parquet"]
-    assert split.opt("--folds") == str(folds) and split.opt("--strategy") == "stratified"
+    assert split.opt("--folds") == str(folds) and split.opt("--strategy") == strategy
     folds_file = split.opt("-o")
     assert folds_file == f"{data}/folds{folds}.parquet"
 
@@ -112,7 +121,7 @@ def _assert_chain(calls: list[Call], *, comp: str, raw: str, data: Path, runs: P
     assert sorted((c.opt("-o"), c.opt("--fold")) for c in trains) == sorted(
         (f"{runs}/{name}", str(k)) for name in models for k in range(folds))
     for c in trains:
-        assert c.positional == ["cls"] and c.opt("--folds") == folds_file
+        assert c.positional == [task] and c.opt("--folds") == folds_file
         name = Path(c.opt("-o")).name
         assert c.opt("--model") == models[name]
         assert c.redirect == f"{runs}/{name}/fold{c.opt('--fold')}/train.json.tmp" and "--json" in c.args
@@ -287,6 +296,168 @@ def test_pipeline_sh_stops_at_the_first_failure_and_wants_raw(tmp_path: Path) ->
     assert proc.returncode == 2 and "usage:" in proc.stderr
 
 
+# --- examples/clouds, examples/vesuvius: the two-model chain for seg and ink ----------------------------------------
+
+def test_clouds_dry_run_prints_the_chain(tmp_path: Path) -> None:
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "out"
+    calls, other = _dry_run(CLOUDS, "RAW=/some/raw", f"DATA={data}", f"RUNS={runs}", f"OUT={out}")
+    by_sub = _assert_chain(calls, comp="clouds", raw="/some/raw", data=data, runs=runs, out=out,
+                           models={"unet-resnet34": "resnet34", "fpn-resnet34": "resnet34"}, folds=5, tta="2",
+                           sample="/some/raw/sample_submission.csv", task="seg", strategy="auto")
+    for c in by_sub["train"]:  # a Unet and an FPN on the same encoder, BCE + Dice
+        assert c.opt("--arch") == Path(c.opt("-o")).name.split("-")[0]
+        assert (c.opt("--img-size"), c.opt("--epochs"), c.opt("--seg-loss")) == ("384", "15", "bce_dice")
+    for c in by_sub["oof"] + by_sub["tta"]:  # maps stored (and thresholds tuned) at the submission's size
+        assert c.opt("--out-size") == "350x525"
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
+def test_vesuvius_dry_run_prints_the_chain(tmp_path: Path) -> None:
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "out"
+    calls, other = _dry_run(VESUVIUS, "RAW=/v", f"DATA={data}", f"RUNS={runs}", f"OUT={out}", "NGPU=4")
+    by_sub = _assert_chain(calls, comp="vesuvius", raw="/v", data=data, runs=runs, out=out,
+                           models={"ink5x7-resnet34": "resnet34", "ink6x6-resnet34": "resnet34"}, folds=4, tta="8",
+                           sample="/v/sample_submission.csv", task="ink", strategy="group")
+    assert calls[0].opt("--split-fragment") == "2"  # fragment 2 as two halves: 4 groups for 4 folds
+    for c in by_sub["train"]:  # the README's recipe, with the layer choice of each variant
+        assert c.opt("--layers") == Path(c.opt("-o")).name[3:6] and c.opt("--patch") == "224"
+        assert (c.opt("--drop-path"), c.opt("--drop-rate"), c.opt("--ema"), c.opt("--smoothing")) == (
+            "0.2", "0.4", "0.999", "0.1")
+        assert c.opt("--img-size") is None  # ink trains on patches
+        assert c.env == {"CUDA_VISIBLE_DEVICES": f"$(( {c.opt('--fold')} % 4 ))"}
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
+@pytest.mark.parametrize("example", [CLOUDS, VESUVIUS], ids=["clouds", "vesuvius"])
+def test_seg_and_ink_examples_have_no_stack_target(example: Path) -> None:
+    proc = _make(example, "-n", "RAW=/r", "stack")
+    assert proc.returncode != 0 and "stack" in proc.stderr  # stacking is for class probabilities
+
+
+# --- examples/siim-covid19: detectors + classifiers, WBF, none/opacity fusion -----------------------------------
+
+def test_siim_dry_run_prints_the_chain(tmp_path: Path) -> None:
+    data, runs, out = tmp_path / "data", tmp_path / "runs", tmp_path / "out"
+    calls, other = _dry_run(SIIM, "RAW=/s", f"DATA={data}", f"RUNS={runs}", f"OUT={out}", "FOLDS=3", "NGPU=2")
+    subs = [c.sub for c in calls]
+    assert sorted(set(subs)) == ["oof", "prep", "split", "submit", "train", "tta", "tune-threshold", "wbf"]
+    prep, split = calls[0], calls[1]
+    assert (prep.positional, prep.opt("-o"), prep.opt("--size")) == (["siim-covid19", "/s"], str(data), "512")
+    assert split.positional == [f"{data}/index.parquet"] and split.opt("--strategy") == "group"
+    folds_file = split.opt("-o")
+
+    runs_of = {"det-tf_efficientdet_d0": (["det"], None, "tf_efficientdet_d0", "512"),
+               "det-tf_efficientdet_d1": (["det"], None, "tf_efficientdet_d1", "640"),
+               "study-tf_efficientnet_b3": (["cls"], "study", "tf_efficientnet_b3", "384"),
+               "opacity-tf_efficientnet_b3": (["cls"], "has_opacity", "tf_efficientnet_b3", "384")}
+    trains = [c for c in calls if c.sub == "train"]
+    assert sorted((Path(c.opt("-o")).name, c.opt("--fold")) for c in trains) == sorted(
+        (name, str(k)) for name in runs_of for k in range(3))
+    for c in trains:
+        name = Path(c.opt("-o")).name
+        assert (c.positional, c.opt("--target"), c.opt("--model"), c.opt("--img-size")) == runs_of[name]
+        assert c.opt("--folds") == folds_file and calls.index(c) > 1
+        assert c.redirect == f"{runs}/{name}/fold{c.opt('--fold')}/train.json.tmp" and "--json" in c.args
+        assert c.env == {"CUDA_VISIBLE_DEVICES": f"$(( {c.opt('--fold')} % 2 ))"}
+
+    pred: dict[tuple[str, str], int] = {}
+    for i, c in enumerate(calls):
+        if c.sub in ("oof", "tta"):
+            name = Path(c.positional[0]).name
+            last_fold = max(j for j, t in enumerate(calls) if t.sub == "train" and Path(t.opt("-o")).name == name)
+            assert i > last_fold, f"{c.sub} of {name} before its last fold finished training"
+            assert c.opt("--tta") == ("4" if name.startswith("det") else "2")
+            assert c.opt("-o") == f"{out}/{'test' if c.sub == 'tta' else 'oof'}_{name}.parquet"
+            pred[c.sub, name] = i
+    assert len(pred) == 8
+    wbf = {c.opt("-o"): (i, c) for i, c in enumerate(calls) if c.sub == "wbf"}
+    assert sorted(wbf) == [f"{out}/oof_det_wbf.parquet", f"{out}/test_det_wbf.parquet"]
+    for kind, sub in (("oof", "oof"), ("test", "tta")):
+        i, c = wbf[f"{out}/{kind}_det_wbf.parquet"]
+        assert c.positional == [f"{out}/{kind}_det-tf_efficientdet_d0.parquet",
+                                f"{out}/{kind}_det-tf_efficientdet_d1.parquet"]
+        assert (c.opt("--iou"), c.opt("--skip-box-thr")) == ("0.6", "0.01")
+        assert i > max(pred[sub, "det-tf_efficientdet_d0"], pred[sub, "det-tf_efficientdet_d1"])
+    tune = _index(calls, "tune-threshold")
+    assert calls[tune].positional == [f"{out}/oof_det_wbf.parquet"] and tune > wbf[f"{out}/oof_det_wbf.parquet"][0]
+    submit = _index(calls, "submit")
+    c = calls[submit]
+    assert c.positional == ["siim-covid19", f"{out}/test_det_wbf.parquet",
+                            f"{out}/test_study-tf_efficientnet_b3.parquet",
+                            f"{out}/test_opacity-tf_efficientnet_b3.parquet"]
+    assert (c.opt("--none-power"), c.opt("--sample"), c.opt("-o")) == ("0.3", "/s/sample_submission.csv",
+                                                                       f"{out}/submission.csv")
+    assert submit > max(wbf[f"{out}/test_det_wbf.parquet"][0], pred["tta", "study-tf_efficientnet_b3"],
+                        pred["tta", "opacity-tf_efficientnet_b3"])
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
+def test_siim_variables_reach_the_commands(tmp_path: Path) -> None:
+    calls, other = _dry_run(SIIM, "RAW=/s", f"DATA={tmp_path}/d", f"RUNS={tmp_path}/r", f"OUT={tmp_path}/o",
+                            "FOLDS=2", "DET_MODEL2=tf_efficientdet_d0", "DET_NAME2=d0-768", "DET_IMG2=768",
+                            "CLS_MODEL=resnet50", "NONE_POWER=0.5", "DET_TTA=8", "SIZE=1024",
+                            "DET_WEIGHTS=/w/d0.pth", "EXTRA=--batch-size 4")
+    trains = [c for c in calls if c.sub == "train"]
+    assert {Path(c.opt("-o")).name for c in trains} == {"det-tf_efficientdet_d0", "d0-768", "study-resnet50",
+                                                        "opacity-resnet50"}
+    for c in trains:
+        name = Path(c.opt("-o")).name
+        assert c.opt("--batch-size") == "4"
+        assert c.opt("--weights") == ("/w/d0.pth" if name == "det-tf_efficientdet_d0" else None)
+        if name == "d0-768":
+            assert (c.opt("--model"), c.opt("--img-size")) == ("tf_efficientdet_d0", "768")
+    assert calls[0].opt("--size") == "1024"
+    assert {c.opt("--tta") for c in calls if c.sub in ("oof", "tta") and "det" in c.opt("-o")} == {"8"}
+    assert next(c for c in calls if c.sub == "submit").opt("--none-power") == "0.5"
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
+def test_siim_refuses_two_runs_in_one_dir() -> None:
+    proc = _make(SIIM, "-n", "RAW=/r", "DET_NAME2=det-tf_efficientdet_d0")
+    assert proc.returncode != 0 and "must differ" in proc.stderr
+
+
+# --- every Makefile ---------------------------------------------------------------------------------------------
+
+ALL = [CASSAVA, CLOUDS, SIIM, VESUVIUS, DEMO]
+ALL_IDS = ["cassava", "clouds", "siim-covid19", "vesuvius", "demo"]
+
+
+@pytest.mark.parametrize("example", ALL, ids=ALL_IDS)
+def test_targets_are_real_files(tmp_path: Path, example: Path) -> None:
+    """Once every output of `make -n` exists in order, `make -q` has nothing left to do (no phony or
+    intermediate file in the chain)."""
+    variables = ["RAW=/some/raw", f"DATA={tmp_path}/data", f"RUNS={tmp_path}/runs", f"OUT={tmp_path}/out", "FOLDS=2",
+                 "KCOMP=kcomp"]
+    calls, _ = _dry_run(example, *variables)
+    assert calls[0].sub == "prep"
+    produced = [f"{tmp_path}/data/index.parquet"] + [c.redirect.removesuffix(".tmp") if c.redirect else c.opt("-o")
+                                                     for c in calls[1:]]
+    for t, path in enumerate(produced):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("x")
+        os.utime(path, (1_000_000 + t, 1_000_000 + t))
+    proc = _make(example, "-q", *variables)
+    assert proc.returncode == 0, f"make -q: something is out of date\n{proc.stdout}{proc.stderr}"
+
+
+@pytest.mark.parametrize("example", ALL, ids=ALL_IDS)
+def test_report_target_draws_runs_and_predictions(tmp_path: Path, example: Path) -> None:
+    out = tmp_path / "out"
+    calls, other = _dry_run(example, "RAW=/r", f"DATA={tmp_path}/d", f"RUNS={tmp_path}/r", f"OUT={out}", "FOLDS=2",
+                            "report")
+    report = calls[-1]
+    assert report.sub == "report" and [c.sub for c in calls].count("report") == 1
+    assert report.opt("-o") == f"{out}/report"
+    trained = sorted({c.opt("-o") for c in calls if c.sub == "train"})
+    inputs = report.positional
+    assert sorted(i for i in inputs if i in trained) == trained  # every run's curves
+    written = {c.opt("-o") for c in calls}
+    assert all(i in written for i in inputs), inputs  # and only files the chain makes
+    assert any(i.endswith(".parquet") and "/oof_" in i for i in inputs)
+    _assert_writes_only_under(calls, other, tmp_path)
+
+
 # --- examples/demo/Makefile --------------------------------------------------------------------------------------
 
 def test_demo_dry_run_prints_the_chain(tmp_path: Path) -> None:
@@ -339,6 +510,15 @@ def test_demo_makefile_runs_end_to_end(tmp_path: Path) -> None:
     assert "train" not in proc.stdout.split() and " oof " not in proc.stdout
     with open(out / "submission_stack.csv") as f:
         assert [r["image_id"] for r in csv.DictReader(f)] == [r["image_id"] for r in sample]
+
+    proc = _make(DEMO, *variables, "report", timeout=600)  # draws what exists; trains and predicts nothing
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "train" not in proc.stdout.split() and " oof " not in proc.stdout and " tta " not in proc.stdout
+    echoed = proc.stdout.replace("\\\n", " ").splitlines()
+    assert [line.split()[-2:] for line in echoed if " report " in line] == [["-o", f"{out}/report"]]
+    pngs = sorted(p.name for p in (out / "report").glob("*.png"))
+    assert "resnet18_loss.png" in pngs and "oof_ens_confusion.png" in pngs, pngs
+    assert (out / "report" / "index.html").stat().st_size > 1000
     assert _repo_files(DEMO) == before, "the demo wrote into the repository"
 
 
