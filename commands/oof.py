@@ -7,6 +7,7 @@ from typing import Annotated, Any
 import typer
 
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
+from kcomp.commands._launch import Gpus, MasterAddr, MasterPort, NodeRank, Nodes, is_main, relaunch_if_asked
 
 Tta = Annotated[int, typer.Option("--tta", help="Flip views averaged: 1, 2, 4 or 8 (use the same as for test).")]
 BatchSize = Annotated[int | None, typer.Option(help="Default: the run's training batch size.")]
@@ -45,6 +46,11 @@ def command(
     workers: Workers = 2,
     checkpoints: Checkpoints = "best",
     out_size: OutSize = None,
+    gpus: Gpus = 1,
+    nodes: Nodes = 1,
+    node_rank: NodeRank = 0,
+    master_addr: MasterAddr = None,
+    master_port: MasterPort = None,
     as_json: Json = False,
 ) -> None:
     """Out-of-fold predictions: each fold's best.pt predicts its own held-out rows; several runs are averaged.
@@ -53,7 +59,10 @@ def command(
     from kcomp.infer.runs import predict_oof
 
     opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
-    df, meta = predict_oof(runs, opts)
+    relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
+    df, meta = predict_oof(runs, opts)  # under torchrun: rows sharded over ranks, gathered on every rank
+    if not is_main():
+        return
     written = write_predictions(df, output, **meta)
     log(f"oof: CV {meta['metric']} {meta['score']:.4f} over {len(df)} rows, folds {meta['folds']}"
         + (f" (untrained folds {meta['untrained_folds']})" if meta["untrained_folds"] else ""))

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
+from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Nodes, is_main, layout, parallel_folds,
+                                    relaunch_if_asked, under_torchrun)
 
 Opt = typer.Option
 
@@ -20,7 +22,7 @@ def command(
     model: Annotated[str | None, Opt(help="Model name (timm for cls). Default resnet18.")] = None,
     img_size: Annotated[int | None, Opt(help="Square input size. Default 224.")] = None,
     epochs: Annotated[int | None, Opt(help="Default 10.")] = None,
-    batch_size: Annotated[int | None, Opt(help="Per-step batch. Default 32.")] = None,
+    batch_size: Annotated[int | None, Opt(help="Per-step batch. Default 32 (seg: 8).")] = None,
     lr: Annotated[float | None, Opt(help="Peak AdamW learning rate (cosine with warmup). Default 1e-3.")] = None,
     weight_decay: Annotated[float | None, Opt(help="Default 0.05 (not on norms/biases).")] = None,
     warmup_epochs: Annotated[float | None, Opt(help="Linear warmup length in epochs. Default 1.")] = None,
@@ -40,6 +42,10 @@ def command(
     weights: Annotated[str | None, Opt(help="Local pretrained weights: timm state dict or kcomp checkpoint.")] = None,
     metric: Annotated[str | None, Opt(help="Metric choosing best.pt (default: the task's).")] = None,
     val_tta: Annotated[int | None, Opt(help="TTA views for validation (1, 2, 4, 8). Default 1.")] = None,
+    arch: Annotated[str | None, Opt(help="seg: smp architecture unet | fpn | pspnet | linknet | unetplusplus | "
+                                         "deeplabv3plus; --model is the encoder (smp's, or tu-<timm name>). "
+                                         "Default unet.")] = None,
+    seg_loss: Annotated[str | None, Opt(help="seg: bce_dice | bce | dice | lovasz | focal. Default bce_dice.")] = None,
     layers: Annotated[str | None, Opt(help="ink: GxL = G groups of L consecutive layers centred on the stack "
                                             "(5x7 of 65 layers = 15..49). Default 5x7.")] = None,
     layer_start: Annotated[int | None, Opt(help="ink: first layer instead of the centred choice.")] = None,
@@ -52,16 +58,27 @@ def command(
     deterministic: Annotated[bool, Opt("--deterministic", help="Deterministic kernels (slower).")] = False,
     amp: Annotated[str | None, Opt(help="auto | bf16 | fp16 | off. auto: bf16/fp16 on CUDA, fp32 on CPU.")] = None,
     channels_last: Annotated[bool | None, Opt("--channels-last/--no-channels-last")] = None,
+    sync_bn: Annotated[bool, Opt("--sync-bn", help="DDP: BatchNorm statistics over the global batch (CUDA).")] = False,
     device: Device = "auto",
     workers: Workers = 2,
     compile_model: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,
     save_every: Annotated[int, Opt(help="Also save last.pt every N optimizer steps (0 = epoch ends only).")] = 0,
     resume: Annotated[bool, Opt("--resume", help="Continue from RUN/foldK/last.pt (also automatic).")] = False,
+    gpus: Gpus = 1,
+    nodes: Nodes = 1,
+    node_rank: NodeRank = 0,
+    master_addr: MasterAddr = None,
+    master_port: MasterPort = None,
+    in_parallel: Annotated[bool, Opt("--parallel-folds", help="With --fold all --gpus N: N folds at once, one "
+                                                                 "single-process training per GPU, instead of "
+                                                                 "DDP.")] = False,
     as_json: Json = False,
 ) -> None:
     """Train TASK on the train rows of FOLDS outside the validation fold; write the run directory RUN:
     config.json, and per fold RUN/foldK/{last.pt,best.pt,metrics.parquet,train.log}. Prints best.pt paths.
-    An interrupted fold (Ctrl-C, SIGTERM) saves last.pt and exits 130; the same command resumes it."""
+    An interrupted fold (Ctrl-C, SIGTERM) saves last.pt and exits 130; the same command resumes it.
+    --gpus N runs DDP under torchrun (global batch = N x --batch-size); with --fold all --parallel-folds it trains
+    N folds at once instead (docs/cluster.md)."""
     from pathlib import Path
 
     from kcomp.train import config
@@ -72,11 +89,18 @@ def command(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, accum=accum,
         loss=loss, smoothing=smoothing, t1=t1, t2=t2, taylor_n=taylor_n, mixup=mixup, cutmix=cutmix,
         mix_prob=mix_prob, ema=ema, aug=aug, drop_rate=drop_rate, drop_path=drop_path, weights=weights,
-        metric=metric, val_tta=val_tta, layers=layers, layer_start=layer_start, patch=patch, stride=stride,
-        layer_shift=layer_shift, neg_fraction=neg_fraction, seed=seed, deterministic=deterministic or None, amp=amp,
-        channels_last=channels_last, device=device, workers=workers, compile=compile_model or None,
-        save_every=save_every)
+        metric=metric, val_tta=val_tta, arch=arch, seg_loss=seg_loss, layers=layers, layer_start=layer_start,
+        patch=patch, stride=stride, layer_shift=layer_shift, neg_fraction=neg_fraction, seed=seed,
+        deterministic=deterministic or None, amp=amp, channels_last=channels_last, device=device, workers=workers,
+        compile=compile_model or None, save_every=save_every, sync_bn=sync_bn or None,
+        **layout(gpus, nodes))
+    if in_parallel and not under_torchrun():
+        parallel_folds(cfg["folds"], fold, gpus, device, as_json)
+        return
+    relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
     results = train(cfg, run=output, fold=fold if fold == "all" else _int(fold), resume=resume)
+    if not is_main():
+        return
     summary = fold_scores(results)
     for r in results:
         log(f"fold {r.fold}: best {r.metric} {r.best_score:.4f} at epoch {r.best_epoch}")

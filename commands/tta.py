@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
+from kcomp.commands._launch import Gpus, MasterAddr, MasterPort, NodeRank, Nodes, is_main, relaunch_if_asked
 from kcomp.commands.oof import BatchSize, Checkpoints, OutSize, Tta, predict_options
 
 
@@ -23,6 +24,11 @@ def command(
     preview: Annotated[str | None, typer.Option(help="seg/ink: also write overlay PNGs of a few ids to this "
                                                      "directory, to look at before submitting.")] = None,
     preview_count: Annotated[int, typer.Option(help="How many ids --preview draws.")] = 8,
+    gpus: Gpus = 1,
+    nodes: Nodes = 1,
+    node_rank: NodeRank = 0,
+    master_addr: MasterAddr = None,
+    master_port: MasterPort = None,
     as_json: Json = False,
 ) -> None:
     """Test predictions: every fold of every RUN predicts the test rows of the run's index (or of an INDEX file
@@ -42,7 +48,10 @@ def command(
     if preview and output == "-":
         raise BadUsage("--preview reads the predictions back; give -o PATH, not -")
     opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
+    relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
     df, meta = predict_test(dirs, opts, index=indexes[0] if indexes else None)
+    if not is_main():
+        return
     written = [write_predictions(df, output, **meta)]
     log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta} view(s)")
     if preview:

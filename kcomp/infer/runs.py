@@ -13,6 +13,7 @@ from kcomp.artifacts.checkpoint import load_checkpoint
 from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput
 from kcomp.tasks import get_task
+from kcomp.train import distributed
 from kcomp.train.device import amp_dtype, resolve_device
 
 
@@ -78,28 +79,37 @@ def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:
 
 def _predict(run: Run, fold: int, rows: Any, opts: PredictOptions, *, with_targets: bool,
              table: IndexTable | None = None) -> Any:
-    """One fold's predictions; with `best+last` the two checkpoints' predictions are averaged (Clouds' trick)."""
+    """One fold's predictions; with `best+last` the two checkpoints' predictions are averaged (Clouds' trick).
+    Under torchrun each rank predicts a contiguous share of the rows and every rank gets them all back in order."""
     task = get_task(run.cfg["task"])
-    dev = resolve_device(opts.device)
+    dev = distributed.local_device(resolve_device(opts.device))
     cfg = {**run.cfg, "out_size": opts.out_size}
+    lo, hi = distributed.shard_range(len(rows))
+    share = rows if (lo, hi) == (0, len(rows)) else rows.iloc[lo:hi].reset_index(drop=True)
     preds = []
-    for which in opts.checkpoints.split("+"):
+    for which in opts.checkpoints.split("+") if len(share) or not len(rows) else []:  # a rank may get no rows
         model = task.build_model(run.cfg, run.setup)
         model.load_state_dict(_weights(run, fold, which, task.name))
         model = model.to(dev).to(memory_format=torch.channels_last)
-        preds.append(task.predict_rows(model, table or run.table, rows, cfg, run.setup, tta=opts.tta, device=dev,
+        preds.append(task.predict_rows(model, table or run.table, share, cfg, run.setup, tta=opts.tta, device=dev,
                                        dtype=amp_dtype(dev, run.cfg["amp"]),
                                        batch_size=opts.batch_size or run.cfg["batch_size"], workers=opts.workers,
                                        with_targets=with_targets, label=f"{run.path.name} fold {fold} {which}"))
         del model
-    return preds[0] if len(preds) == 1 else task.average(preds)
+    mine = (preds[0] if len(preds) == 1 else task.average(preds)) if preds else None
+    return distributed.gather_concat(mine)
 
 
 def predict_oof(run_dirs: list[str | Path], opts: PredictOptions | None = None) -> tuple[Any, dict[str, Any]]:
     """Each fold predicts its own held-out rows; several runs are averaged. Returns (frame, metadata)."""
+    opts = opts or PredictOptions()
+    with distributed.session(resolve_device(opts.device).type):  # no-op outside torchrun
+        return _predict_oof(run_dirs, opts)
+
+
+def _predict_oof(run_dirs: list[str | Path], opts: PredictOptions) -> tuple[Any, dict[str, Any]]:
     import pandas as pd
 
-    opts = opts or PredictOptions()
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
     task = get_task(runs[0].cfg["task"])
@@ -125,6 +135,12 @@ def predict_test(run_dirs: list[str | Path], opts: PredictOptions | None = None,
                  ) -> tuple[Any, dict[str, Any]]:
     """Test rows of the runs' index (or of another `index`), averaged over every fold of every run."""
     opts = opts or PredictOptions()
+    with distributed.session(resolve_device(opts.device).type):  # no-op outside torchrun
+        return _predict_test(run_dirs, opts, index)
+
+
+def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str | Path | None
+                  ) -> tuple[Any, dict[str, Any]]:
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
     task = get_task(runs[0].cfg["task"])

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     "weights": None,
     "metric": None,
     "val_tta": 1,
+    # task seg
+    "arch": "unet",
+    "seg_loss": "bce_dice",
     # task ink
     "layers": "5x7",
     "layer_start": None,
@@ -46,21 +49,30 @@ DEFAULTS: dict[str, Any] = {
     "deterministic": False,
     "amp": "auto",
     "channels_last": True,
+    "sync_bn": False,  # BatchNorm statistics over all ranks' batches (DDP on CUDA only)
     # below: how to run, not what to compute; they may change between a run and its resume
     "device": "auto",
     "workers": 2,
     "compile": False,
     "save_every": 0,
     "log_every": 50,
+    # data-parallel processes per node and nodes (`--gpus`, `--nodes`): recorded, but free to differ between
+    # folds; a fold's last.pt records its world size and resumes only with the same one (the global batch)
+    "gpus": 1,
+    "nodes": 1,
 }
-RUNTIME_KEYS = frozenset({"device", "workers", "compile", "save_every", "log_every"})
+# Where a task's sensible default differs (applied under the command line): a seg batch costs several times a
+# classifier's at the same size, and short runs on small data need optimizer steps more than large batches.
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {"seg": {"batch_size": 8}}
+RUNTIME_KEYS = frozenset({"device", "workers", "compile", "save_every", "log_every", "gpus", "nodes"})
 
 
 def resolve(**overrides: Any) -> dict[str, Any]:
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise BadUsage(f"unknown training option(s): {', '.join(unknown)}")
-    cfg = {**DEFAULTS, **{k: v for k, v in overrides.items() if v is not None}}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    cfg = {**DEFAULTS, **TASK_DEFAULTS.get(given.get("task", DEFAULTS["task"]), {}), **given}
     _check(cfg)
     return cfg
 

@@ -28,6 +28,8 @@ from kcomp.errors import BadInput, BadUsage, Interrupted
 from kcomp.infer.predict import predict_loader
 from kcomp.tasks import get_task
 from kcomp.train import config as config_mod
+from kcomp.train import distributed
+from kcomp.train import tensorboard
 from kcomp.train.device import amp_dtype, resolve_device, rng_state, seed_everything, set_rng_state, step_generator
 
 
@@ -53,7 +55,8 @@ def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: 
         if int(fold) not in available:
             raise BadUsage(f"--fold {fold}: folds file {table.source} has folds {available}")
         todo = [int(fold)]
-    return [_train_fold(cfg, table, task, setup, Path(run), k, resume) for k in todo]
+    with distributed.session(resolve_device(cfg["device"]).type):  # no-op outside torchrun
+        return [_train_fold(cfg, table, task, setup, Path(run), k, resume) for k in todo]
 
 
 def _check_run_config(run: Path, cfg: dict[str, Any]) -> bool:
@@ -68,7 +71,7 @@ def _check_run_config(run: Path, cfg: dict[str, Any]) -> bool:
 
 def _write_run_config(run: Path, cfg: dict[str, Any], setup: dict[str, Any]) -> None:
     """Written once a fold's data and model are built, so a bad option (fold, model, weights) leaves no run dir."""
-    if not _check_run_config(run, cfg):
+    if not _check_run_config(run, cfg) and distributed.is_main():
         write_json(paths.config(run), "run-config", {"config": cfg, "setup": setup})
 
 
@@ -84,7 +87,10 @@ def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str,
                        path=table.source)
     train_ds = task.dataset(table, train_rows, cfg, setup, train=True)
     val_ds = task.dataset(table, val_rows, cfg, setup, train=False)
-    sampler = SeededSampler(len(train_ds), seed=cfg["seed"])
+    # Under DDP every rank takes every world-th sample of the same permutation: the ranks' batches together are
+    # the batch one process draws at batch_size x world (the global batch), augmentation seeds included.
+    replicas, rank = distributed.replica()
+    sampler = SeededSampler(len(train_ds), seed=cfg["seed"], num_replicas=replicas, rank=rank)
     workers = int(cfg["workers"])
     # A private generator: DataLoader draws a base seed per epoch, which must not advance the global RNG that
     # dropout uses, or a run resumed mid-epoch would drift from an uninterrupted one.
@@ -92,9 +98,9 @@ def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str,
                               "persistent_workers": workers > 0, "generator": torch.Generator().manual_seed(0)}
     if workers > 0:
         common["prefetch_factor"] = 4
-    drop_last = len(train_ds) >= cfg["batch_size"]
+    drop_last = sampler.per_replica >= cfg["batch_size"]
     train_dl = DataLoader(train_ds, batch_size=cfg["batch_size"], sampler=sampler, drop_last=drop_last, **common)
-    val_dl = DataLoader(val_ds, batch_size=cfg["batch_size"], shuffle=False, **common)
+    val_dl = DataLoader(distributed.shard_dataset(val_ds), batch_size=cfg["batch_size"], shuffle=False, **common)
     return train_dl, val_dl, sampler, val_ds.targets_array()
 
 
@@ -146,7 +152,8 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
     from kcomp.metrics import get_metric
     from kcomp.train.mix import mix_batch
 
-    device = resolve_device(cfg["device"])
+    device = distributed.local_device(resolve_device(cfg["device"]))
+    world, main = distributed.replica()[0], distributed.is_main()
     dtype = amp_dtype(device, cfg["amp"])
     seed_everything(cfg["seed"], cfg["deterministic"])
     metric_name = cfg["metric"] or task.default_metric
@@ -155,6 +162,8 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
 
     model = task.build_model(cfg, setup, weights=cfg["weights"]).to(device)
     _write_run_config(run, cfg, setup)
+    if cfg["sync_bn"]:
+        model = distributed.sync_batchnorm(model, device)
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _optimizer(model, cfg)
@@ -165,7 +174,9 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
         optimizer, warmup_cosine(total, int(cfg["warmup_epochs"] * steps_per_epoch), cfg["min_lr_ratio"]))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=cfg["ema"], use_warmup=True) if cfg["ema"] else None
-    step_model = torch.compile(model) if cfg["compile"] else model
+    distributed.seed_rank(cfg["seed"], cfg["deterministic"])  # after the shared-seed model init
+    ddp = distributed.wrap_ddp(model, device)  # `model` stays the module that is saved and evaluated
+    step_model = torch.compile(ddp) if cfg["compile"] else ddp
     loss_fn = task.loss(cfg, setup)
     num_classes = len(setup.get("classes", []))
 
@@ -177,13 +188,18 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
     if last.exists():
         ck = load_checkpoint(last, task=task.name)
         config_mod.require_same(ck["config"], cfg, str(last))
+        trained_by = int(ck["position"].get("world_size", 1))
+        if trained_by != world and ck["position"]["epoch"] < cfg["epochs"]:
+            raise BadUsage(f"fold {fold}: {last} was trained by {trained_by} process(es), this run has {world}; "
+                           f"the global batch would change mid-run: resume with the same --gpus/--nodes")
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         scheduler.load_state_dict(ck["scheduler"])
         scaler.load_state_dict(ck["scaler"])
         if ema is not None:
             ema.module.load_state_dict(ck["ema"])
-        set_rng_state(ck["rng"])
+        rngs = ck.get("rng_ranks") or [ck["rng"]]
+        set_rng_state(rngs[distributed.rank()] if len(rngs) == world else ck["rng"])
         state.update({k: ck["position"][k] for k in ("epoch", "batch", "step", "best", "best_epoch", "loss_count")})
         state["history"] = ck["history"]
         state["loss_sum"] = ck["position"]["loss_sum"].to(device)
@@ -203,8 +219,16 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
             "rng": rng_state(), "history": state["history"],
             "position": {k: state[k] for k in ("epoch", "batch", "step", "best", "best_epoch", "loss_count")}
-            | {"loss_sum": state["loss_sum"].detach().cpu()},
+            | {"loss_sum": state["loss_sum"].detach().cpu(), "world_size": world},
         }
+
+    def save_last() -> None:
+        """Every rank takes part (its RNG state, the loss averaged over ranks); rank 0 writes; the others wait
+        for the file to be complete before going on."""
+        rngs = distributed.all_gather_object(rng_state()) if world > 1 else None
+        distributed.mean_(state["loss_sum"])
+        _save_on_main(last, checkpoint_state() | ({"rng_ranks": rngs} if rngs else {}))
+        distributed.barrier()
 
     log_file = paths.train_log(run, fold)
     log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -226,10 +250,12 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
                 if task.supports_mix and (cfg["mixup"] or cfg["cutmix"]):
                     x, y = mix_batch(x, y, num_classes, mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"],
                                      prob=cfg["mix_prob"], generator=step_generator(cfg["seed"], epoch, i))
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    out = step_model(x)
-                loss = loss_fn(out, y)
-                scaler.scale(loss / cfg["accum"]).backward()
+                skip_sync = (i + 1) % cfg["accum"] != 0 and i + 1 != batches  # DDP: all-reduce before a step only
+                with distributed.no_sync(ddp, skip_sync):
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        out = step_model(x)
+                    loss = loss_fn(out, y)
+                    scaler.scale(loss / cfg["accum"]).backward()
                 state["loss_sum"] += loss.detach()
                 state["loss_count"] += 1
                 state["batch"] = i + 1
@@ -248,40 +274,53 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
                 bar.advance(x.shape[0])
                 if cfg["log_every"] and state["step"] % cfg["log_every"] == 0 and boundary:
                     bar.advance(0, info=f"loss {(state['loss_sum'] / state['loss_count']).item():.4f}")
-                if boundary and (stop["stop"] or (cfg["save_every"] and state["step"] % cfg["save_every"] == 0)):
-                    save_checkpoint(last, checkpoint_state())
-                    if stop["stop"]:
+                stopping = boundary and distributed.any_flag(stop["stop"])  # all ranks stop at the same step
+                if stopping or (boundary and cfg["save_every"] and state["step"] % cfg["save_every"] == 0):
+                    save_last()
+                    if stopping:
                         raise Interrupted(f"fold {fold}: stopped at epoch {epoch + 1} batch {state['batch']}; "
                                           f"saved {last}, re-run the same command to resume")
+            distributed.mean_(state["loss_sum"])
             train_loss = (state["loss_sum"] / max(1, state["loss_count"])).item()
             elapsed = time.perf_counter() - t0
             eval_model = ema.module if ema is not None else model
+            distributed.broadcast_module(eval_model)  # every rank validates (its share) with rank 0's weights
             preds = predict_loader(eval_model, val_dl, task, tta=cfg["val_tta"], device=device, dtype=dtype,
                                    channels_last=cfg["channels_last"])
+            preds = distributed.gather_concat(preds)  # each rank predicted its contiguous share of the rows
             score = task.score(metric_name, preds, val_targets)
             improved = metric.is_better(score, state["best"])
             row = {"epoch": epoch + 1, "step": state["step"], "lr": optimizer.param_groups[0]["lr"],
                    "train_loss": train_loss, f"val_{metric_name}": score, "best": improved,
-                   "seconds": elapsed, "img_per_s": seen / elapsed if elapsed > 0 else 0.0}
+                   "seconds": elapsed, "img_per_s": seen * world / elapsed if elapsed > 0 else 0.0}
             state["history"].append(row)
             if improved:
                 state["best"], state["best_epoch"] = score, epoch + 1
-                save_checkpoint(paths.best_checkpoint(run, fold), {
+                _save_on_main(paths.best_checkpoint(run, fold), {
                     "task": task.name, "config": cfg, "setup": setup, "fold": fold, "epoch": epoch + 1,
                     "metric": metric_name, "score": score, "model": eval_model.state_dict()})
             state.update({"epoch": epoch + 1, "batch": 0, "loss_count": 0})
             state["loss_sum"] = torch.zeros((), device=device)
-            save_checkpoint(last, checkpoint_state())
-            _write_metrics(run, fold, state["history"], metric_name)
+            save_last()
+            if main:
+                _write_metrics(run, fold, state["history"], metric_name)
+                tensorboard.log_epoch(run, fold, row)  # no-op unless the optional tensorboard package is installed
             line = (f"fold {fold} epoch {epoch + 1}/{cfg['epochs']}: train_loss {train_loss:.4f} "
                     f"val_{metric_name} {score:.4f}{' *' if improved else ''} ({row['img_per_s']:.1f} img/s)")
-            with log_file.open("a") as f:
-                f.write(line + "\n")
+            if main:
+                with log_file.open("a") as f:
+                    f.write(line + "\n")
             console.log(line)
-            if stop["stop"]:
+            if distributed.any_flag(stop["stop"]):
                 raise Interrupted(f"fold {fold}: stopped after epoch {epoch + 1}; saved {last}, "
                                   f"re-run the same command to resume")
     return _result(fold, state, metric_name, run)
+
+
+def _save_on_main(path: Path, state: dict[str, Any]) -> None:
+    """Ranks hold the same weights; only rank 0 writes them."""
+    if distributed.is_main():
+        save_checkpoint(path, state)
 
 
 def _result(fold: int, state: dict[str, Any], metric: str, run: Path) -> FoldResult:
