@@ -18,6 +18,8 @@ def command(
     thresholds: Annotated[str | None, typer.Option(help="THRESHOLDS.json from `kcomp tune-threshold`.")] = None,
     sample: Annotated[str | None, typer.Option(help="sample_submission.csv to validate ids, columns and order "
                                                     "against (default: the one in the raw data dir, if any).")] = None,
+    none_power: Annotated[float | None, typer.Option(help="siim-covid19: with a has_opacity file, multiply opacity "
+                                                          "scores by (1 - p_none)^K (winners: 0.3).")] = None,
     as_json: Json = False,
 ) -> None:
     """Turn test predictions into the competition's submission CSV: exactly its columns, in the sample's id
@@ -30,7 +32,9 @@ def command(
     comp = get_competition(competition)
     files = [read_predictions(p) for p in preds]
     thr = read_json(thresholds, "thresholds") if thresholds else None
-    sub = comp.submit(files, thresholds=thr)
+    options = {k: v for k, v in {"none_power": none_power}.items() if v is not None}
+    _check_options(comp, competition, options)
+    sub = comp.submit(files, thresholds=thr, **options)
     sample_path = Path(sample) if sample else _find_sample(files)
     if sample_path is not None:
         sub = align_to_sample(sub, sample_path, comp.id_column)
@@ -39,6 +43,20 @@ def command(
         log("submit: no sample_submission.csv found; rows are not checked (pass --sample)")
     emit(write_submission(sub, output), {"rows": len(sub), "sample": str(sample_path) if sample_path else None},
          as_json)
+
+
+def _check_options(comp: object, name: str, options: dict) -> None:
+    """Preset-specific options reach only presets whose `submit` takes them; elsewhere they are a usage error."""
+    import inspect
+
+    from kcomp.errors import BadUsage
+
+    params = inspect.signature(comp.submit).parameters  # type: ignore[attr-defined]
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in options:
+        if key not in params:
+            raise BadUsage(f"--{key.replace('_', '-')} does not apply to {name}")
 
 
 def _find_sample(files: list) -> Path | None:

@@ -19,7 +19,8 @@ def command(
     output: Output = ...,
     fold: Annotated[str, Opt(help="Fold to train, or 'all' (one after another).")] = "0",
     target: Annotated[str | None, Opt(help="Label column (cls; default: label).")] = None,
-    model: Annotated[str | None, Opt(help="Model name (timm for cls). Default resnet18.")] = None,
+    model: Annotated[str | None, Opt(help="Model name: timm (cls, ink encoder), smp encoder (seg), effdet config "
+                                              "e.g. tf_efficientdet_d0 (det). Default resnet18.")] = None,
     img_size: Annotated[int | None, Opt(help="Square input size. Default 224.")] = None,
     epochs: Annotated[int | None, Opt(help="Default 10.")] = None,
     batch_size: Annotated[int | None, Opt(help="Per-step batch. Default 32 (seg: 8).")] = None,

@@ -226,6 +226,51 @@ def _shrink_mask(raw: Path) -> None:
     cv2.imwrite(str(path), cv2.imread(str(path))[:-3])
 
 
+def _siim_raw(mutate: Callable[[Path, str, Ctx], Any]) -> Setup:
+    """A miniature SIIM download (2 train studies, 3 images; 1 test image); `mutate(raw, first_image_id, ctx)`.
+    The first train image is uncompressed (tests/siim_fixture.py), so truncating it cuts its pixel data."""
+
+    def setup(ctx: Ctx) -> None:
+        from tests.siim_fixture import make_siim_layout
+
+        raw = make_siim_layout(ctx.tmp / "sraw", n_studies=2, n_images=3, n_test_studies=1, n_test_images=1)
+        lines = (raw / "train_image_level.csv").read_text().splitlines()
+        image = lines[1].split(",")[0].removesuffix("_image")
+        (dcm,) = raw.glob(f"train/*/*/{image}.dcm")
+        ctx.add(sraw=raw, image=image, dcm=dcm, study=dcm.parent.parent.name)
+        mutate(raw, image, ctx)
+
+    return setup
+
+
+def _truncate_dcm(raw: Path, image: str, ctx: Ctx) -> None:
+    dcm = ctx.names["dcm"]
+    dcm.write_bytes(dcm.read_bytes()[:-5000])
+
+
+def _text_in_dcm(raw: Path, image: str, ctx: Ctx) -> None:
+    ctx.names["dcm"].write_text("this is text, not a DICOM file\n")
+
+
+def _drop_boxes_column(raw: Path, image: str, ctx: Ctx) -> None:
+    import pandas as pd
+
+    path = raw / "train_image_level.csv"
+    pd.read_csv(path, dtype=str, keep_default_na=False).drop(columns=["boxes"]).to_csv(path, index=False)
+
+
+def _delete_dcm(raw: Path, image: str, ctx: Ctx) -> None:
+    ctx.names["dcm"].unlink()
+
+
+def _study_with_two_classes(raw: Path, image: str, ctx: Ctx) -> None:
+    path = raw / "train_study_level.csv"
+    lines = path.read_text().splitlines()
+    lines = [lines[0], *(ln[: ln.rindex(",")] + ",1" if ln.startswith(ctx.names["study"]) else ln
+                         for ln in lines[1:])]
+    path.write_text("\n".join(lines) + "\n")
+
+
 def _trained_run_in_out(ctx: Ctx) -> None:
     """`-o RUN` is the demo run (trained once with 1 epoch, lr 1e-3), hard-linked so its files stay shared."""
     demo_files(ctx)
@@ -396,6 +441,23 @@ CASES = [
                  r"03\.tif", 2, id="prep-vesuvius-missing-tiff-layer"),
     pytest.param(_vesuvius_raw(_shrink_mask), ("prep", "vesuvius", "{vraw}", "-o", "{out}/ink"),
                  r"mask\.png", 2, id="prep-vesuvius-mask-of-the-wrong-size"),
+    pytest.param(_siim_raw(_truncate_dcm), ("prep", "siim-covid19", "{sraw}", "-o", "{out}/siim"),
+                 r"1 unreadable DICOM file\(s\) found before decoding \(--skip-bad leaves them out\): "
+                 r"{dcm}: truncated pixel data: \d+ of \d+ bytes$", 2, id="prep-siim-truncated-dicom"),
+    pytest.param(_siim_raw(_text_in_dcm), ("prep", "siim-covid19", "{sraw}", "-o", "{out}/siim"),
+                 r"{dcm}: not a DICOM file", 2, id="prep-siim-text-in-a-dcm"),
+    pytest.param(_siim_raw(_drop_boxes_column), ("prep", "siim-covid19", "{sraw}", "-o", "{out}/siim"),
+                 r"{sraw}/train_image_level\.csv: missing column\(s\) boxes", 2,
+                 id="prep-siim-image-csv-without-boxes-column"),
+    pytest.param(_siim_raw(_delete_dcm), ("prep", "siim-covid19", "{sraw}", "-o", "{out}/siim"),
+                 r"{sraw}/train_image_level\.csv: id '{image}_image' has no DICOM file train/{study}/\*/{image}\.dcm",
+                 2, id="prep-siim-listed-image-without-dicom"),
+    pytest.param(_siim_raw(_study_with_two_classes), ("prep", "siim-covid19", "{sraw}", "-o", "{out}/siim"),
+                 r"{sraw}/train_study_level\.csv: id '{study}_study' has 2 classes marked", 2,
+                 id="prep-siim-study-with-two-classes"),
+    pytest.param(_siim_raw(lambda raw, image, ctx: None),
+                 ("prep", "siim-covid19", "{sraw}", "-o", "{out}/siim", "--bits", "12"),
+                 r"--bits 12: expected 8 or 16", 2, id="prep-siim-bits-not-8-or-16"),
     pytest.param(_truncated_checkpoint, ("tta", "{bad}", "-o", "{out}/test.parquet", "--workers", "0"),
                  r"{ckpt}: not a readable torch checkpoint", 2, id="tta-truncated-checkpoint"),
     # ---- ensemble

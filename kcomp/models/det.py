@@ -1,0 +1,153 @@
+"""EfficientDet (effdet) for task `det`: the raw network wrapped so that normalisation, anchors and decoding live
+with the weights, and the loss that `DetBenchTrain` would compute, as a separate callable for the training loop.
+
+Conventions: the network's inputs are uint8 (or 0..255 float) images with 1 or 3 channels (grey is replicated on
+the device); effdet's targets are **yxyx** boxes in input pixels with classes starting at 1 (padding -1); kcomp's
+outputs are xyxy boxes in input pixels with 0-based labels (padding: score 0, label -1).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from kcomp import console
+from kcomp.errors import BadInput, BadUsage
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_DETECTIONS = 100  # per image and view, after NMS (effdet's max_det_per_image)
+
+
+# effdet scripts its post-processing and loss with torch.jit.script, which warns on every run: not ours to fix
+warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+
+
+def model_names() -> list[str]:
+    from effdet.config.model_config import efficientdet_model_param_dict
+
+    return sorted(efficientdet_model_param_dict)
+
+
+def det_config(name: str, num_classes: int, img_size: int) -> Any:
+    """effdet's config for `name` at a square input size, with `num_classes` classes; errors name the fix."""
+    from effdet.config import get_efficientdet_config
+
+    if name not in model_names():
+        d = [n for n in model_names() if n.startswith("tf_efficientdet_d")]
+        raise BadUsage(f"--model {name}: not an effdet config; choose e.g. {', '.join(d[:8])} (any name in "
+                       f"effdet.config.model_config.efficientdet_model_param_dict)")
+    cfg = get_efficientdet_config(name)
+    stride = input_stride(cfg)
+    if img_size % stride:
+        near = sorted({max(stride, img_size // stride * stride), (img_size // stride + 1) * stride})
+        raise BadUsage(f"--img-size {img_size}: {name} needs a multiple of {stride} (its feature pyramid halves the "
+                       f"input {cfg.max_level} times), e.g. {' or '.join(map(str, near))}")
+    cfg.image_size = (img_size, img_size)
+    cfg.num_classes = num_classes
+    cfg.max_det_per_image = MAX_DETECTIONS
+    return cfg
+
+
+def input_stride(cfg: Any) -> int:
+    return 2 ** int(cfg.max_level)
+
+
+class DetNet(nn.Module):
+    """EfficientDet returning (class logits per level, box regressions per level); `decode` turns them into
+    detections. The network sits in `.model` so state dicts read like effdet bench checkpoints (`model.` keys)."""
+
+    def __init__(self, config: Any) -> None:
+        from effdet import EfficientDet
+        from effdet.anchors import Anchors
+
+        super().__init__()
+        self.model = EfficientDet(config, pretrained_backbone=False)  # weights only ever from --weights files
+        self.config = config
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
+        self.register_buffer("anchors", Anchors.from_config(config).boxes, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.config.num_classes)
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        return self.model((x.float() - self.mean) / self.std)
+
+    def decode(self, class_out: list[torch.Tensor], box_out: list[torch.Tensor]) -> torch.Tensor:
+        """(B, MAX_DETECTIONS, 6) [x1, y1, x2, y2, score, label] in input pixels, clipped to the image, best first;
+        per-class NMS at IoU 0.5 as DetBenchPredict does."""
+        from effdet.bench import _batch_detection, _post_process
+
+        class_out = [c.float() for c in class_out]
+        box_out = [b.float() for b in box_out]
+        points = min(int(self.config.max_detection_points), self.anchors.shape[0] * self.num_classes)
+        cls_top, box_top, indices, classes = _post_process(class_out, box_out, num_levels=self.config.num_levels,
+                                                           num_classes=self.num_classes, max_detection_points=points)
+        det = _batch_detection(class_out[0].shape[0], cls_top, box_top, self.anchors, indices, classes,
+                               None, None, max_det_per_image=MAX_DETECTIONS, soft_nms=False)
+        h, w = self.config.image_size
+        size = torch.tensor([w, h, w, h], device=det.device, dtype=det.dtype)
+        boxes = det[..., :4].clamp(min=0).minimum(size)
+        label = det[..., 5:6] - 1  # effdet's classes start at 1; its padding rows (class 0) become -1
+        return torch.cat([boxes, det[..., 4:5], label], -1)
+
+
+class DetLoss(nn.Module):
+    """DetBenchTrain's loss: anchors labelled from the targets, then focal + huber box loss.
+
+    `target` is (B, M, 5) float: [y1, x1, y2, x2, class] in input pixels, class 1-based, rows of -1 = padding
+    (an image without boxes is all padding and only contributes background loss)."""
+
+    def __init__(self, config: Any) -> None:
+        from effdet.anchors import Anchors, AnchorLabeler
+        from effdet.loss import DetectionLoss
+
+        super().__init__()
+        self.anchors = Anchors.from_config(config)
+        self.labeler = AnchorLabeler(self.anchors, int(config.num_classes), match_threshold=0.5)
+        self.fn = DetectionLoss(config)
+
+    def forward(self, out: tuple[list[torch.Tensor], list[torch.Tensor]], target: torch.Tensor) -> torch.Tensor:
+        if self.anchors.boxes.device != target.device:
+            self.anchors.to(target.device)  # in place: the labeler holds this module
+        class_out, box_out = out
+        cls_t, box_t, positives = self.labeler.batch_label_anchors(target[..., :4].float(), target[..., 4].float())
+        loss, _, _ = self.fn([c.float() for c in class_out], [b.float() for b in box_out], cls_t, box_t, positives)
+        return loss
+
+
+def create_det_model(name: str, num_classes: int, img_size: int, *, weights: str | None = None) -> DetNet:
+    """An EfficientDet `name` (effdet config) for `num_classes` at `img_size`; `weights`: a local effdet state dict
+    (bench `model.` prefixes stripped), a kcomp checkpoint, or timm weights of the backbone alone."""
+    net = DetNet(det_config(name, num_classes, img_size))
+    if weights:
+        load_det_weights(net, weights)
+    return net
+
+
+def load_det_weights(net: DetNet, path: str) -> None:
+    """Whole-detector weights first; a file none of whose tensors fit the detector is tried as backbone weights.
+    Tensors of another shape (COCO's 90-class head against ours) are skipped and logged."""
+    from kcomp.models._factory import load_pretrained
+
+    try:
+        skipped, _ = load_pretrained(net.model, path)
+        part = "detector"
+    except BadInput as whole:
+        if "no tensor matches" not in str(whole):
+            raise
+        try:
+            skipped, _ = load_pretrained(net.model.backbone, path)
+        except BadInput:
+            raise whole from None
+        part = "backbone"
+    console.log(f"weights: loaded {path} into the {part}"
+                + (f"; skipped {len(skipped)} tensor(s) of another name or shape (e.g. {skipped[0]})"
+                   if skipped else ""))
