@@ -33,7 +33,8 @@ class Competition(Protocol):
 COMPETITIONS: Registry[type[Competition]] = Registry("competition")
 register_competition = COMPETITIONS.register
 
-_MODULES = ("kcomp.competitions.cassava", "kcomp.competitions.demo", "kcomp.competitions.vesuvius")
+_MODULES = ("kcomp.competitions.cassava", "kcomp.competitions.clouds", "kcomp.competitions.demo",
+            "kcomp.competitions.siim", "kcomp.competitions.vesuvius")
 
 
 def _load() -> None:

@@ -6,7 +6,7 @@ from kcomp.tasks.base import Task
 TASKS: Registry[type[Task]] = Registry("task")
 
 # The one list of task modules (no folder scanning). Each registers itself on import.
-_MODULES = ("kcomp.tasks.cls", "kcomp.tasks.ink")
+_MODULES = ("kcomp.tasks.cls", "kcomp.tasks.det", "kcomp.tasks.ink", "kcomp.tasks.seg")
 
 
 def _load() -> None:

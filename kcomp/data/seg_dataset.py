@@ -1,0 +1,180 @@
+"""Multi-label segmentation data: RGB images with one RLE mask per class, read at the model's input size.
+
+Masks stay RLE strings in the index and are decoded per item (a 1400x2100 Clouds mask decodes and resizes in
+~0.4 ms), so nothing is cached and DataLoader workers stay small. `prep` checks every RLE by parsing its numbers
+only (`rle_runs`), without filling a full-size mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kcomp.data.images import read_rgb
+
+if TYPE_CHECKING:
+    import torch
+
+AUG_LEVELS = ("none", "light", "medium", "strong")
+
+
+def rle_runs(rle: str, shape: tuple[int, int], *, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """0-based [start, end) of each run, checked (integer pairs, 1-indexed, sorted, disjoint, inside `shape`)
+    without decoding: this is what `prep` runs on every mask, so it costs a parse, not a full-size fill."""
+    from kcomp.errors import BadInput
+
+    at = f"{where}: " if where else ""
+    values = _parse(rle, at)
+    if values.size == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if values.size % 2:
+        raise BadInput(f"{at}RLE has an odd number of values ({values.size}): expected `start length` pairs")
+    starts, lengths = values[0::2], values[1::2]
+    n = int(shape[0]) * int(shape[1])
+
+    def first(bad: np.ndarray) -> int:
+        return int(np.flatnonzero(bad)[0])
+
+    if (starts < 1).any():
+        k = first(starts < 1)
+        raise BadInput(f"{at}RLE start {starts[k]} (pair {k + 1}) is < 1: starts are 1-indexed")
+    if (lengths < 1).any():
+        k = first(lengths < 1)
+        raise BadInput(f"{at}RLE length {lengths[k]} (pair {k + 1}) is < 1")
+    ends = starts - 1 + lengths
+    if (ends > n).any():
+        k = first(ends > n)
+        raise BadInput(f"{at}RLE run {starts[k]} {lengths[k]} (pair {k + 1}) runs past the end of the "
+                       f"{shape[0]}x{shape[1]} image ({n} pixels)")
+    if (starts[1:] - 1 < ends[:-1]).any():
+        k = first(starts[1:] - 1 < ends[:-1])
+        raise BadInput(f"{at}RLE run {starts[k + 1]} {lengths[k + 1]} (pair {k + 2}) overlaps or comes before run "
+                       f"{starts[k]} {lengths[k]} (pair {k + 1}): runs must be sorted and disjoint")
+    return starts - 1, ends
+
+
+def _parse(rle: str, at: str) -> np.ndarray:
+    """The integers of an RLE string: numpy's C text parser (~5x str.split + int), checked to have read every
+    token; anything else falls back to a token-by-token read that names the first bad one."""
+    import warnings
+
+    from kcomp.errors import BadInput
+
+    if not isinstance(rle, str):
+        raise BadInput(f"{at}RLE must be a string, got {type(rle).__name__} {rle!r}")
+    text = rle.strip()
+    if not text:
+        return np.zeros(0, np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            values = np.fromstring(text, dtype=np.int64, sep=" ")
+            if values.size == text.count(" ") + 1:  # one space between tokens: every token was read
+                return values
+        except (DeprecationWarning, ValueError):
+            pass
+    tokens = text.split()
+    for t in tokens:
+        if not (t.isascii() and t.isdigit() and len(t) < 19):
+            raise BadInput(f"{at}RLE value {t!r} is not a positive integer")
+    return np.array([int(t) for t in tokens], dtype=np.int64)
+
+
+def sample_mask(rle: str, shape: tuple[int, int], out: tuple[int, int], order: str = "column", *,
+                where: str = "") -> np.ndarray:
+    """uint8 0/1 (out_h, out_w) mask of an RLE of a `shape` image, resized nearest-neighbour at pixel centres
+    (cv2's INTER_NEAREST_EXACT, as PIL and scikit-image do); at `out == shape` the exact decode."""
+    import cv2
+
+    from kcomp.post.rle import decode
+
+    h, w = int(shape[0]), int(shape[1])
+    oh, ow = int(out[0]), int(out[1])
+    if not rle.strip():
+        return np.zeros((oh, ow), np.uint8)
+    m = decode(rle, (h, w), order, where=where)
+    return m if (oh, ow) == (h, w) else cv2.resize(m, (ow, oh), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def seg_train_transform(level: str = "medium") -> Any:
+    """Spatial augmentations applied to the image and its masks together (mask: nearest, zero outside)."""
+    import albumentations as A
+
+    if level not in AUG_LEVELS:
+        from kcomp.errors import BadUsage
+
+        raise BadUsage(f"--aug {level}: choose one of {', '.join(AUG_LEVELS)}")
+    if level == "none":
+        return None
+    ops: list[Any] = [A.HorizontalFlip(), A.VerticalFlip()]
+    if level in ("medium", "strong"):
+        strong = level == "strong"
+        ops += [A.Affine(scale=(0.8, 1.2) if strong else (0.9, 1.1), translate_percent=(-0.1, 0.1) if strong else
+                         (-0.0625, 0.0625), rotate=(-20, 20) if strong else (-10, 10), p=0.5),
+                A.RandomBrightnessContrast(0.15 if strong else 0.1, 0.15 if strong else 0.1, p=0.3)]
+    return A.Compose(ops)
+
+
+class SegDataset:
+    """Items: (uint8 3xSxS image, uint8 CxSxS 0/1 masks) or (image, -1) without targets; S = `size`. A plain
+    map-style dataset (DataLoader needs only __len__/__getitem__), so `prep` can use this module's RLE helpers
+    without importing torch.
+
+    `masks[i]` holds row i's RLE per class ("" = empty) for an image of `shapes[i]` = (height, width).
+    """
+
+    def __init__(self, files: Sequence[Path], shapes: Sequence[tuple[int, int]],
+                 masks: Sequence[Sequence[str]] | None, size: int, *, order: str = "column",
+                 transform: Any = None, ids: Sequence[str] | None = None) -> None:
+        self.files, self.shapes = list(files), [(int(h), int(w)) for h, w in shapes]
+        self.masks = [list(m) for m in masks] if masks is not None else None
+        self.size, self.order, self.transform = int(size), order, transform
+        self.ids = [str(i) for i in ids] if ids is not None else [str(f) for f in self.files]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def image(self, idx: int) -> np.ndarray:
+        import cv2
+
+        img = read_rgb(self.files[idx], self.size)
+        if img.shape[:2] != (self.size, self.size):
+            down = img.shape[0] > self.size and img.shape[1] > self.size
+            img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+        return img
+
+    def target(self, idx: int) -> np.ndarray:
+        """(S, S, C) uint8 0/1 masks of row idx at the input size."""
+        assert self.masks is not None
+        s = (self.size, self.size)
+        return np.stack([sample_mask(r, self.shapes[idx], s, self.order, where=f"{self.ids[idx]} class {c}")
+                         for c, r in enumerate(self.masks[idx])], axis=-1)
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
+        import torch
+
+        idx, seed = item if isinstance(item, tuple) else (item, None)
+        img = self.image(idx)
+        m = self.target(idx) if self.masks is not None else None
+        if self.transform is not None:
+            if seed is not None:
+                self.transform.set_random_seed(seed)
+            out = self.transform(image=img, mask=m) if m is not None else self.transform(image=img)
+            img, m = out["image"], out.get("mask", m)
+        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+        if m is None:
+            return x, -1
+        return x, torch.from_numpy(np.ascontiguousarray(m)).permute(2, 0, 1).contiguous()
+
+    def targets_array(self) -> np.ndarray:
+        """(N, C, S, S) uint8 masks, unaugmented, for validation scores."""
+        if self.masks is None:
+            raise ValueError("dataset built without targets")
+        n_cls = len(self.masks[0]) if self.masks else 0
+        out = np.zeros((len(self), n_cls, self.size, self.size), np.uint8)
+        for i in range(len(self)):
+            out[i] = self.target(i).transpose(2, 0, 1)
+        return out
