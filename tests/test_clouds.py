@@ -101,7 +101,7 @@ BAD = {
     "odd count": (_set("EncodedPixels", "1 2 5"), "odd number of values"),
     "overlap": (_set("EncodedPixels", "10 5 12 3"), "overlaps or comes before run 10 5"),
     "out of range": (_set("EncodedPixels", "1 2 29400 2"), "runs past the end of the 140x210 image"),
-    "not a number": (_set("EncodedPixels", "1 2 3 four"), "RLE value 'four' is not a positive integer"),
+    "not a number": (_set("EncodedPixels", "1 2 3 four"), "RLE length 'four' (pair 2) is not an integer"),
     "unknown class": (_set("Image_Label", lambda df: df.loc[1, "Image_Label"].rsplit("_", 1)[0] + "_Cumulus", 1),
                       "line 3: unknown class 'Cumulus'"),
     "no class": (_set("Image_Label", "0a1b2c3.jpg", 0), "is not <image>_<Class>"),

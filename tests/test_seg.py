@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from kcomp.data.seg_dataset import SegDataset, rle_runs, sample_mask, seg_train_transform
+from kcomp.data.seg_dataset import SegDataset, sample_mask, seg_train_transform
 from kcomp.errors import BadInput, BadUsage
 from kcomp.models.seg import create_seg_model, load_encoder_weights
+from kcomp.post.rle import check as check_rle
 from kcomp.post.rle import decode, encode
 from kcomp.tasks import get_task
 from kcomp.tasks.seg import LOSSES, build_seg_loss, output_sizes, to_uint8_map
@@ -153,11 +154,11 @@ def test_sampled_masks_are_a_nearest_neighbour_resize_of_the_decode(order: str):
     ("1 2 99 5", "runs past the end of the 10x10 image"),
     ("0 3", "is < 1"),
     ("3 0", "is < 1"),
-    ("1 x", "'x' is not a positive integer"),
+    ("1 x", "'x' \\(pair 1\\) is not an integer"),
 ])
 def test_malformed_rle_is_named(rle: str, message: str):
     with pytest.raises(BadInput, match=message):
-        rle_runs(rle, (10, 10), where="train.csv line 3")
+        check_rle(rle, (10, 10), where="train.csv line 3")
     with pytest.raises(BadInput, match="train.csv line 3"):
         sample_mask(rle, (10, 10), (5, 5), where="train.csv line 3")
 

@@ -55,6 +55,19 @@ class Predictions:
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise BadInput(f"not a readable .npz of maps (truncated or corrupt?): {e}", path=path) from None
 
+    def index(self, why: str) -> Any:
+        """The index these predictions were made from (metadata `index`, as recorded or beside this file), which
+        holds what the predictions lack: true masks, boxes, image paths, study ids. `why` ends the error line."""
+        from kcomp.artifacts.index import read_index
+
+        ref = self.meta.get("index")
+        if not ref:
+            raise BadInput(f"predictions lack the index metadata ({why})", path=self.source)
+        p = Path(ref)
+        if not p.is_absolute() and not p.is_file() and (Path(self.source).parent / p).is_file():
+            p = Path(self.source).parent / p
+        return read_index(p)
+
     def probs(self) -> np.ndarray:
         return np.stack(self.df["probs"].to_numpy()).astype(np.float32) if len(self.df) else np.zeros((0, 0))
 

@@ -92,7 +92,7 @@ def prep_clouds(raw: Path | None, out: Path, *, workers: int = 8) -> list[str]:
     import pandas as pd
 
     from kcomp.artifacts.index import write_index
-    from kcomp.data.seg_dataset import rle_runs
+    from kcomp.post.rle import check as check_rle
 
     if raw is None:
         raise BadUsage(f"prep {COMPETITION} needs RAW_DIR (the unpacked competition download)")
@@ -119,7 +119,7 @@ def prep_clouds(raw: Path | None, out: Path, *, workers: int = 8) -> list[str]:
             for cls in CLASSES:
                 rle, n = images[image][cls]
                 try:
-                    rle_runs(rle, (h, w), where=f"line {n} ({image}_{cls}, image {h}x{w})")
+                    check_rle(rle, (h, w), where=f"line {n} ({image}_{cls}, image {h}x{w})")
                 except BadInput as e:
                     raise BadInput(str(e), path=csv) from None
                 row[f"mask_{cls}"] = rle

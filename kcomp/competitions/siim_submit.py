@@ -18,7 +18,6 @@ Rows:
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,18 +55,6 @@ def _roles(preds: list[Predictions]) -> dict[str, Predictions]:
         if need not in roles:
             raise BadUsage(f"siim-covid19 needs {how}; got {', '.join(p.source for p in preds)}")
     return roles
-
-
-def _open_index(preds: Predictions) -> Any:
-    from kcomp.artifacts.index import read_index
-
-    ref = preds.meta.get("index")
-    if not ref:
-        raise BadInput("predictions lack the index metadata (needed to map images to studies)", path=preds.source)
-    p = Path(ref)
-    if not p.is_absolute() and not p.is_file() and (Path(preds.source).parent / p).is_file():
-        p = Path(preds.source).parent / p
-    return read_index(p)
 
 
 def _study_probs(p: Predictions) -> np.ndarray:
@@ -157,6 +144,6 @@ def submit_siim(preds: list[Predictions], *, thresholds: dict[str, Any] | None =
     if none_power and opacity is None:
         raise BadUsage("--none-power needs a has_opacity prediction file (`train cls --target has_opacity`)")
     image_ids = list(det.df["id"].astype(str))
-    rows = study_rows(study, image_ids, _open_index(study)) + \
+    rows = study_rows(study, image_ids, study.index("needed to map images to studies")) + \
         image_rows(det, _opacity_probs(opacity) if opacity is not None else None, none_power)
     return pd.DataFrame(rows, columns=["id", "PredictionString"])

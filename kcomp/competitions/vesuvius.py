@@ -212,19 +212,6 @@ def ink_thresholds(thresholds: dict[str, Any] | None) -> tuple[float, int]:
     return thr, min_size
 
 
-def _open_index(preds: Predictions) -> Any:
-    from kcomp.artifacts.index import read_index
-
-    ref = preds.meta.get("index")
-    if not ref:
-        raise BadInput("ink predictions lack the index metadata (needed to find each fragment's mask.png)",
-                       path=preds.source)
-    p = Path(ref)
-    if not p.is_absolute() and not p.is_file() and (Path(preds.source).parent / p).is_file():
-        p = Path(preds.source).parent / p
-    return read_index(p)
-
-
 def submit_ink(preds: list[Predictions], *, thresholds: dict[str, Any] | None) -> pd.DataFrame:
     """Threshold each test fragment's map, drop small components, zero it outside mask.png, RLE it row-major."""
     import pandas as pd
@@ -240,7 +227,7 @@ def submit_ink(preds: list[Predictions], *, thresholds: dict[str, Any] | None) -
         raise BadInput(f"holds {p.kind} predictions of task {p.task}; expected test predictions of task {TASK}",
                        path=p.source)
     threshold, min_size = ink_thresholds(thresholds)
-    index = _open_index(p)
+    index = p.index("needed to find each fragment's mask.png")
     by_id = {str(r["id"]): r for r in index.df.to_dict("records")}
     maps = load_maps(p)
     ids, rles = [], []

@@ -2,7 +2,7 @@
 
 Masks stay RLE strings in the index and are decoded per item (a 1400x2100 Clouds mask decodes and resizes in
 ~0.4 ms), so nothing is cached and DataLoader workers stay small. `prep` checks every RLE by parsing its numbers
-only (`rle_runs`), without filling a full-size mask.
+only (`kcomp.post.rle.check`), without filling a full-size mask.
 """
 
 from __future__ import annotations
@@ -19,68 +19,6 @@ if TYPE_CHECKING:
     import torch
 
 AUG_LEVELS = ("none", "light", "medium", "strong")
-
-
-def rle_runs(rle: str, shape: tuple[int, int], *, where: str = "") -> tuple[np.ndarray, np.ndarray]:
-    """0-based [start, end) of each run, checked (integer pairs, 1-indexed, sorted, disjoint, inside `shape`)
-    without decoding: this is what `prep` runs on every mask, so it costs a parse, not a full-size fill."""
-    from kcomp.errors import BadInput
-
-    at = f"{where}: " if where else ""
-    values = _parse(rle, at)
-    if values.size == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    if values.size % 2:
-        raise BadInput(f"{at}RLE has an odd number of values ({values.size}): expected `start length` pairs")
-    starts, lengths = values[0::2], values[1::2]
-    n = int(shape[0]) * int(shape[1])
-
-    def first(bad: np.ndarray) -> int:
-        return int(np.flatnonzero(bad)[0])
-
-    if (starts < 1).any():
-        k = first(starts < 1)
-        raise BadInput(f"{at}RLE start {starts[k]} (pair {k + 1}) is < 1: starts are 1-indexed")
-    if (lengths < 1).any():
-        k = first(lengths < 1)
-        raise BadInput(f"{at}RLE length {lengths[k]} (pair {k + 1}) is < 1")
-    ends = starts - 1 + lengths
-    if (ends > n).any():
-        k = first(ends > n)
-        raise BadInput(f"{at}RLE run {starts[k]} {lengths[k]} (pair {k + 1}) runs past the end of the "
-                       f"{shape[0]}x{shape[1]} image ({n} pixels)")
-    if (starts[1:] - 1 < ends[:-1]).any():
-        k = first(starts[1:] - 1 < ends[:-1])
-        raise BadInput(f"{at}RLE run {starts[k + 1]} {lengths[k + 1]} (pair {k + 2}) overlaps or comes before run "
-                       f"{starts[k]} {lengths[k]} (pair {k + 1}): runs must be sorted and disjoint")
-    return starts - 1, ends
-
-
-def _parse(rle: str, at: str) -> np.ndarray:
-    """The integers of an RLE string: numpy's C text parser (~5x str.split + int), checked to have read every
-    token; anything else falls back to a token-by-token read that names the first bad one."""
-    import warnings
-
-    from kcomp.errors import BadInput
-
-    if not isinstance(rle, str):
-        raise BadInput(f"{at}RLE must be a string, got {type(rle).__name__} {rle!r}")
-    text = rle.strip()
-    if not text:
-        return np.zeros(0, np.int64)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            values = np.fromstring(text, dtype=np.int64, sep=" ")
-            if values.size == text.count(" ") + 1:  # one space between tokens: every token was read
-                return values
-        except (DeprecationWarning, ValueError):
-            pass
-    tokens = text.split()
-    for t in tokens:
-        if not (t.isascii() and t.isdigit() and len(t) < 19):
-            raise BadInput(f"{at}RLE value {t!r} is not a positive integer")
-    return np.array([int(t) for t in tokens], dtype=np.int64)
 
 
 def sample_mask(rle: str, shape: tuple[int, int], out: tuple[int, int], order: str = "column", *,

@@ -29,15 +29,7 @@ def write_previews(preds: Predictions, out_dir: Path, n: int = 8) -> list[str]:
         raise BadUsage(f"previews are for seg and ink predictions; {preds.source} holds {preds.task}")
     if n < 1:
         raise BadUsage(f"--preview-count {n}: must be at least 1")
-    from kcomp.artifacts import read_index
-
-    ref = preds.meta.get("index")
-    if not ref:
-        raise BadInput("predictions lack the index metadata (needed to find the images)", path=preds.source)
-    p = Path(ref)
-    if not p.is_absolute() and not p.is_file() and (Path(preds.source).parent / p).is_file():
-        p = Path(preds.source).parent / p
-    table = read_index(p)
+    table = preds.index("needed to find the images")
     by_id = table.df.set_index("id")
     out_dir = Path(out_dir)
     rows = preds.df.head(n)

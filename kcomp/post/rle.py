@@ -21,7 +21,7 @@ import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
 
-__all__ = ["ORDERS", "decode", "encode"]
+__all__ = ["ORDERS", "check", "decode", "encode"]
 
 ORDERS = ("row", "column")
 
@@ -247,6 +247,18 @@ def decode(rle: str, shape: tuple[int, int], order: str = "row", *, where: str =
         _runs(values, h * w, h, w, at)  # names the first fault, the same one the kernel stopped at
         raise AssertionError(f"RLE kernel refused runs that _runs accepts: {rle[:200]!r}")
     return out
+
+
+def check(rle: str, shape: tuple[int, int], *, where: str = "") -> int:
+    """Validate an RLE for a `shape` image without decoding it (a parse, not a full-size fill): the number of
+    runs, or BadInput naming the first fault exactly as `decode` would. `prep` runs this on every mask."""
+    at = f"{where}: " if where else ""
+    if not isinstance(rle, str):
+        raise BadInput(f"{at}RLE must be a string, got {type(rle).__name__} {rle!r}")
+    values = _parse(rle, at) if rle.strip() else np.zeros(0, np.int64)
+    h, w = int(shape[0]), int(shape[1])
+    _runs(values, h * w, h, w, at)
+    return values.size // 2
 
 
 def _check_order(order: str) -> None:

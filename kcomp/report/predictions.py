@@ -155,10 +155,10 @@ def _det(preds: Predictions, out_dir: Path, prefix: str, section: Section, n: in
         ax.grid(alpha=0.3)
         _plot.save(fig, path)
         section.images.append(Image(path.name, "distribution of box scores"))
-    table = _index_of(preds)
-    if table is None:
+    if not preds.meta.get("index"):
         section.notes.append("the predictions name no index: no box previews")
         return
+    table = preds.index("needed to find the images")
     by_id = table.df.set_index("id")
     # images with predicted boxes first (file order otherwise), so previews show something
     order = sorted(range(len(df)), key=lambda i: counts[i] == 0)[:n]
@@ -176,19 +176,6 @@ def _det(preds: Predictions, out_dir: Path, prefix: str, section: Section, n: in
         what = "predicted (red" + (f", score >= {BOX_MIN_SCORE}) and true (green)" if truth is not None else
                                    f", score >= {BOX_MIN_SCORE})")
         section.images.append(Image(f"{sub.name}/{path.name}", f"{rid}: {what} boxes"))
-
-
-def _index_of(preds: Predictions) -> Any:
-    from kcomp.artifacts import read_index
-
-    ref = preds.meta.get("index")
-    if not ref:
-        return None
-    p = Path(ref)
-    if not p.is_absolute() and not p.is_file() and (Path(preds.source).parent / p).is_file():
-        p = Path(preds.source).parent / p
-    return read_index(p)
-
 
 def _draw_boxes(image: Path, boxes: Any, truth: Any, height: int, width: int, classes: list[str]) -> np.ndarray:
     """The image (possibly a smaller cached copy) with boxes given in ORIGINAL pixels (height x width) scaled onto

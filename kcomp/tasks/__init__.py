@@ -17,8 +17,7 @@ def _load() -> None:
 
 
 def get_task(name: str) -> Task:
-    if not TASKS.names():
-        _load()
+    _load()  # always: a task module imported directly (tests, plugins) must not hide the others
     return TASKS.get(name)()
 
 

@@ -157,11 +157,7 @@ class DetTask:
 
     def tune_thresholds(self, preds: Any, **options: Any) -> dict[str, Any]:
         """mAP ranks boxes by score, so no score threshold can raise it: record the OOF score and say so."""
-        from kcomp.artifacts import read_index
-
-        if not preds.meta.get("index"):
-            raise BadInput("OOF predictions lack the index metadata (needed for the true boxes)", path=preds.source)
-        table = read_index(preds.meta["index"])
+        table = preds.index("needed for the true boxes")
         metric = preds.meta.get("metric") or self.default_metric
         return {"task": self.name, "method": "none", "classes": {c: None for c in preds.classes},
                 "metric": metric, "score": self.oof_score(metric, preds.df, table), "oof": preds.source,

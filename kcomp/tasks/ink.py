@@ -158,10 +158,9 @@ class InkTask:
 
     def tune_thresholds(self, preds: Any, *, downscale: int = 32) -> dict[str, Any]:
         """Threshold searched on a downscaled map, then min component size checked at full resolution."""
-        from kcomp.artifacts import read_index
         from kcomp.post.ink_threshold import tune
 
-        table = read_index(preds.meta["index"])
+        table = preds.index("needed for the true ink labels")
         maps = preds.maps()
         rows = table.df.set_index("id").loc[preds.df["id"]].reset_index()
         fragments = [(maps[k], f.labels if f.labels is not None else np.zeros_like(f.mask), f.mask)

@@ -169,7 +169,7 @@ class SegTask:
         unused = sorted(k for k, v in other.items() if v is not None)
         if unused:
             raise BadUsage(f"--{unused[0].replace('_', '-')} does not apply to seg predictions")
-        table = _open_index(preds)
+        table = preds.index("needed for the true masks")
         setup = self.setup(table, {})
         if preds.classes and preds.classes != setup["classes"]:
             raise BadInput(f"classes {preds.classes} differ from the index's {setup['classes']}", path=preds.source)
@@ -282,21 +282,6 @@ def _rows_for(table: IndexTable, ids: Any, where: str | None = None) -> pd.DataF
     if missing:
         raise BadInput(f"id {missing[0]!r} is not in the index {table.source}", path=where or table.source)
     return df.loc[list(ids)].reset_index()
-
-
-def _open_index(preds: Any) -> IndexTable:
-    from pathlib import Path
-
-    from kcomp.artifacts import read_index
-
-    ref = preds.meta.get("index")
-    if not ref:
-        raise BadInput("predictions lack the index metadata (needed for the true masks)", path=preds.source)
-    p = Path(ref)
-    if not p.is_absolute() and not p.is_file() and (Path(preds.source).parent / p).is_file():
-        p = Path(preds.source).parent / p
-    return read_index(p)
-
 
 def _common_size(maps: Any, keys: list[str], n_classes: int, where: str) -> tuple[int, int]:
     """Every map is (C, h, w) with one (h, w): thresholds and sizes are tuned for one map size."""
