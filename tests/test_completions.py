@@ -20,7 +20,7 @@ COMMANDS = ["prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", 
             "report"]
 # What a completion request or --help must not import (seconds of start-up each).
 HEAVY = ["torch", "torchvision", "timm", "pandas", "pyarrow", "albumentations", "sklearn", "scipy", "cv2",
-         "segmentation_models_pytorch", "effdet", "matplotlib"]
+         "segmentation_models_pytorch", "effdet", "matplotlib", "numpy", "numba", "pydicom"]
 # The CLI as the console script sees it: program name `kcomp`, so the completion variable is _KCOMP_COMPLETE.
 RUNNER = "import sys; sys.argv[0] = 'kcomp'; from kcomp.commands.main import run; run()"
 CONSOLE_SCRIPT = Path(sys.executable).parent / "kcomp"

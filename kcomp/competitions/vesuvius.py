@@ -21,13 +21,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from kcomp import console
 from kcomp.competitions import register_competition
 from kcomp.errors import BadInput, BadUsage
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from kcomp.artifacts.predictions import Predictions
@@ -79,6 +78,8 @@ def balanced_cut(mask: np.ndarray) -> int:
     h = mask.shape[0]
     if h < 2:
         raise BadUsage(f"cannot cut a fragment of height {h} in two")
+    import numpy as np
+
     rows = np.cumsum(mask.sum(axis=1, dtype=np.int64))
     total = int(rows[-1])
     if total == 0:
@@ -178,6 +179,8 @@ def load_maps(preds: Predictions) -> dict[str, np.ndarray]:
     npz = Path(preds.source).parent / preds.meta["maps_file"]
     if not npz.is_file():
         raise BadInput(f"probability maps of {preds.source} not found", path=npz)
+    import numpy as np
+
     out: dict[str, np.ndarray] = {}
     try:
         with np.load(npz, allow_pickle=False) as data:
