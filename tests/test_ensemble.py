@@ -174,3 +174,24 @@ def test_dense_maps_refuse_rank(tmp_path) -> None:
     r = run_cli("ensemble", tmp_path / "a.parquet", tmp_path / "a.parquet", "--method", "rank",
                 "-o", tmp_path / "e.parquet")
     assert r.code == 2 and "rank has no meaning per pixel" in r.last_error_line
+
+
+def test_mean_maps_streams_models_and_equals_the_float32_mean() -> None:
+    from kcomp.post.ensemble import mean_maps, mean_probs
+
+    rng = np.random.default_rng(5)
+    models = [[rng.integers(0, 256, (2, 4, 6), dtype=np.uint8) for _ in range(3)] for _ in range(5)]
+    held = []
+
+    def one_at_a_time():
+        for m in models:
+            held.append(len(held))
+            yield m
+
+    out = mean_maps(one_at_a_time())
+    for row in range(3):
+        expect = np.rint(np.mean([m[row] for m in models], axis=0, dtype=np.float32)).astype(np.uint8)
+        np.testing.assert_array_equal(out[row], expect)
+    assert mean_maps(iter([models[0]]))[0] is models[0][0]  # one model: its maps as they are
+    probs = [rng.random((4, 3)).astype(np.float32) for _ in range(3)]
+    np.testing.assert_allclose(mean_probs(iter(probs)), np.mean(probs, axis=0), rtol=1e-6)

@@ -117,7 +117,7 @@ def _predict_oof(run_dirs: list[str | Path], opts: PredictOptions) -> tuple[Any,
     parts = []
     for fold in runs[0].folds:
         rows = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
-        preds = [_predict(r, fold, rows, opts, with_targets=True) for r in runs if fold in r.folds]
+        preds = (_predict(r, fold, rows, opts, with_targets=True) for r in runs if fold in r.folds)
         frame = task.frame(rows, task.average(preds), runs[0].setup, with_targets=True)
         frame.insert(1, "fold", fold)
         parts.append(frame)
@@ -148,10 +148,11 @@ def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str |
     rows = table.rows("test")
     if len(rows) == 0:
         raise BadInput("index has no test rows", path=table.source)
-    preds = [_predict(r, k, rows, opts, with_targets=False, table=table) for r in runs for k in r.folds]
+    # a generator: each model predicts when averaging asks for it, so one model's predictions are held at a time
+    preds = (_predict(r, k, rows, opts, with_targets=False, table=table) for r in runs for k in r.folds)
     out = task.frame(rows, task.average(preds), runs[0].setup, with_targets=False)
     out.insert(1, "fold", -1)
-    meta = {"runs": [str(r.path) for r in runs], "models": len(preds), "index": table.source,
+    meta = {"runs": [str(r.path) for r in runs], "models": sum(len(r.folds) for r in runs), "index": table.source,
             "competition": table.competition or runs[0].table.competition, **_opts_meta(opts)}
     return out, _pred_meta(runs[0], task, "test", meta)
 

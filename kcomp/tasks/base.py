@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -44,8 +45,9 @@ class Task(Protocol):
                      batch_size: int, workers: int, with_targets: bool, label: str | None = None) -> Any:
         """One model's predictions for `rows` (an (N, C) array for cls, a list of maps for ink)."""
 
-    def average(self, preds: list[Any]) -> Any:
-        """Combine several models' `predict_rows` outputs (folds, runs)."""
+    def average(self, preds: Iterable[Any]) -> Any:
+        """Combine several models' `predict_rows` outputs (folds, runs). They may arrive one at a time (a
+        generator that predicts with the next model when asked), so dense tasks keep a running sum, not a list."""
 
     def oof_score(self, metric: str, frame: pd.DataFrame, table: IndexTable) -> float:
         """The CV score of an OOF frame (before it is written)."""

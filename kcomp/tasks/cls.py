@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -100,8 +101,10 @@ class ClsTask:
         dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
         return predict_loader(model, dl, self, tta=tta, device=device, dtype=dtype, label=label)
 
-    def average(self, preds: list[np.ndarray]) -> np.ndarray:
-        return np.mean(preds, axis=0)
+    def average(self, preds: Iterable[np.ndarray]) -> np.ndarray:
+        from kcomp.post.ensemble import mean_probs
+
+        return mean_probs(preds)
 
     def oof_score(self, metric: str, frame: pd.DataFrame, table: IndexTable) -> float:
         return self.score(metric, np.stack(frame["probs"].to_numpy()), frame["target"].to_numpy())

@@ -14,6 +14,7 @@ resulting files further with other settings.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -127,8 +128,10 @@ class DetTask:
         dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
         return self.fuse_views(predict_loader(model, dl, self, tta=tta, device=device, dtype=dtype, label=label))
 
-    def average(self, preds: list[list[np.ndarray]]) -> list[np.ndarray]:
-        """Several models' boxes fused image by image with WBF (equal weights)."""
+    def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
+        """Several models' boxes fused image by image with WBF (equal weights); boxes are small, so the models'
+        lists are all kept for the fusion."""
+        preds = list(preds)
         if len(preds) == 1:
             return preds[0]
         return [_fuse([p[i] for p in preds]) for i in range(len(preds[0]))]

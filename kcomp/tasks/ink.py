@@ -8,6 +8,7 @@ oof/tta predict whole fragments with blended sliding windows and write uint8 map
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -128,12 +129,11 @@ class InkTask:
                                label=f"{label or ''} {f.id}".strip())
                 for f in self.fragments(table, rows, with_targets=False)]
 
-    def average(self, preds: list[list[np.ndarray]]) -> list[np.ndarray]:
-        """Per fragment, the mean of the models' uint8 maps."""
-        if len(preds) == 1:
-            return preds[0]
-        return [np.rint(np.mean([p[i] for p in preds], axis=0, dtype=np.float32)).astype(np.uint8)
-                for i in range(len(preds[0]))]
+    def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
+        """Per row, the mean of the models' uint8 maps, one model in memory at a time."""
+        from kcomp.post.ensemble import mean_maps
+
+        return mean_maps(preds)
 
     def frame(self, rows: pd.DataFrame, preds: list[np.ndarray], setup: dict[str, Any], *, with_targets: bool
               ) -> pd.DataFrame:

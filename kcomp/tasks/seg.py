@@ -12,7 +12,7 @@ else a quarter of each image's own height and width. Thresholds, minimum sizes (
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -123,12 +123,11 @@ class SegTask:
                 bar.advance(x.shape[0])
         return out
 
-    def average(self, preds: list[list[np.ndarray]]) -> list[np.ndarray]:
-        """Per row, the mean of the models' uint8 maps."""
-        if len(preds) == 1:
-            return preds[0]
-        return [np.rint(np.mean([p[i] for p in preds], axis=0, dtype=np.float32)).astype(np.uint8)
-                for i in range(len(preds[0]))]
+    def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
+        """Per row, the mean of the models' uint8 maps, one model in memory at a time."""
+        from kcomp.post.ensemble import mean_maps
+
+        return mean_maps(preds)
 
     def frame(self, rows: pd.DataFrame, preds: list[np.ndarray], setup: dict[str, Any], *, with_targets: bool
               ) -> pd.DataFrame:
