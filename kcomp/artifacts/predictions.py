@@ -147,6 +147,19 @@ def read_predictions(path: str | Path, *, kind: str | None = None) -> Prediction
     return preds
 
 
+def one_test_file(preds: list[Predictions], task: str) -> Predictions:
+    """The single test prediction file of `task` a one-file preset submits; several files are blended first."""
+    from kcomp.errors import BadUsage
+
+    if len(preds) != 1:
+        raise BadUsage(f"expected one prediction file, got {len(preds)} (combine them with `kcomp ensemble`)")
+    p = preds[0]
+    if p.task != task or p.kind != "test":
+        raise BadInput(f"holds {p.kind} predictions of task {p.task}; expected test predictions of task {task}",
+                       path=p.source)
+    return p
+
+
 def check_compatible(preds: list[Predictions]) -> None:
     """Files combined by ensemble/stack must describe the same rows with the same meaning."""
     first = preds[0]

@@ -73,10 +73,7 @@ def submit_argmax(preds: list[Any], *, id_column: str = "image_id", label_column
     import numpy as np
     import pandas as pd
 
-    if len(preds) != 1:
-        raise BadUsage(f"expected one prediction file, got {len(preds)} (combine them with `kcomp ensemble`)")
-    p = preds[0]
-    if p.task != "cls" or p.kind != "test":
-        raise BadInput(f"holds {p.kind} predictions of task {p.task}; expected test predictions of task cls",
-                       path=p.source)
+    from kcomp.artifacts.predictions import one_test_file
+
+    p = one_test_file(preds, "cls")
     return pd.DataFrame({id_column: p.df["id"].astype(str), label_column: np.argmax(p.probs(), axis=1)})

@@ -203,13 +203,9 @@ def submit_clouds(preds: list[Predictions], *, thresholds: dict[str, Any] | None
 
     from kcomp.post.rle import encode
     from kcomp.post.seg_threshold import postprocess
+    from kcomp.artifacts.predictions import one_test_file
 
-    if len(preds) != 1:
-        raise BadUsage(f"expected one prediction file, got {len(preds)} (combine them with `kcomp ensemble`)")
-    p = preds[0]
-    if p.task != TASK or p.kind != "test":
-        raise BadInput(f"holds {p.kind} predictions of task {p.task}; expected test predictions of task {TASK}",
-                       path=p.source)
+    p = one_test_file(preds, TASK)
     if sorted(p.classes) != sorted(CLASSES):
         raise BadInput(f"predicts classes {p.classes}; Clouds needs {', '.join(CLASSES)}", path=p.source)
     channel = {c: p.classes.index(c) for c in CLASSES}

@@ -222,13 +222,9 @@ def submit_ink(preds: list[Predictions], *, thresholds: dict[str, Any] | None) -
     from kcomp.data.layers import read_png_mask
     from kcomp.post.ink_threshold import postprocess
     from kcomp.post.rle import encode
+    from kcomp.artifacts.predictions import one_test_file
 
-    if len(preds) != 1:
-        raise BadUsage(f"expected one prediction file, got {len(preds)} (combine them with `kcomp ensemble`)")
-    p = preds[0]
-    if p.task != TASK or p.kind != "test":
-        raise BadInput(f"holds {p.kind} predictions of task {p.task}; expected test predictions of task {TASK}",
-                       path=p.source)
+    p = one_test_file(preds, TASK)
     threshold, min_size = ink_thresholds(thresholds)
     index = p.index("needed to find each fragment's mask.png")
     by_id = {str(r["id"]): r for r in index.df.to_dict("records")}
