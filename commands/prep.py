@@ -19,10 +19,13 @@ def command(
         help="vesuvius: cut these train fragments (comma-separated names, e.g. 2) into top/bottom halves "
              "holding similar papyrus, indexed as 2a/2b, so folds can be made per half.")] = None,
     size: Annotated[int | None, typer.Option(
-        help="siim-covid19: side of the cached square PNGs [default: 512].")] = None,
+        help="siim-covid19: side of the cached square PNGs [default: 512]. cassava, clouds, demo: also decode every "
+             "image once into an N x N uint8 cache that train/oof/tta read instead of the files when --img-size <= N "
+             "[default: no cache].")] = None,
     bits: Annotated[int | None, typer.Option(help="siim-covid19: cached PNG depth, 8 or 16 [default: 8].")] = None,
     workers: Annotated[int | None, typer.Option(
-        help="siim-covid19: decoding processes (0 = this process) [default: all CPUs].")] = None,
+        help="Decoding processes for the siim-covid19 PNGs and the image cache (0 = this process) "
+             "[default: all CPUs].")] = None,
     skip_bad: Annotated[bool, typer.Option(
         help="siim-covid19: leave unreadable DICOM files out of the index (logged) instead of failing.")] = False,
     as_json: Json = False,

@@ -45,9 +45,15 @@ class IndexTable:
     def file(self, rel: str) -> Path:
         return resolve_in_root(self.root, rel, self.source, allow_absolute=bool(self.meta.get("allow_absolute")))
 
+    def relative_file(self, rel: str) -> Path:
+        """A file the metadata records relative to the table itself, as `root` is (the prep image cache)."""
+        base = Path.cwd() if self.source == "<stdin>" else Path(self.source).resolve().parent
+        return Path(rel) if os.path.isabs(rel) else (base / rel).resolve()
+
 
 def _root_for(path: str | Path, root: Path) -> str:
-    """Store the data root relative to the table's own location, so a data dir can be moved as a whole."""
+    """Store the data root (or the image cache) relative to the table's own location, so a data dir can be moved
+    as a whole."""
     if str(path) == STDIO:
         return str(root.resolve())
     return os.path.relpath(root.resolve(), Path(path).resolve().parent)
@@ -65,6 +71,9 @@ def write_folds(table: IndexTable, folds: Any, path: str | Path, **extra: Any) -
     df["fold"] = folds
     meta = carried(table.meta, "root")
     meta["index_command"] = table.meta.get("command")
+    if "image_cache" in meta:  # rebased like the root: folds are often written beside other files than the index
+        cache = meta["image_cache"]
+        meta["image_cache"] = {**cache, "path": _root_for(path, table.relative_file(cache["path"]))}
     return write_table(df, path, "folds", root=_root_for(path, table.root), **{**meta, **extra})
 
 

@@ -10,6 +10,7 @@ from typing import Any
 from kcomp import console
 from kcomp.artifacts.index import write_index
 from kcomp.artifacts.submission import read_csv
+from kcomp.data.image_cache import add_image_cache
 from kcomp.data.images import image_size
 from kcomp.errors import BadInput, BadUsage
 
@@ -18,7 +19,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 def prep_cls_layout(raw: Path | None, out: Path, *, competition: str, id_column: str = "image_id",
                     label_column: str = "label", class_map: str = "label_num_to_disease_map.json",
-                    workers: int = 8) -> list[str]:
+                    size: int | None = None, workers: int | None = None) -> list[str]:
+    """Index the layout; with `size`, also decode every image once into the `size` px image cache."""
     import pandas as pd
 
     if raw is None:
@@ -43,7 +45,7 @@ def prep_cls_layout(raw: Path | None, out: Path, *, competition: str, id_column:
             for i, v in zip(train[id_column], labels, strict=True)]
     rows += [{"id": i, "path": f"test_images/{i}", "split": "test", "label": -1} for i in test_ids]
     df = pd.DataFrame(rows)
-    with console.progress(len(df), "reading image headers") as bar, ThreadPoolExecutor(workers) as pool:
+    with console.progress(len(df), "reading image headers") as bar, ThreadPoolExecutor(8) as pool:
         sizes = []
         for hw in pool.map(image_size, [raw / p for p in df["path"]]):
             sizes.append(hw)
@@ -52,7 +54,9 @@ def prep_cls_layout(raw: Path | None, out: Path, *, competition: str, id_column:
     df["width"] = [w for _, w in sizes]
     df["label"] = df["label"].astype("int64")
     out.mkdir(parents=True, exist_ok=True)
-    path = write_index(df, out / "index.parquet", root=raw, competition=competition, task="cls", classes=classes)
+    cache = add_image_cache(df, raw, out, size, workers)
+    path = write_index(df, out / "index.parquet", root=raw, competition=competition, task="cls", classes=classes,
+                       **cache)
     console.log(f"{competition}: {int((df['split'] == 'train').sum())} train, {len(test_ids)} test images, "
                 f"{len(classes)} classes")
     return [path]

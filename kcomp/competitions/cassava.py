@@ -21,7 +21,8 @@ class Cassava:
     id_column = "image_id"
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        return prep_cls_layout(raw, out, competition="cassava")
+        return prep_cls_layout(raw, out, competition="cassava", size=options.get("size"),
+                               workers=options.get("workers"))
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None) -> Any:
         return submit_argmax(preds)

@@ -86,12 +86,13 @@ def _sizes(raw: Path, paths: list[str], workers: int) -> list[tuple[int, int]]:
     return out
 
 
-def prep_clouds(raw: Path | None, out: Path, *, workers: int = 8) -> list[str]:
+def prep_clouds(raw: Path | None, out: Path, *, size: int | None = None, workers: int | None = None) -> list[str]:
     """Validate train.csv against the images (classes, 4 rows each, files, RLE runs inside each image), then
     write `out/index.parquet` with train rows in train.csv order and test rows sorted by name."""
     import pandas as pd
 
     from kcomp.artifacts.index import write_index
+    from kcomp.data.image_cache import add_image_cache
     from kcomp.post.rle import check as check_rle
 
     if raw is None:
@@ -110,7 +111,7 @@ def prep_clouds(raw: Path | None, out: Path, *, workers: int = 8) -> list[str]:
         if test_dir.is_dir() else []
     train_ids = list(images)
     paths = [f"train_images/{i}" for i in train_ids] + [f"test_images/{i}" for i in test_ids]
-    sizes = _sizes(raw, paths, workers)
+    sizes = _sizes(raw, paths, 8)
     rows: list[dict[str, Any]] = []
     with console.progress(len(train_ids), "checking masks", unit="img") as bar:
         for image, (h, w) in zip(train_ids, sizes, strict=False):
@@ -133,8 +134,9 @@ def prep_clouds(raw: Path | None, out: Path, *, workers: int = 8) -> list[str]:
     for c in ("height", "width"):
         df[c] = df[c].astype("int64")
     out.mkdir(parents=True, exist_ok=True)
+    cache = add_image_cache(df, raw, out, size, workers)
     path = write_index(df, out / "index.parquet", root=raw, competition=COMPETITION, task=TASK, classes=CLASSES,
-                       rle_order=RLE_ORDER, submit_size=list(SUBMIT_SIZE))
+                       rle_order=RLE_ORDER, submit_size=list(SUBMIT_SIZE), **cache)
     present = df[df["split"] == "train"]["labels"].apply(sum).sum()
     console.log(f"{COMPETITION}: {len(train_ids)} train, {len(test_ids)} test images; {present} of "
                 f"{len(train_ids) * len(CLASSES)} train masks non-empty")
@@ -236,7 +238,7 @@ class Clouds:
     id_column = ID_COLUMN
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        return prep_clouds(raw, Path(out), workers=int(options.get("workers") or 8))
+        return prep_clouds(raw, Path(out), size=options.get("size"), workers=options.get("workers"))
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None) -> Any:
         return submit_clouds(preds, thresholds=thresholds)

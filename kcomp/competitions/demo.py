@@ -85,7 +85,8 @@ class Demo:
         if not (raw / "train.csv").exists():
             console.log(f"demo: generating a synthetic competition in {raw}")
             make_cls_layout(raw, seed=int(options.get("seed") or 0))
-        return prep_cls_layout(raw, out, competition="demo")
+        return prep_cls_layout(raw, out, competition="demo", size=options.get("size"),
+                               workers=options.get("workers"))
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None) -> Any:
         return submit_argmax(preds)

@@ -24,12 +24,12 @@ original pixels, [] for none and test), study (negative|typical|indeterminate|at
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp import console
 from kcomp.competitions import register_competition
+from kcomp.data.pool import WorkerPool, default_workers
 from kcomp.errors import BadInput, BadUsage
 
 if TYPE_CHECKING:
@@ -196,17 +196,6 @@ def _reason(e: BadInput, src: str) -> str:
     return text[len(src) + 2:] if text.startswith(f"{src}: ") else text
 
 
-def _init_worker() -> None:
-    import signal
-
-    import cv2
-
-    cv2.setNumThreads(1)  # one image per process: OpenCV's own threads would only fight the other workers
-    # Ctrl-C reaches the whole process group: let the main process cancel what is queued and wait for the images
-    # in flight (each PNG is written atomically), instead of every worker printing a KeyboardInterrupt traceback.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 def cached_png(path: Path, size: int, bits: int) -> bool:
     """Is `path` a grayscale PNG of size x size at `bits` depth? Reads the 26-byte header only."""
     try:
@@ -218,64 +207,6 @@ def cached_png(path: Path, size: int, bits: int) -> bool:
         return False
     w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
     return (w, h, head[24], head[25]) == (size, size, bits, 0)
-
-
-def default_workers() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-class WorkerPool:
-    """`workers` processes shared by the header pass and the decoding pass (0 = everything in this process).
-
-    Where the OS has fork, workers are forked once, at the first submit and before any progress-bar thread runs,
-    from a process that has already imported pydicom/OpenCV: no per-worker start-up cost, and no re-import of the
-    caller's main script (which spawn/forkserver would do). Elsewhere the default start method is used."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._pool: Any = None
-
-    def __enter__(self) -> WorkerPool:
-        return self
-
-    def __exit__(self, exc_type: Any, *rest: Any) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=exc_type is not None)
-            self._pool = None
-
-    def _executor(self, n_jobs: int) -> Any:
-        if self._pool is None:
-            import importlib
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            for module in ("cv2", "pydicom.pixels", "kcomp.data.dicom"):  # once here, inherited by forked workers
-                importlib.import_module(module)
-            fork = "fork" in multiprocessing.get_all_start_methods()
-            ctx = multiprocessing.get_context("fork" if fork else None)
-            self._pool = ProcessPoolExecutor(min(self.workers, n_jobs), mp_context=ctx, initializer=_init_worker)
-        return self._pool
-
-    def map(self, fn: Any, jobs: list[Any], label: str, *, chunk: int = 1) -> list[Any]:
-        """fn over jobs, results in order, with a progress bar in img/s. `chunk` > 1 batches cheap jobs (header
-        reads) so inter-process messages do not dominate; decoding (0.05-2 s an image) goes one by one, which
-        balances the load best."""
-        results: list[Any] = []
-        if not jobs:
-            return results
-        if self.workers == 0:
-            it: Any = map(fn, jobs)
-        else:
-            chunk = max(1, min(chunk, len(jobs) // (self.workers * 4)))
-            it = self._executor(len(jobs)).map(fn, jobs, chunksize=chunk)
-        with console.progress(len(jobs), label, unit="img") as bar:
-            for r in it:
-                results.append(r)
-                bar.advance()
-        return results
 
 
 def _bad_files_error(bad: list[tuple[str, str]], stage: str) -> BadInput:
@@ -320,7 +251,7 @@ def prep_siim(raw: Path | None, out: Path, *, size: int | None = None, bits: int
     _check_train(images, boxes, studies, raw)
 
     ids = sorted(images, key=lambda i: (SPLIT_DIRS.index(images[i]["split"]), images[i]["study"], i))
-    with WorkerPool(workers) as pool:
+    with WorkerPool(workers, preload=("cv2", "pydicom.pixels", "kcomp.data.dicom")) as pool:
         sizes, bad = _read_headers(pool, [(i, str(raw / images[i]["dicom"])) for i in ids], skip_bad=skip_bad)
         late = _cache_images(pool, [(i, str(raw / images[i]["dicom"])) for i in sizes], out / IMAGES_DIR,
                              size=size, bits=bits, skip_bad=skip_bad)

@@ -54,15 +54,17 @@ class ImageDataset(Dataset):
     """RGB images with optional integer targets; returns (uint8 CxHxW tensor, target or -1)."""
 
     def __init__(self, files: Sequence[Path], targets: Sequence[int] | None, transform: Callable[..., Any],
-                 reduce_to: int | None = None) -> None:
+                 reduce_to: int | None = None, cache: Sequence[np.ndarray] | None = None) -> None:
+        """`cache[i]`, when given, is files[i] already decoded (`kcomp.data.image_cache`)."""
         self.files, self.targets, self.transform, self.reduce_to = list(files), targets, transform, reduce_to
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         idx, seed = item if isinstance(item, tuple) else (item, None)
-        img = read_rgb(self.files[idx], self.reduce_to)
+        img = self.cache[idx] if self.cache is not None else read_rgb(self.files[idx], self.reduce_to)
         if seed is not None:
             self.transform.set_random_seed(seed)
         img = self.transform(image=img)["image"]

@@ -27,6 +27,18 @@ def read_rgb(path: str | Path, reduce_to: int | None = None) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
+def read_square(path: str | Path, size: int) -> np.ndarray:
+    """size x size x 3 uint8 RGB, stretched per axis: what seg models and the prep image cache see. Downscaling
+    averages (INTER_AREA, no aliasing); upscaling interpolates linearly."""
+    import cv2
+
+    img = read_rgb(path, size)
+    if img.shape[:2] != (size, size):
+        down = img.shape[0] > size and img.shape[1] > size
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+    return img
+
+
 def image_size(path: str | Path) -> tuple[int, int]:
     """(height, width) from the header only; also proves the file is an image before training starts."""
     from PIL import Image, UnidentifiedImageError

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kcomp.data.images import read_rgb
+from kcomp.data.images import read_square
 
 if TYPE_CHECKING:
     import torch
@@ -66,22 +66,25 @@ class SegDataset:
 
     def __init__(self, files: Sequence[Path], shapes: Sequence[tuple[int, int]],
                  masks: Sequence[Sequence[str]] | None, size: int, *, order: str = "column",
-                 transform: Any = None, ids: Sequence[str] | None = None) -> None:
+                 transform: Any = None, ids: Sequence[str] | None = None,
+                 cache: Sequence[np.ndarray] | None = None) -> None:
         self.files, self.shapes = list(files), [(int(h), int(w)) for h, w in shapes]
         self.masks = [list(m) for m in masks] if masks is not None else None
         self.size, self.order, self.transform = int(size), order, transform
         self.ids = [str(i) for i in ids] if ids is not None else [str(f) for f in self.files]
+        self.cache = cache  # cache[i]: files[i] decoded at >= size px (`kcomp.data.image_cache`)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def image(self, idx: int) -> np.ndarray:
-        import cv2
+        if self.cache is None:
+            return read_square(self.files[idx], self.size)
+        img = self.cache[idx]
+        if img.shape[0] != self.size:  # a larger cache: averaged down, as from the file
+            import cv2
 
-        img = read_rgb(self.files[idx], self.size)
-        if img.shape[:2] != (self.size, self.size):
-            down = img.shape[0] > self.size and img.shape[1] > self.size
-            img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA if down else cv2.INTER_LINEAR)
+            img = cv2.resize(img, (self.size, self.size), interpolation=cv2.INTER_AREA)
         return img
 
     def target(self, idx: int) -> np.ndarray:

@@ -57,6 +57,7 @@ class ClsTask:
                 train: bool, with_targets: bool = True) -> Any:
         from kcomp.data import transforms
         from kcomp.data.datasets import ImageDataset
+        from kcomp.data.image_cache import cached_images
 
         files = [table.file(p) for p in rows["path"]]
         tf = transforms.cls_train(cfg["img_size"], cfg["aug"]) if train else transforms.cls_eval(cfg["img_size"])
@@ -67,7 +68,8 @@ class ClsTask:
                 missing = setup["classes"][int(np.argmin(counts))]
                 raise BadInput(f"this fold's training rows have no example of class {missing!r}; re-split with "
                                f"fewer folds or --strategy stratified", path=table.source)
-        return ImageDataset(files, targets, tf, reduce_to=cfg["img_size"])
+        return ImageDataset(files, targets, tf, reduce_to=cfg["img_size"],
+                            cache=cached_images(table, rows, cfg["img_size"]))
 
     def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module:

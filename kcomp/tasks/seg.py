@@ -63,12 +63,13 @@ class SegTask:
 
     def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
                 train: bool, with_targets: bool = True) -> Any:
+        from kcomp.data.image_cache import cached_images
         from kcomp.data.seg_dataset import SegDataset, seg_train_transform
 
         masks = rows[setup["mask_columns"]].astype(str).to_numpy().tolist() if with_targets else None
         return SegDataset([table.file(p) for p in rows["path"]], _shapes(rows), masks, int(cfg["img_size"]),
                           order=setup["rle_order"], transform=seg_train_transform(cfg["aug"]) if train else None,
-                          ids=rows["id"].astype(str).tolist())
+                          ids=rows["id"].astype(str).tolist(), cache=cached_images(table, rows, int(cfg["img_size"])))
 
     # ------------------------------------------------------------------------------------------------ model
 
@@ -103,25 +104,25 @@ class SegTask:
                      setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
                      batch_size: int, workers: int, with_targets: bool, label: str | None = None
                      ) -> list[np.ndarray]:
-        """(C, h, w) uint8 maps at the output size, converted batch by batch (no float map of every row)."""
+        """(C, h, w) uint8 maps at the output size, converted batch by batch (no float map of every row) on a
+        host thread while the model runs the next batch."""
         from torch.utils.data import DataLoader
 
         from kcomp import console
+        from kcomp.infer.host_stage import HostStage
 
-        sizes = output_sizes(rows, cfg.get("out_size"), table.meta.get("submit_size"))
+        sizes = iter(output_sizes(rows, cfg.get("out_size"), table.meta.get("submit_size")))
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
         dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
-        out: list[np.ndarray] = []
+        stage = HostStage(lambda batch: [to_uint8_map(p, next(sizes)) for p in batch])
         model.eval()
         with torch.inference_mode(), console.progress(len(ds), label or "predicting", unit="img") as bar:
             for x, _ in dl:
                 x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    probs = self.predict(model, x, tta).float()
-                for p in probs.cpu().numpy():
-                    out.append(to_uint8_map(p, sizes[len(out)]))
+                    stage.submit(self.predict(model, x, tta).float())
                 bar.advance(x.shape[0])
-        return out
+        return stage.results()
 
     def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
         """Per row, the mean of the models' uint8 maps, one model in memory at a time."""
