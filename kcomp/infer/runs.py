@@ -12,6 +12,7 @@ from kcomp.artifacts import paths, read_index, read_json
 from kcomp.artifacts.checkpoint import load_checkpoint
 from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput
+from kcomp.models._factory import build_with_weights
 from kcomp.tasks import get_task
 from kcomp.train import distributed
 from kcomp.train.device import amp_dtype, resolve_device
@@ -88,8 +89,7 @@ def _predict(run: Run, fold: int, rows: Any, opts: PredictOptions, *, with_targe
     share = rows if (lo, hi) == (0, len(rows)) else rows.iloc[lo:hi].reset_index(drop=True)
     preds = []
     for which in opts.checkpoints.split("+") if len(share) or not len(rows) else []:  # a rank may get no rows
-        model = task.build_model(run.cfg, run.setup)
-        model.load_state_dict(_weights(run, fold, which, task.name))
+        model = build_with_weights(lambda: task.build_model(run.cfg, run.setup), _weights(run, fold, which, task.name))
         model = model.to(dev).to(memory_format=torch.channels_last)
         preds.append(task.predict_rows(model, table or run.table, share, cfg, run.setup, tta=opts.tta, device=dev,
                                        dtype=amp_dtype(dev, run.cfg["amp"]),

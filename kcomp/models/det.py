@@ -67,8 +67,11 @@ class DetNet(nn.Module):
         super().__init__()
         self.model = EfficientDet(config, pretrained_backbone=False)  # weights only ever from --weights files
         self.config = config
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0, persistent=False)
+        # constants made on the CPU even under `torch.device("meta")` (`build_with_weights`)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device="cpu").view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, device="cpu").view(1, 3, 1, 1) * 255.0,
+                             persistent=False)
         self.register_buffer("anchors", Anchors.from_config(config).boxes, persistent=False)
 
     @property
