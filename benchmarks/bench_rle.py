@@ -1,10 +1,10 @@
 """Benchmark kcomp.post.rle against the RLE kernels every Kaggle notebook copies, on Clouds and Vesuvius workloads.
 
 Run: python benchmarks/bench_rle.py [--repeats 7] [--clouds-images 400] [--no-write]
-Prints `rle encode|decode <case>: ours X ms, reference Y ms, ratio Z` lines plus the one-off numba compile time, and
-appends them, with machine info, to benchmarks/RESULTS.md. Both sides run in this process on the same inputs,
-timeit-style: each call's result is dropped before the next; a case's time is the sum over its masks of each call's
-best of --repeats. Outputs are checked identical before timing.
+Prints `rle encode|decode|decode_resized <case>: ours X ms, reference Y ms, ratio Z` lines plus the one-off numba
+compile time, and appends them, with machine info, to benchmarks/RESULTS.md. Both sides run in this process on the
+same inputs, timeit-style: each call's result is dropped before the next; a case's time is the sum over its masks of
+each call's best of --repeats. Outputs are checked identical (values, shape, dtype, memory layout) before timing.
 """
 
 from __future__ import annotations
@@ -21,20 +21,32 @@ import cv2
 import numpy as np
 from _results import append_section
 
-from kcomp.post.rle import decode, encode
+from kcomp.post.rle import decode, decode_resized, encode
 
 NOTE = ("Reference = the notebook kernels `mask2rle` (`img.T.flatten()` for column order, `np.concatenate([[0], "
         "pixels, [0]])`, `np.where(...)`, `' '.join(str(x) ...)`) and `rle2mask` (split, slice-fill loop, "
-        "`img.reshape((w, h)).T` for column order: a transposed view, where ours returns a C-contiguous array). "
-        "Timeit-style: each call's result is dropped before the next; a case's time is the sum over its masks of "
-        "each call's best of N (N passes through the list). Targets: Clouds sizes in column order, Vesuvius in row "
-        "order; the other order of each is listed for completeness. Decoding an empty mask is allocating a zeroed "
-        "array on both sides, so lists with empty masks also get a line for their non-empty masks alone; decode "
-        "lines end with the cost of allocating the outputs alone (np.zeros, one byte per 4 KiB page written). "
-        "Machine shared with other jobs: absolute times are noisy; the two sides of a line run back to back.")
+        "`img.reshape((w, h)).T` for column order). Both decoders return the same layout: C-contiguous in row "
+        "order, in column order the transpose of a C-contiguous (width, height) array (F-contiguous); the "
+        "`c_contiguous=True` lines time ours returning a C-contiguous array in column order, against the same "
+        "reference (still its F view). Timeit-style: each call's result is dropped before the next; a case's time "
+        "is the sum over its masks of each call's best of N (N passes through the list). Targets: Clouds sizes in "
+        "column order, Vesuvius in row order; the other order of each is listed for completeness. Decoding an empty "
+        "mask is allocating a zeroed array on both sides, so lists with empty masks also get a line for their "
+        "non-empty masks alone. Decode lines end with two floors. F: what any decoder returning a fresh numpy array "
+        "pays, np.zeros of the output with one byte written in each 4 KiB page that holds ink (pages a decoder must "
+        "write; np.zeros clears reused heap memory itself, fresh pages are cleared by the OS when first written, "
+        "2 MiB at a time with transparent huge pages). W: writing every byte of an array allocated once and reused "
+        "(ndarray.fill), what a decoder into a caller's buffer would pay at least. Reference / F and reference / W "
+        "are the best ratios these allow; times above F are each decoder's own work (a negative one is noise: "
+        "ours within it of F). decode_resized = the mask "
+        "sampled at a smaller size (cv2.resize INTER_NEAREST_EXACT of the decode), reference = rle2mask + "
+        "cv2.resize (given the F view in column order, cv2 copies it to C first). Machine shared with other jobs: "
+        "absolute times are noisy; the two sides of a line run back to back.")
 VESUVIUS = (8181, 6330)
 CLOUDS_SUBMISSION = (350, 525)  # masks are predicted and encoded at this size, 4 classes per image
 CLOUDS_TRAIN = (1400, 2100)  # train.csv labels are decoded at the full image size
+CLOUDS_SAMPLED = ((384, 384), (350, 525))  # train.csv labels at a model's input size, and at the submission size
+PAGE = 4096
 
 
 def mask2rle(img: np.ndarray, order: str = "row") -> str:
@@ -117,49 +129,114 @@ def best_calls(fn: Callable[[object], object], items: list, repeats: int) -> np.
     return best
 
 
-def touched_zeros(shape: tuple[int, int]) -> None:
-    """What any decoder returning a fresh array pays at least: a zeroed array with every 4 KiB page written once."""
-    np.zeros(shape, np.uint8).reshape(-1)[::4096] = 1
+def ink_pages(rle: str, shape: tuple[int, int]) -> np.ndarray:
+    """Flat byte offsets, one per 4 KiB page of a fresh (h*w) array that a decoder filling runs in memory order
+    writes (the runs are contiguous in the flat array in both orders: see rle2mask)."""
+    v = np.array(rle.split(), np.int64)
+    if v.size == 0:
+        return np.zeros(0, np.int64)
+    starts, ends = v[0::2] - 1, v[0::2] - 1 + v[1::2]
+    first, count = starts // PAGE, (ends - 1) // PAGE - starts // PAGE + 1
+    pages = np.arange(count.sum()) + np.repeat(first - (np.cumsum(count) - count), count)  # first..last of each
+    return np.unique(pages) * PAGE
+
+
+def touched_zeros(shape: tuple[int, int], offsets: np.ndarray) -> None:
+    """What any decoder returning a fresh array pays at least: np.zeros, and one write in each page it must set."""
+    np.zeros(shape[0] * shape[1], np.uint8)[offsets] = 1
+
+
+def timed_lines(what: str, text: str, t_ours: np.ndarray, t_ref: np.ndarray, subsets: list,
+                floors: tuple[np.ndarray, np.ndarray] | None = None, extra: str = "") -> list[str]:
+    """One line per (label suffix, selection) of items: totals and ratio; for decode also the floors F (fresh
+    array) and W (reused array) with the best ratio each allows, and both sides' time above F (see NOTE)."""
+    lines = []
+    for suffix, sel in subsets:
+        o, r = t_ours[sel].sum(), t_ref[sel].sum()
+        line = f"rle {what} {text}{suffix}: ours {o * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {r / o:.1f}"
+        if floors is not None:
+            f, w = (t[sel].sum() for t in floors)
+            line += (f" (fresh-array floor F {f * 1e3:.2f} ms, so at most {r / f:.1f}; writing a reused array W "
+                     f"{w * 1e3:.2f} ms, so at most {r / w:.1f}; above F: ours {(o - f) * 1e3:.2f} ms, reference "
+                     f"{(r - f) * 1e3:.2f} ms)")
+        lines.append(line + extra)
+        print(lines[-1], flush=True)
+    return lines
 
 
 def bench_case(name: str, masks: list[np.ndarray], order: str, repeats: int) -> list[str]:
     """Encode and decode lines for `masks` in `order`; for a list holding empty masks also the non-empty ones alone
-    (decoding an empty mask is allocating a zeroed array on both sides)."""
+    (decoding an empty mask is allocating a zeroed array on both sides); in column order also decode with
+    c_contiguous=True."""
     shape = masks[0].shape
     strings = [mask2rle(m, order) for m in masks]
     assert [encode(m, order) for m in masks] == strings, name
     for s, m in zip(strings, masks):
-        ours = decode(s, shape, order)
-        assert ours.dtype == np.uint8 and np.array_equal(ours, rle2mask(s, shape, order)) and np.array_equal(ours, m)
+        ours, ref = decode(s, shape, order), rle2mask(s, shape, order)
+        assert ours.dtype == ref.dtype == np.uint8 and ours.shape == ref.shape and ours.strides == ref.strides
+        assert np.array_equal(ours, ref) and np.array_equal(ours, m)
+        c = decode(s, shape, order, c_contiguous=True)
+        assert c.flags.c_contiguous and c.dtype == np.uint8 and np.array_equal(c, m)
     nonempty = np.array([bool(s) for s in strings])
     runs = sum(s.count(" ") + 1 for s in strings if s) // 2 / max(1, nonempty.sum())
     label = f"{name} {order} ({runs:.0f} runs per non-empty mask)"
     if len(masks) > 1:
         label = f"{name} {order} ({(~nonempty).sum()} empty, {runs:.0f} runs per non-empty mask)"
+    subsets = [("", np.ones(len(masks), bool))]
+    if len(masks) > 1 and not nonempty.all():
+        subsets.append((f", its {nonempty.sum()} non-empty masks alone", nonempty))
+    lines = timed_lines("encode", label, best_calls(lambda m: encode(m, order), masks, repeats),
+                        best_calls(lambda m: mask2rle(m, order), masks, repeats), subsets)
+    pages = [(shape, ink_pages(s, shape)) for s in strings]
+    t_ref = best_calls(lambda s: rle2mask(s, shape, order), strings, repeats)
+    reused = np.empty(shape, np.uint8)
+    floors = (best_calls(lambda x: touched_zeros(*x), pages, repeats),
+              best_calls(lambda _: reused.fill(0), strings, repeats))
+    variants = [("", {})] + ([(" c_contiguous=True", {"c_contiguous": True})] if order == "column" else [])
+    for suffix, kw in variants:
+        t_ours = best_calls(lambda s, kw=kw: decode(s, shape, order, **kw), strings, repeats)
+        lines += timed_lines("decode", label.replace(f" {order} ", f" {order}{suffix} ", 1), t_ours, t_ref,
+                             subsets, floors)
+    return lines
+
+
+def bench_resized(name: str, masks: list[np.ndarray], order: str, size: tuple[int, int], repeats: int
+                  ) -> list[str]:
+    """decode_resized against the reference decode + cv2.resize INTER_NEAREST_EXACT (what sample_mask did), with
+    ours decode (c_contiguous=True, as cv2 wants) + cv2.resize for comparison."""
+    shape = masks[0].shape
+    strings = [mask2rle(m, order) for m in masks]
+    dsize = (size[1], size[0])
+
+    def ref(s: str) -> np.ndarray:
+        return cv2.resize(rle2mask(s, shape, order), dsize, interpolation=cv2.INTER_NEAREST_EXACT)
+
+    def ours_then_cv2(s: str) -> np.ndarray:
+        return cv2.resize(decode(s, shape, order, c_contiguous=True), dsize, interpolation=cv2.INTER_NEAREST_EXACT)
+
+    for s in strings:
+        got = decode_resized(s, shape, size, order)
+        assert got.dtype == np.uint8 and got.flags.c_contiguous and np.array_equal(got, ref(s)), name
+    nonempty = np.array([bool(s) for s in strings])
+    subsets = [("", np.ones(len(masks), bool))]
+    if not nonempty.all():
+        subsets.append((f", its {nonempty.sum()} non-empty masks alone", nonempty))
+    t_ours = best_calls(lambda s: decode_resized(s, shape, size, order), strings, repeats)
+    t_ref = best_calls(ref, strings, repeats)
+    t_mid = best_calls(ours_then_cv2, strings, repeats)
     lines = []
-    for what, ours, ref, items in [
-        ("encode", lambda m: encode(m, order), lambda m: mask2rle(m, order), masks),
-        ("decode", lambda s: decode(s, shape, order), lambda s: rle2mask(s, shape, order), strings),
-    ]:
-        t_ours, t_ref = best_calls(ours, items, repeats), best_calls(ref, items, repeats)
-        t_floor = best_calls(lambda _: touched_zeros(shape), items, repeats) if what == "decode" else None
-        subsets = [(label, np.ones(len(items), bool))]
-        if len(masks) > 1 and not nonempty.all():
-            subsets.append((f"{name} {order}, its {nonempty.sum()} non-empty masks alone", nonempty))
-        for text, sel in subsets:
-            o, r = t_ours[sel].sum(), t_ref[sel].sum()
-            lines.append(f"rle {what} {text}: ours {o * 1e3:.2f} ms, reference {r * 1e3:.2f} ms, ratio {r / o:.1f}")
-            if t_floor is not None:
-                lines[-1] += f" (allocating the outputs alone: {t_floor[sel].sum() * 1e3:.2f} ms)"
-            print(lines[-1], flush=True)
+    for suffix, sel in subsets:
+        lines += timed_lines("decode_resized", f"{name} {order} to {size[0]}x{size[1]}", t_ours, t_ref,
+                             [(suffix, sel)], extra=f" (our decode + cv2.resize: {t_mid[sel].sum() * 1e3:.2f} ms)")
     return lines
 
 
 def compile_times() -> tuple[float, float]:
-    """First encode + decode (both orders) in a fresh process, numba import included: with an empty numba cache
-    (compiles every kernel) and with the on-disk cache (loads them)."""
-    code = ("import time; t = time.perf_counter(); import numpy as np; from kcomp.post.rle import decode, encode; "
-            "m = np.eye(9, 12, dtype=np.uint8); [decode(encode(m, o), m.shape, o) for o in ('row', 'column')]; "
+    """First encode, decode (both layouts) and decode_resized (both orders) in a fresh process, numba import
+    included: with an empty numba cache (compiles every kernel) and with the on-disk cache (loads them)."""
+    code = ("import time; t = time.perf_counter(); import numpy as np; from kcomp.post.rle import *; "
+            "m = np.eye(9, 12, dtype=np.uint8); [(decode(encode(m, o), m.shape, o), decode(encode(m, o), m.shape, o, "
+            "c_contiguous=True), decode_resized(encode(m, o), m.shape, (5, 7), o)) for o in ('row', 'column')]; "
             "print(time.perf_counter() - t)")
     out = []
     with tempfile.TemporaryDirectory() as empty:
@@ -177,16 +254,20 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     args = ap.parse_args()
     cold_s, cached_s = compile_times()
-    compile_line = (f"rle numba first call (encode + decode, both orders) in a new process, numba import included: "
-                    f"{cold_s:.1f} s with an empty cache (compile, once per install), {cached_s:.2f} s with the "
-                    "on-disk cache; excluded from the times below")
+    compile_line = (f"rle numba first call (encode, decode in both layouts, decode_resized; both orders) in a new "
+                    f"process, numba import included: {cold_s:.1f} s with an empty cache (compile, once per install), "
+                    f"{cached_s:.2f} s with the on-disk cache; excluded from the times below")
     print(compile_line, flush=True)
     lines = [compile_line]
     n = args.clouds_images
     for shape, images in ((CLOUDS_SUBMISSION, n), (CLOUDS_TRAIN, max(1, n // 8))):
         masks = clouds_masks(images, shape)
+        name = f"clouds {shape[0]}x{shape[1]} x {len(masks)} masks"
         for order in ("column", "row"):
-            lines += bench_case(f"clouds {shape[0]}x{shape[1]} x {len(masks)} masks", masks, order, args.repeats)
+            lines += bench_case(name, masks, order, args.repeats)
+        if shape == CLOUDS_TRAIN:
+            for size in CLOUDS_SAMPLED:
+                lines += bench_resized(name, masks, "column", size, args.repeats)
     for kind, m in vesuvius_masks().items():
         for order in ("row", "column"):
             lines += bench_case(f"vesuvius {kind} {m.shape[0]}x{m.shape[1]} ({m.mean():.0%} ink)", [m], order,

@@ -1,4 +1,5 @@
-"""kcomp.post.rle: Kaggle RLE in row-major (Vesuvius) and column-major (Understanding Clouds) pixel order."""
+"""kcomp.post.rle: Kaggle RLE in row-major (Vesuvius) and column-major (Understanding Clouds) pixel order, decoded at
+full size (the notebook kernel's values and memory layout) or sampled at another size (cv2 INTER_NEAREST_EXACT)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from contextlib import ExitStack
 from unittest import mock
 
+import cv2
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 
 from kcomp.errors import BadInput, BadUsage
 from kcomp.post import rle
-from kcomp.post.rle import decode, encode
+from kcomp.post.rle import decode, decode_resized, encode
 
 
 def mask2rle(img, order="row"):  # the kernel every Kaggle notebook copies (Clouds: column order, img.T)
@@ -36,6 +38,26 @@ def rle2mask(mask_rle, shape, order="row"):
     for lo, hi in zip(starts, ends):
         img[lo:hi] = 1
     return img.reshape((w, h)).T if order == "column" else img.reshape(h, w)
+
+
+def assert_decodes(rle_: str, expected: np.ndarray, order: str) -> None:
+    """decode gives the notebook kernel's values, dtype, shape and memory layout (C in row order, the F-contiguous
+    transpose of a (w, h) array in column order), and with c_contiguous=True the same values C-contiguous."""
+    ref = rle2mask(rle_, expected.shape, order)
+    out = decode(rle_, expected.shape, order)
+    assert out.dtype == ref.dtype == np.uint8 and out.shape == ref.shape and out.strides == ref.strides
+    assert out.flags.c_contiguous if order == "row" else out.flags.f_contiguous
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(ref, expected)
+    c = decode(rle_, expected.shape, order, c_contiguous=True)
+    assert c.dtype == np.uint8 and c.flags.c_contiguous and c.shape == expected.shape
+    np.testing.assert_array_equal(c, expected)
+
+
+def resized(rle_: str, shape: tuple[int, int], size: tuple[int, int], order: str) -> np.ndarray:
+    """What decode_resized must equal: the full decode resized by cv2."""
+    full = decode(rle_, shape, order, c_contiguous=True)
+    return cv2.resize(full, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
 
 
 # The kernels' code paths that the default settings only take on some images: a block of one or three words
@@ -105,9 +127,7 @@ def test_encode_and_decode_hand_checked(mask: np.ndarray, order: str, expected: 
     with paths(path):
         assert encode(mask, order) == expected
         assert encode(np.asfortranarray(mask), order) == expected
-        out = decode(expected, mask.shape, order)
-    assert out.dtype == np.uint8 and out.flags.c_contiguous and out.shape == mask.shape
-    np.testing.assert_array_equal(out, mask)
+        assert_decodes(expected, mask, order)
 
 
 def test_any_nonzero_pixel_counts_as_one() -> None:
@@ -149,6 +169,31 @@ def test_empty_images() -> None:
     assert encode(np.zeros((0, 7), np.uint8)) == ""
     assert decode("", (0, 7)).shape == (0, 7)
     assert decode("", (0, 7), "column").shape == (0, 7)
+    assert decode_resized("", (0, 7), (3, 2)).shape == (3, 2) and not decode_resized("", (0, 7), (3, 2)).any()
+    assert decode_resized("1 2", (3, 4), (0, 5), "column").shape == (0, 5)
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("order", rle.ORDERS)
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (9, 1), (7, 5), (16, 24), (33, 17)])
+def test_empty_full_and_last_pixel_masks(shape: tuple[int, int], order: str, path: str) -> None:
+    """The edges of the pixel range: nothing set, everything set (one run wrapping every row or column), runs
+    that end on the last pixel, and a single pixel at either end."""
+    h, w = shape
+    n = h * w
+    cases = {"": np.zeros(n, np.uint8), f"1 {n}": np.ones(n, np.uint8), f"{n} 1": np.eye(1, n, n - 1, np.uint8),
+             "1 1": np.eye(1, n, 0, np.uint8)}
+    if n > 3:
+        cases[f"2 1 {n - 1} 2"] = np.array([0, 1] + [0] * (n - 4) + [1, 1], np.uint8)
+    with paths(path):
+        for text, flat in cases.items():
+            expected = flat.reshape(shape) if order == "row" else flat.reshape(w, h).T
+            assert encode(expected, order) == text
+            assert_decodes(text, expected, order)
+            for size in [(1, 1), shape, (2 * h + 1, w + 3), (max(1, h // 2), max(1, w // 3))]:
+                got = decode_resized(text, shape, size, order)
+                assert got.dtype == np.uint8 and got.flags.c_contiguous
+                np.testing.assert_array_equal(got, resized(text, shape, size, order))
 
 
 # ------------------------------------------------------------------------------------------- memory layouts
@@ -208,9 +253,7 @@ def test_round_trip(m: np.ndarray, order: str, path: str, fortran: bool, dtype: 
     x = m.astype(dtype) * (-3 if dtype in (np.int8, np.float32) else 1)  # any nonzero value is foreground
     with paths(path):
         s = encode(np.asfortranarray(x) if fortran else x, order)
-        out = decode(s, m.shape, order)
-    np.testing.assert_array_equal(out, m)
-    assert out.dtype == np.uint8 and out.flags.c_contiguous
+        assert_decodes(s, m, order)
     assert (s == "") == (not m.any())
 
 
@@ -221,7 +264,7 @@ def test_matches_the_standard_kaggle_kernel(m: np.ndarray, path: str, scale: int
         for order in rle.ORDERS:
             s = mask2rle(m, order)
             assert encode(m * np.uint8(scale), order) == s
-            np.testing.assert_array_equal(decode(s, m.shape, order), rle2mask(s, m.shape, order))
+            assert_decodes(s, m, order)
 
 
 @settings(max_examples=100, deadline=None)
@@ -238,6 +281,18 @@ def test_parse_takes_long_zero_padded_numbers_and_python_whitespace() -> None:
     assert rle._parse("3\x1c4\x1f5", "").tolist() == [3, 4, 5]  # str.split() separators the kernel leaves alone
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("order", rle.ORDERS)
+def test_decode_reads_what_parse_reads(order: str, path: str) -> None:
+    """decode parses row-order and F-layout fills inside the fill kernel; text that kernel leaves to _parse (other
+    str.split() separators, non-ASCII spaces) and zero-padded numbers decode all the same."""
+    expected = rle2mask("2 2 5 1", (2, 3), order)
+    with paths(path):
+        for text in ["2 2 5 1", "0" * 30 + "2 2\t5 1\n", "2\x1c2 5\x1f1", "2\u20032 5 1", " 2 2 0005 01 "]:
+            assert_decodes(text, expected, order)
+        assert_decodes(" \n ", np.zeros((2, 3), np.uint8), order)
+
+
 @settings(max_examples=100, deadline=None)
 @given(runs=st.lists(st.tuples(st.integers(0, 10**16), st.integers(1, 10**16)), min_size=1, max_size=150))
 def test_format_matches_str_join(runs: list[tuple[int, int]]) -> None:
@@ -247,6 +302,63 @@ def test_format_matches_str_join(runs: list[tuple[int, int]]) -> None:
         expected += [end + gap + 1, length]
         end += gap + length
     assert str(rle._kernels().format(np.array(edges, np.int64)), "ascii") == " ".join(map(str, expected))
+
+
+# ---------------------------------------------------------------------------------------------- decode_resized
+
+
+def test_decode_resized_hand_checked() -> None:
+    s = encode(M34, "column")
+    np.testing.assert_array_equal(decode_resized(s, (3, 4), (6, 8), "column"), np.kron(M34, np.ones((2, 2), np.uint8)))
+    np.testing.assert_array_equal(decode_resized(s, (3, 4), (3, 4), "column"), M34)
+    # 3x4 -> 1x2: output pixel centres at source (1.5, 1.0) and (1.5, 3.0), i.e. pixels (1, 1) and (1, 3)
+    np.testing.assert_array_equal(decode_resized(encode(M34), (3, 4), (1, 2)), [[1, 0]])
+
+
+def test_sampling_positions_match_cv2() -> None:
+    """Output pixel j of m samples source pixel i of n where cv2 resizes an index ramp to put it (float scale
+    arithmetic, so exact ties at pixel edges must come out as cv2 rounds them)."""
+    k = rle._kernels()
+    for n in list(range(1, 40)) + [350, 525, 1400, 2100, 6330, 8181]:
+        for m in list(range(1, 40)) + [64, 350, 384, 525, 1400, 2100]:
+            ramp = np.arange(n, dtype=np.int32).reshape(1, n)
+            want = cv2.resize(ramp, (m, 1), interpolation=cv2.INTER_NEAREST_EXACT).ravel()
+            assert np.repeat(np.arange(n), np.diff(k.nearest(n, m))).tolist() == want.tolist(), (n, m)
+
+
+@settings(max_examples=250, deadline=None)
+@given(m=masks(), order=st.sampled_from(rle.ORDERS), size=st.tuples(st.integers(1, 100), st.integers(1, 100)))
+def test_decode_resized_matches_decode_then_cv2_resize(m: np.ndarray, order: str, size: tuple[int, int]) -> None:
+    s = encode(m, order)
+    got = decode_resized(s, m.shape, size, order)
+    assert got.dtype == np.uint8 and got.flags.c_contiguous and got.shape == size
+    np.testing.assert_array_equal(got, resized(s, m.shape, size, order))
+
+
+@pytest.mark.parametrize("order", rle.ORDERS)
+def test_decode_resized_clouds_sizes(order: str) -> None:
+    """A 1400x2100-like label (scaled to 280x420 to stay fast) at model input and submission sizes."""
+    rng = np.random.default_rng(3)
+    m = (cv2.resize(rng.random((7, 11)).astype(np.float32), (420, 280)) > 0.55).astype(np.uint8)
+    m[-1, -1] = 1
+    s = encode(m, order)
+    for size in [(384, 384), (70, 105), (280, 420), (281, 419), (97, 31), (560, 840)]:
+        np.testing.assert_array_equal(decode_resized(s, m.shape, size, order), resized(s, m.shape, size, order))
+
+
+@pytest.mark.parametrize("order", rle.ORDERS)
+def test_decode_resized_checks_runs_it_does_not_sample(order: str) -> None:
+    """A 1x1 output samples one pixel, yet every run is validated, with decode's message."""
+    for text in ["1 3 2 2", "1 2 99 5", "0 3", "1 2 5"]:
+        with pytest.raises(BadInput) as full:
+            decode(text, (10, 10), order, where="train.csv row 3")
+        with pytest.raises(BadInput) as sampled:
+            decode_resized(text, (10, 10), (1, 1), order, where="train.csv row 3")
+        assert str(sampled.value) == str(full.value)
+    with pytest.raises(BadInput, match=r"output size must be non-negative, got \(-1, 4\)"):
+        decode_resized("1 1", (3, 4), (-1, 4))
+    with pytest.raises(BadInput, match="output size must be"):
+        decode_resized("1 1", (3, 4), (5,))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------------- errors
