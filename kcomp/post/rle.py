@@ -282,10 +282,13 @@ def decode_resized(rle: str, shape: tuple[int, int], size: tuple[int, int], orde
         return out
     k = _kernels()
     ys, xs = k.nearest(h, oh), k.nearest(w, ow)
-    sample = k.sample_rows if order == "row" else k.sample_columns
-    if not (values.size % 2 == 0 and sample(values, w if order == "row" else h, ys, xs, out)):
+    if not (values.size % 2 == 0 and k.runs_fit(values, h * w)):
         _runs(values, h * w, h, w, at)
         raise AssertionError(f"RLE kernel refused runs that _runs accepts: {rle[:200]!r}")
+    if order == "row":
+        k.sample_rows(values, w, ys, xs, out)
+    else:
+        k.sample_columns(values, h, ys, xs, out)
     return out
 
 
@@ -553,21 +556,27 @@ def _nearest(n: int, m: int) -> np.ndarray:  # pragma: no cover - numba, see _ke
     return firsts
 
 
-def _sample_rows(values: np.ndarray, w: int, ys: np.ndarray, xs: np.ndarray,
-                 out: np.ndarray) -> bool:  # pragma: no cover - numba, see _kernels
-    """decode_resized for row-major runs: each sampled source row r is cut out of the runs that cross it, its runs
-    become ranges of output columns (xs, see _nearest), and the output row is written as alternating 0/1 ranges,
-    then copied to the other output rows sampling r. Runs in rows nobody samples are stepped over. False as
-    _fill_rows for bad runs (checked first: sampling looks at only some of them)."""
-    h = ys.size - 1
-    m = values.size // 2
+def _runs_fit(values: np.ndarray, n: int) -> bool:  # pragma: no cover - numba, see _kernels
+    """Are the (start, length) pairs sorted, disjoint, non-empty and inside n pixels? The samplers below look at
+    only some runs, so they rely on this check made first."""
     end = 0
-    for t in range(m):
+    for t in range(values.size // 2):
         s = values[2 * t] - 1
         e = s + values[2 * t + 1]
-        if s < end or e <= s or e > h * w:
+        if s < end or e <= s or e > n:
             return False
         end = e
+    return True
+
+
+def _sample_rows(values: np.ndarray, w: int, ys: np.ndarray, xs: np.ndarray,
+                 out: np.ndarray) -> None:  # pragma: no cover - numba, see _kernels
+    """decode_resized for row-major runs: each sampled source row r is cut out of the runs that cross it, its runs
+    become ranges of output columns (xs, see _nearest), and the output row is written as alternating 0/1 ranges,
+    then copied to the other output rows sampling r. Runs in rows nobody samples are stepped over, so the runs
+    must have passed _runs_fit."""
+    h = ys.size - 1
+    m = values.size // 2
     ow = out.shape[1]
     zero, one = np.uint8(0), np.uint8(1)
     t = 0  # the first run that ends after the start of row r
@@ -597,11 +606,10 @@ def _sample_rows(values: np.ndarray, w: int, ys: np.ndarray, xs: np.ndarray,
             dst = out[y]
             for p in range(np.uint64(ow)):
                 dst[p] = row[p]
-    return True
 
 
 def _sample_columns(values: np.ndarray, h: int, ys: np.ndarray, xs: np.ndarray,
-                    out: np.ndarray) -> bool:  # pragma: no cover - numba, see _kernels
+                    out: np.ndarray) -> None:  # pragma: no cover - numba, see _kernels
     """decode_resized for column-major runs, written row by row into the C-contiguous output as _fill_columns does
     at full size: a run's part in a sampled source column c covers output rows ys[r0]:ys[r1], so it sets output
     columns xs[c]:xs[c + 1] at the first of those rows and clears them at the row after the last; these marks,
@@ -609,13 +617,6 @@ def _sample_columns(values: np.ndarray, h: int, ys: np.ndarray, xs: np.ndarray,
     (mod 256), so the order of the marks within a row does not matter."""
     w = xs.size - 1
     m = values.size // 2
-    end = 0
-    for t in range(m):
-        s = values[2 * t] - 1
-        e = s + values[2 * t + 1]
-        if s < end or e <= s or e > h * w:
-            return False
-        end = e
     oh, ow = out.shape
     start = np.zeros(oh + 1, np.int64)
     cols, flips = np.empty(0, np.int64), np.empty(0, np.uint8)
@@ -659,7 +660,6 @@ def _sample_columns(values: np.ndarray, h: int, ys: np.ndarray, xs: np.ndarray,
         row = out[y]
         for x in range(np.uint64(ow)):
             row[x] = state[x]
-    return True
 
 
 # ---------------------------------------------------------------------------------------------------------- kernels
@@ -677,5 +677,5 @@ def _kernels() -> SimpleNamespace:
     return SimpleNamespace(scan=jit(_scan), column_major=jit(_column_major), format=jit(_format),
                            parse=jit(_parse_bytes), fill_rows=jit(_fill_rows), fill_columns=jit(_fill_columns),
                            fill_text=jit(_fill_text),
-                           nearest=jit(_nearest), sample_rows=jit(_sample_rows),
+                           nearest=jit(_nearest), runs_fit=jit(_runs_fit), sample_rows=jit(_sample_rows),
                            sample_columns=jit(_sample_columns))
