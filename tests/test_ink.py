@@ -66,6 +66,17 @@ def test_ink_tta_inverts_every_view():
         torch.testing.assert_close(task.predict(model, x, n), expected)
 
 
+def test_ink_tta_runs_under_bf16_autocast_on_float16_tiles():
+    """Tiles reach the model as float16; bf16 autocast (the GPU default where supported) used to make the views'
+    concatenation raise."""
+    x = (torch.rand(3, 4, 32, 32) * 100).half()
+    task, model = get_task("ink"), _Pointwise()
+    expected = model(x).sigmoid()
+    for n in (1, 2, 4, 8):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            torch.testing.assert_close(task.predict(model, x, n), expected)
+
+
 def test_sliding_window_blend_has_no_seams():
     from kcomp.infer.sliding import predict_region
 

@@ -65,10 +65,18 @@ def _balance(positions: np.ndarray, labels: np.ndarray, patch: int, neg_fraction
     return positions[keep]
 
 
+SCALE = 1 / 256  # keeps uint16 intensities inside float16's range (65504); the model normalises per patch anyway
+
+
 def read_window(stack: Any, layers: list[int], y: int, x: int, patch: int) -> np.ndarray:
-    """A (layers, patch, patch) float32 window scaled by 1/256, which keeps uint16 intensities inside float16's
-    range (65504) for the host-to-device copy; the model normalises per patch, so the scale does not matter."""
-    return stack.read(layers, y, y + patch, x, x + patch).astype(np.float32) * (1 / 256)
+    """A (layers, patch, patch) float32 window scaled by SCALE, ready for a float16 host-to-device copy."""
+    return stack.read(layers, y, y + patch, x, x + patch).astype(np.float32) * SCALE
+
+
+def raw_to_input(raw: torch.Tensor) -> torch.Tensor:
+    """Raw uint8/uint16 windows (already on the device) -> the float16 the model gets from `read_window`, value for
+    value: inference ships the file's integers (no host-side conversion) and converts where the model runs."""
+    return raw.to(torch.float32).mul_(SCALE).to(torch.float16)
 
 
 class InkPatches(Dataset):

@@ -2,10 +2,11 @@
 
 A real fragment is 65 layers of up to 8181 x 6330 uint16 (~6.7 GB); training reads 224 px patches from a few
 consecutive layers. When a layer's pixels are stored uncompressed and contiguously, as the competition's files are,
-a window is copied out of a read-only memory map and its rows are then released from the process (MADV_DONTNEED;
-where madvise is missing, the rows are read with one positioned read instead). Pages touched through a map would
-otherwise stay resident and count in RSS, so reading a whole fragment would grow the process with its area; this
-way resident memory grows with the window, and the kernel's page cache (not the process) keeps the file hot.
+a window is copied out of a read-only memory map and the layer's pages are then released from the process
+(MADV_DONTNEED over the whole map; where madvise is missing, the rows are read with one positioned read instead).
+Pages touched through a map would otherwise stay resident and count in RSS, so reading a whole fragment would grow
+the process with its area; this way resident memory grows with the window, and the kernel's page cache (not the
+process) keeps the file hot.
 Other layers (compressed, tiled) are decoded once on first use and cached. Construction reads only TIFF headers.
 """
 
@@ -79,7 +80,7 @@ def _header(path: Path) -> tuple[tuple[int, ...], np.dtype, tuple[int, np.dtype]
 class LayerStack:
     """`surface_volume/00.tif … NN.tif` of one fragment, read as windows `(layers, y, x)`.
 
-    Windows of uncompressed, contiguous layers are copied from a map whose touched rows are released right after
+    Windows of uncompressed, contiguous layers are copied from a map whose pages are released right after
     (or read with pread), so resident memory stays O(window) however large the fragment; other layers are decoded
     once, lazily, and cached. Maps/files open lazily and stay open; pickles without them (workers re-open).
     """
@@ -181,14 +182,17 @@ class LayerStack:
     def _read_raw(self, i: int, raw: tuple[int, np.dtype], dst: np.ndarray, y: int, x: int) -> None:
         """Fill `dst` (rows y.., columns x.. of layer i) from the file, leaving no page of the layer resident.
 
-        With madvise (Linux, macOS): copy from a read-only map of the layer, then drop the window's rows from this
-        process's page tables (MADV_DONTNEED; the kernel's page cache keeps them, so the next read is a minor
-        fault) -- about 20 us per 224 px window. Without it: one positioned read of the window's full rows."""
+        With madvise (Linux, macOS): copy from a read-only map of the layer, then drop the whole map from this
+        process's page tables (MADV_DONTNEED; the kernel's page cache keeps the pages, so the next read is a minor
+        fault) -- about 30 us per 224 px window. The whole map, not the window's byte range: a fault maps more
+        than the page it touches (fault-around, and whole large folios of the page cache on recent kernels), and
+        pages mapped before the window's first row were never released by the next windows (tile rows move
+        down), leaving ~half of every layer resident after a fragment (~30 B/px with 35 layers). Releasing an
+        unmapped range costs a page-table walk, nothing per page. Without madvise: one positioned read of the
+        window's full rows."""
         offset, disk = raw
         w = self.shape[1]
-        size = disk.itemsize
         rows, cols = dst.shape
-        first, end = offset + y * w * size, offset + (y + rows) * w * size  # byte range of the window's rows
         if self.release_pages:
             m = self._maps.get(i)
             if m is None:
@@ -196,10 +200,10 @@ class LayerStack:
             arr = np.frombuffer(m, dtype=disk, count=self.shape[0] * w, offset=offset).reshape(self.shape)
             dst[...] = arr[y:y + rows, x:x + cols]
             del arr
-            start = first // mmap.PAGESIZE * mmap.PAGESIZE
-            m.madvise(mmap.MADV_DONTNEED, start, min(end, len(m)) - start)
+            m.madvise(mmap.MADV_DONTNEED)
         else:
             buf = np.empty((rows, w), dtype=disk)
+            first = offset + y * w * disk.itemsize  # byte offset of the window's first row
             _read_into(self._handle(i), memoryview(buf.reshape(-1)).cast("B"), first, self.files[i])
             dst[...] = buf[:, x:x + cols]
 
