@@ -66,9 +66,9 @@ def fragment(tmp_path_factory: pytest.TempPathFactory) -> tuple[LayerStack, np.n
 @pytest.mark.parametrize(("tta", "dtype", "workers", "y0"),
                          [(1, None, 0, 0), (8, None, 2, 0), (2, torch.bfloat16, 0, 0), (4, None, 0, 40)])
 def test_maps_equal_the_previous_implementation(fragment, tta, dtype, workers, y0, monkeypatch):
-    import kcomp.infer.sliding as sliding
+    import kcomp.infer.predict as predict
 
-    monkeypatch.setattr(sliding, "loader_workers", lambda n, device: n)  # really start workers (a GPU's path)
+    monkeypatch.setattr(predict, "loader_workers", lambda n, device: n)  # really start workers (a GPU's path)
     stack, mask = fragment
     mask = mask[y0:y0 + 120] if y0 else mask  # a row range of the fragment, as `prep --split-fragment` makes
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_raw_tiles_become_the_same_float16_as_before():
 
 
 def test_cpu_loader_uses_only_cores_the_model_leaves_free(monkeypatch):
-    from kcomp.infer.sliding import loader_workers
+    from kcomp.infer.predict import loader_workers
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert loader_workers(2, cuda) == 2

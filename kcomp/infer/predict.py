@@ -2,13 +2,32 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from kcomp import console
+
+
+def loader_workers(workers: int, device: torch.device) -> int:
+    """DataLoader workers worth starting for inference: on the CPU only as many as there are cores the model's
+    intra-op threads leave free. Forward passes keep every core busy there, so worker processes only preempt the
+    model's threads mid-operation, while reading in-process costs what it would in a worker (2 cores, resnet18
+    5x7 ink tiles at 224 px: 0.89 of the model-only speed with 2 workers, 0.98 in-process; Cassava-like JPEGs at
+    128 px: the same speed either way; the `prep --size` cache: 0.90-0.98 in-process)."""
+    if device.type != "cpu":
+        return workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(workers, cores - torch.get_num_threads()))
+
+
+def inference_loader(ds: Dataset, *, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    """In order, pinned for an accelerator, workers only where they add cores (`loader_workers`)."""
+    return DataLoader(ds, batch_size=batch_size, num_workers=loader_workers(workers, device),
+                      pin_memory=device.type == "cuda")
 
 
 @torch.inference_mode()

@@ -9,15 +9,15 @@ stay on the host, and the map comes back once per fragment.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from kcomp import console
 from kcomp.data.ink_patches import raw_to_input, window_positions
+from kcomp.infer.predict import inference_loader
 
 
 def blend_window(patch: int) -> torch.Tensor:
@@ -81,17 +81,6 @@ class _Band:
         self.top += n
 
 
-def loader_workers(workers: int, device: torch.device) -> int:
-    """DataLoader workers worth starting: on the CPU only as many as there are cores the model's intra-op threads
-    leave free. Reading a tile costs ~1% of its forward there, and worker processes on busy cores only preempt the
-    model's threads mid-operation (2 cores, resnet18 5x7 at 224 px: 0.89 of the model-only speed with 2 workers,
-    0.98 with the tiles read in-process)."""
-    if device.type != "cpu":
-        return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(workers, cores - torch.get_num_threads()))
-
-
 @torch.inference_mode()
 def predict_region(model: torch.nn.Module, task: Any, stack: Any, layers: list[int], mask: np.ndarray, y0: int, *,
                    patch: int, stride: int, tta: int, batch_size: int, device: torch.device,
@@ -104,8 +93,8 @@ def predict_region(model: torch.nn.Module, task: Any, stack: Any, layers: list[i
     h, w = mask.shape
     positions = window_positions(mask, patch, stride)  # sorted by y, then x
     band = _Band(h, w, patch, mask, device)
-    loader = DataLoader(_Tiles(stack, layers, y0, positions, patch), batch_size=batch_size,
-                        num_workers=loader_workers(workers, device), pin_memory=device.type == "cuda")
+    loader = inference_loader(_Tiles(stack, layers, y0, positions, patch), batch_size=batch_size, workers=workers,
+                              device=device)
     with console.progress(len(positions), label or "tiles", unit="tile") as bar:
         for raw, idx in loader:
             x = raw_to_input(raw.to(device, non_blocking=True))

@@ -135,7 +135,15 @@ def mean_maps(models: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
         n += 1
     if sums is None:
         return first
-    return [np.rint(s / np.float32(n)).astype(np.uint8) for s in sums]
+    return [_rounded_mean(s, n) for s in sums]
+
+
+def _rounded_mean(total: np.ndarray, n: int) -> np.ndarray:
+    """rint(total / n) as uint8, rounded in place: one float32 copy of the map at a time, not two (an ink fragment's
+    map is ~100 Mpx, so 400 MB less at peak)."""
+    mean = np.divide(total, np.float32(n), dtype=np.float32)
+    np.rint(mean, out=mean)
+    return mean.astype(np.uint8)
 
 
 def mean_probs(models: Iterable[np.ndarray]) -> np.ndarray:

@@ -89,18 +89,18 @@ class ClsTask:
         from kcomp.infer.tta import flips
 
         views = flips(x, tta)
+        if len(views) == 1:
+            return model(x).float().softmax(1)
         logits = model(torch.cat(views)).float()
         return logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
 
     def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
                      setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
                      batch_size: int, workers: int, with_targets: bool, label: str | None = None) -> np.ndarray:
-        from torch.utils.data import DataLoader
-
-        from kcomp.infer.predict import predict_loader
+        from kcomp.infer.predict import inference_loader, predict_loader
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=with_targets)
-        dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         return predict_loader(model, dl, self, tta=tta, device=device, dtype=dtype, label=label)
 
     def average(self, preds: Iterable[np.ndarray]) -> np.ndarray:

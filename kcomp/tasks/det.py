@@ -94,7 +94,8 @@ class DetTask:
         from kcomp.infer.tta import flips
 
         views = flips(x, tta)
-        det = model.decode(*model(torch.cat(views))).float()  # (V*B, K, 6) in input pixels
+        batch = views[0] if len(views) == 1 else torch.cat(views)
+        det = model.decode(*model(batch)).float()  # (V*B, K, 6) in input pixels
         h, w = x.shape[-2:]
         det = det.view(len(views), x.shape[0], det.shape[1], 6)
         scale = det.new_tensor([w, h, w, h])
@@ -120,12 +121,10 @@ class DetTask:
                      batch_size: int, workers: int, with_targets: bool, label: str | None = None
                      ) -> list[np.ndarray]:
         """Per row, (k, 6) [x1, y1, x2, y2, score, label] normalised to [0, 1], TTA views fused."""
-        from torch.utils.data import DataLoader
-
-        from kcomp.infer.predict import predict_loader
+        from kcomp.infer.predict import inference_loader, predict_loader
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
-        dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         return self.fuse_views(predict_loader(model, dl, self, tta=tta, device=device, dtype=dtype, label=label))
 
     def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:

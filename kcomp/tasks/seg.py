@@ -89,6 +89,8 @@ class SegTask:
         if tta == 8 and x.shape[-1] != x.shape[-2]:
             raise BadUsage(f"--tta 8 needs square inputs, got {x.shape[-2]}x{x.shape[-1]}")
         views = flips(x, tta)
+        if len(views) == 1:  # no copies of the batch to concatenate, stack and average
+            return model(x).float().sigmoid()
         probs = model(torch.cat(views)).float().sigmoid()
         probs = probs.view(len(views), x.shape[0], *probs.shape[1:])
         return torch.stack(unflip(list(probs))).mean(0)
@@ -106,14 +108,13 @@ class SegTask:
                      ) -> list[np.ndarray]:
         """(C, h, w) uint8 maps at the output size, converted batch by batch (no float map of every row) on a
         host thread while the model runs the next batch."""
-        from torch.utils.data import DataLoader
-
         from kcomp import console
         from kcomp.infer.host_stage import HostStage
+        from kcomp.infer.predict import inference_loader
 
         sizes = iter(output_sizes(rows, cfg.get("out_size"), table.meta.get("submit_size")))
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
-        dl = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda")
+        dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         stage = HostStage(lambda batch: [to_uint8_map(p, next(sizes)) for p in batch])
         model.eval()
         with torch.inference_mode(), console.progress(len(ds), label or "predicting", unit="img") as bar:
