@@ -7,8 +7,12 @@ maps written at the 350x525 submission size, again from the JPEGs and from the c
 precision, (optimizer step) and channels_last on synthetic uint8 tensors already on the device (no data loading,
 no logging, no checkpoints, no output maps). Ratios are ours / limit on the same device in the same process, so they
 mean the same thing on CPU and GPU. Inference times include building the model and loading its checkpoint.
+Each run of ours sits between two runs of the limit and is compared with their mean; a line gives the median of
+those ratios, and the CPU time one dataset item costs (read, decode, augment), the share of the machine a CPU loop
+gives to data instead of the model.
 
-Run: python benchmarks/bench_loop.py [--model resnet18] [--img-size 128] [--batch-size 32] [--skip-seg] [--no-write]
+Run: python benchmarks/bench_loop.py [--model resnet18] [--img-size 128] [--batch-size 32] [--repeats 3]
+     [--train-repeats 3] [--skip-cls] [--skip-seg] [--no-write]
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -79,16 +84,43 @@ def infer_rate(run: Path, workers: int, device: str) -> tuple[float, int]:
     return len(frame) / (time.perf_counter() - t0), len(frame)
 
 
-def best_of(name: str, ours: Callable[[], float], limit: Callable[[], float], repeats: int) -> str:
-    """`name: ours X, model-only Y, ratio Z`, each the best of `repeats` runs taken alternately (limit, ours, limit,
-    ours, ..., limit), as timeit does: on a shared machine a slow run is someone else's load, on either side."""
-    limits, mine = [limit()], []
+def data_cpu_seconds(task_name: str, index: Path, cfg: dict, *, train: bool, items: int = 48) -> float:
+    """CPU seconds one dataset item costs (read, decode, augment), measured in this process. On a CPU the model
+    already keeps every core busy, so this work is taken from the model wherever it runs (a worker process or
+    in-process): it explains the gap to the limit that no loop can close."""
+    from kcomp.artifacts import read_index
+    from kcomp.tasks import get_task
+
+    table, task = read_index(index), get_task(task_name)
+    rows = table.rows("train" if train else "test")
+    ds = task.dataset(table, rows, cfg, task.setup(table, cfg), train=train, with_targets=train)
+    n = min(items, len(ds))
+    for _ in range(2):  # the first pass warms the page cache and lazy imports; the second is timed
+        t0 = time.process_time()
+        for i in range(n):
+            ds[(i, i) if train else i]
+    return (time.process_time() - t0) / n
+
+
+def bracketed(name: str, ours: Callable[[], float], limit: Callable[[], float], repeats: int,
+              data_cpu: float | None = None) -> str:
+    """`name: ours X, model-only Y, ratio Z`. The runs alternate (limit, ours, limit, ..., ours, limit); each run of
+    ours is compared with the mean of the two limit runs around it, and the line gives the median of those ratios.
+    On a shared machine the limit itself varies by +-10% from run to run; pairing neighbours cancels slow phases, and
+    the median (not a best-of, which favours the side with more runs) keeps the estimate unbiased."""
+    limits, mine, ratios = [limit()], [], []
     for _ in range(repeats):
         mine.append(ours())
         limits.append(limit())
-    best, lim = max(mine), max(limits)
-    line = (f"{name}: ours {best:.1f} img/s, model-only {lim:.1f} img/s, ratio {best / lim:.2f} (best of "
-            f"{len(mine)} and {len(limits)}; ours ranged {min(mine):.1f}-{best:.1f})")
+        ratios.append(mine[-1] / ((limits[-2] + limits[-1]) / 2))
+    line = (f"{name}: ours {statistics.median(mine):.1f} img/s, model-only {statistics.median(limits):.1f} img/s, "
+            f"ratio {statistics.median(ratios):.2f} (median of {len(ratios)} runs, each against the mean of the "
+            f"model-only runs around it: {', '.join(f'{r:.2f}' for r in ratios)})")
+    if data_cpu is not None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        model_cpu = cores / statistics.median(limits)
+        line += (f"; the data path costs {data_cpu * 1e3:.2f} ms of CPU per image, {data_cpu / model_cpu:.0%} of the "
+                 f"model-only run's {model_cpu * 1e3:.1f} ms of core time per image on {cores} cores")
     print(line, flush=True)
     return line
 
@@ -116,21 +148,24 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
         model = create_cls_model(args.model, 5).to(device).to(memory_format=torch.channels_last)
 
         def limit_train() -> float:
-            return model_only_train(model, bs, size, 30, device, 5)
+            return model_only_train(model, bs, size, 20, device, 5)
 
         def ours_train() -> float:
+            shutil.rmtree(data / "run", ignore_errors=True)  # a fresh run each time (a finished one would resume)
             train(cfg, run=data / "run", fold=0)
             history = pd.read_parquet(paths.metrics(data / "run", 0))
             return float(history["img_per_s"].iloc[-1])  # second epoch: workers warm, as in a real run
 
         n = int((pd.read_parquet(data / "index.parquet")["split"] == "test").sum())
+        index = data / "index.parquet"
         limit_train()  # warm-up: the first steps of a process run far below its steady speed
         lines += [
-            best_of(f"train cls {args.model} {size}px batch {bs}, {args.workers} workers, {variant}", ours_train,
-                    limit_train, 1),
-            best_of(f"tta cls {args.model} {size}px batch {bs}, {n} test images, {variant} (incl. model load)",
-                    lambda: infer_rate(data / "run", args.workers, args.device)[0],
-                    lambda: model_only_infer(model, bs, size, max(4, n // bs), device), args.repeats),
+            bracketed(f"train cls {args.model} {size}px batch {bs}, {args.workers} workers, {variant}", ours_train,
+                      limit_train, args.train_repeats, data_cpu_seconds("cls", index, cfg, train=True)),
+            bracketed(f"tta cls {args.model} {size}px batch {bs}, {n} test images, {variant} (incl. model load)",
+                      lambda: infer_rate(data / "run", args.workers, args.device)[0],
+                      lambda: model_only_infer(model, bs, size, max(4, n // bs), device), args.repeats,
+                      data_cpu_seconds("cls", index, cfg, train=False)),
         ]
     return lines
 
@@ -156,10 +191,11 @@ def bench_seg(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
         torch.manual_seed(0)
         model = create_seg_model("unet", args.seg_model, 4).to(device).to(memory_format=torch.channels_last)
         n = args.seg_images
-        lines.append(best_of(
+        lines.append(bracketed(
             f"tta seg unet-{args.seg_model} {size}px batch {bs}, {n} test images, {variant}, maps 350x525 "
             f"(incl. model load)", lambda: infer_rate(data / "run", args.workers, args.device)[0],
-            lambda: model_only_infer(model, bs, size, max(3, n // bs), device, act="sigmoid"), args.repeats))
+            lambda: model_only_infer(model, bs, size, max(3, n // bs), device, act="sigmoid"), args.repeats,
+            data_cpu_seconds("seg", data / "index.parquet", cfg, train=False)))
     return lines
 
 
@@ -174,7 +210,8 @@ def main() -> None:
     ap.add_argument("--seg-img-size", type=int, default=256)
     ap.add_argument("--seg-batch-size", type=int, default=8)
     ap.add_argument("--seg-images", type=int, default=64, help="seg test images")
-    ap.add_argument("--repeats", type=int, default=3, help="inference runs per line (the best is kept)")
+    ap.add_argument("--repeats", type=int, default=3, help="inference runs per line")
+    ap.add_argument("--train-repeats", type=int, default=3, help="training runs per line")
     ap.add_argument("--skip-seg", action="store_true")
     ap.add_argument("--skip-cls", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
@@ -198,8 +235,8 @@ def main() -> None:
                        extra=f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
                              f"load average {os.getloadavg()[0]:.1f}",
                        note="`python benchmarks/bench_loop.py`; model-only = same model/batch/precision/optimizer "
-                            "on uint8 tensors resident on the device; inference is the best of --repeats runs on "
-                            "both sides, alternated.")
+                            "on uint8 tensors resident on the device; runs alternate with the limit's, each compared "
+                            "with the mean of its two neighbours; the line gives the median ratio.")
 
 
 if __name__ == "__main__":

@@ -125,3 +125,18 @@ def test_seg_items_are_identical_from_cache_and_files(tmp_path: Path) -> None:
         items.append([ds[i] for i in range(len(ds))])
     for (xa, ma), (xb, mb) in zip(*items, strict=True):
         assert bool((xa == xb).all()) and bool((ma == mb).all())
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (5, 7), (4, 6, 4)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_chw_tensor_equals_torchs_permute(shape: tuple[int, ...], dtype: type) -> None:
+    """The numpy transpose the datasets use gives what `permute(2, 0, 1).contiguous()` gave: same values, dtype and
+    contiguous layout."""
+    import torch
+
+    from kcomp.data.images import chw_tensor
+
+    img = (np.arange(np.prod(shape)) % 251).astype(dtype).reshape(shape)
+    got = chw_tensor(img)
+    want = torch.from_numpy(img if img.ndim == 3 else img[..., None]).permute(2, 0, 1).contiguous()
+    assert got.is_contiguous() and got.dtype == want.dtype and torch.equal(got, want)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from kcomp.data.images import read_rgb
+from kcomp.data.images import chw_tensor, read_rgb
 
 
 class SeededSampler(Sampler):
@@ -68,7 +68,7 @@ class ImageDataset(Dataset):
         if seed is not None:
             self.transform.set_random_seed(seed)
         img = self.transform(image=img)["image"]
-        x = torch.from_numpy(img).permute(2, 0, 1).contiguous()
+        x = chw_tensor(img)
         return x, (int(self.targets[idx]) if self.targets is not None else -1)
 
     def targets_array(self) -> np.ndarray:

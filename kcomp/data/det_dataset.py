@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kcomp.data.images import chw_tensor
 from kcomp.errors import BadInput
 
 MIN_SIDE = 1.0  # px at model input; thinner boxes carry no signal and break the box coder's log(w)
@@ -114,11 +115,9 @@ class DetDataset(Dataset):
             kept = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
             labels = np.asarray(out["labels"], dtype=np.float32).reshape(-1, 1)
             boxes = clip_boxes(np.concatenate([kept, labels], 1), self.size, self.size)
-            if img.ndim == 2:
-                img = img[..., None]
         if img.dtype != np.uint8:
             img = img * np.float32(255.0)  # the model normalises 0..255 inputs
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+        x = chw_tensor(img)
         return x, self.target(boxes)
 
     def target(self, boxes: np.ndarray) -> torch.Tensor:

@@ -9,6 +9,7 @@ from kcomp.errors import BadInput
 
 if TYPE_CHECKING:
     import numpy as np
+    import torch
 
 
 def read_rgb(path: str | Path, reduce_to: int | None = None) -> np.ndarray:
@@ -64,3 +65,15 @@ def _reduced_flag(path: str | Path, reduce_to: int) -> int:
         if short // factor >= reduce_to:
             return flag
     return cv2.IMREAD_COLOR
+
+
+def chw_tensor(img: np.ndarray) -> torch.Tensor:
+    """HxWxC -> contiguous CxHxW tensor, same dtype, transposed by numpy. A torch copy here wakes torch's intra-op
+    threads for every item; in the main process (`--workers 0`, or inference on a busy CPU) that alternates with
+    OpenCV's thread pool and cost 1.3 ms a 128 px item instead of 0.2 ms (2 cores)."""
+    import numpy as np
+    import torch
+
+    if img.ndim == 2:
+        img = img[..., None]
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kcomp.data.images import read_square
+from kcomp.data.images import chw_tensor, read_square
 
 if TYPE_CHECKING:
     import torch
@@ -89,8 +89,6 @@ class SegDataset:
                          for c, r in enumerate(self.masks[idx])], axis=-1)
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
-        import torch
-
         idx, seed = item if isinstance(item, tuple) else (item, None)
         img = self.image(idx)
         m = self.target(idx) if self.masks is not None else None
@@ -99,10 +97,10 @@ class SegDataset:
                 self.transform.set_random_seed(seed)
             out = self.transform(image=img, mask=m) if m is not None else self.transform(image=img)
             img, m = out["image"], out.get("mask", m)
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).contiguous()
+        x = chw_tensor(img)
         if m is None:
             return x, -1
-        return x, torch.from_numpy(np.ascontiguousarray(m)).permute(2, 0, 1).contiguous()
+        return x, chw_tensor(m)
 
     def targets_array(self) -> np.ndarray:
         """(N, C, S, S) uint8 masks, unaugmented, for validation scores."""
