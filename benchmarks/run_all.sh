@@ -12,7 +12,7 @@ run bench_seg_threshold.py
 run bench_ink_threshold.py --no-full
 run bench_wbf.py --images 100
 run bench_dicom_prep.py --images 24
-run bench_loop.py --test-images 480
+run bench_loop.py --test-images 480 --train-repeats 2
 run bench_ink_infer.py --size 768 --tta-size 384
 run bench_scaling.py
 run bench_ink_memory.py --patches 64 --no-old
