@@ -16,8 +16,8 @@ STATE: dict[str, bool] = {"debug": False, "quiet": False}
 Output = Annotated[str, typer.Option("-o", "--output", help="Where to write ('-' = stdout for tables).")]
 Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
-Workers = Annotated[int, typer.Option(help="DataLoader worker processes (oof/tta on a CPU: at most the cores "
-                                            "torch's threads leave free).")]
+Workers = Annotated[int, typer.Option(help="DataLoader worker processes (inference and validation on a CPU: at "
+                                            "most the cores torch's threads leave free).")]
 
 
 def emit(written: list[str] | str, summary: dict[str, Any] | None = None, as_json: bool = False) -> None:
