@@ -12,7 +12,7 @@ those ratios, and the CPU time one dataset item costs (read, decode, augment), t
 gives to data instead of the model.
 
 Run: python benchmarks/bench_loop.py [--model resnet18] [--img-size 128] [--batch-size 32] [--repeats 3]
-     [--train-repeats 3] [--skip-cls] [--skip-seg] [--no-write]
+     [--train-repeats 3] [--plain] [--skip-cls] [--skip-seg] [--no-write]
 """
 
 from __future__ import annotations
@@ -82,6 +82,49 @@ def infer_rate(run: Path, workers: int, device: str) -> tuple[float, int]:
     t0 = time.perf_counter()
     frame, _ = predict_test([run], PredictOptions(device=device, workers=workers))
     return len(frame) / (time.perf_counter() - t0), len(frame)
+
+
+def plain_train(files: list[Path], size: int, batch: int, workers: int, device: torch.device, model_name: str
+                ) -> float:
+    """img/s of the second epoch of a tuned plain-PyTorch loop over the same JPEGs (libjpeg's reduced decode, the
+    same light augmentation, persistent workers with prefetch 4, AdamW, channels_last; no validation, no seeded
+    sampler, no checkpoints): what a careful notebook reaches on this machine."""
+    import albumentations as A
+    import cv2
+    import numpy as np
+    from torch.utils.data import DataLoader, Dataset
+
+    from kcomp.data.images import _reduced_flag
+    from kcomp.models import create_cls_model
+    from kcomp.train.loop import _optimizer
+
+    tf = A.Compose([A.RandomResizedCrop(size=(size, size), scale=(0.3, 1.0)), A.HorizontalFlip(), A.VerticalFlip()])
+
+    class Jpegs(Dataset):
+        def __len__(self) -> int:
+            return len(files)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+            img = cv2.cvtColor(cv2.imread(str(files[i]), _reduced_flag(files[i], size)), cv2.COLOR_BGR2RGB)
+            return torch.from_numpy(np.ascontiguousarray(tf(image=img)["image"].transpose(2, 0, 1))), i % 5
+
+    torch.manual_seed(0)
+    model = create_cls_model(model_name, 5).to(device).to(memory_format=torch.channels_last).train()
+    opt, loss_fn = _optimizer(model, {"lr": 1e-3, "weight_decay": 0.05}), torch.nn.CrossEntropyLoss()
+    dl = DataLoader(Jpegs(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                    persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+                    pin_memory=device.type == "cuda")
+    for _ in range(2):
+        t0, n = time.perf_counter(), 0
+        for x, y in dl:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            loss_fn(model(x), y.to(device, non_blocking=True)).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            n += x.shape[0]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return n / (time.perf_counter() - t0)
 
 
 def data_cpu_seconds(task_name: str, index: Path, cfg: dict, *, train: bool, items: int = 48) -> float:
@@ -159,6 +202,12 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
         n = int((pd.read_parquet(data / "index.parquet")["split"] == "test").sum())
         index = data / "index.parquet"
         limit_train()  # warm-up: the first steps of a process run far below its steady speed
+        if args.plain and not extra:
+            files = sorted((raw / "train_images").glob("*.jpg"))[: int(args.images * 0.8)]
+            lines.append(bracketed(
+                f"train, tuned plain-PyTorch loop (reference) {args.model} {size}px batch {bs}, {args.workers} "
+                f"workers, {variant}", lambda: plain_train(files, size, bs, args.workers, device, args.model),
+                limit_train, args.train_repeats))
         lines += [
             bracketed(f"train cls {args.model} {size}px batch {bs}, {args.workers} workers, {variant}", ours_train,
                       limit_train, args.train_repeats, data_cpu_seconds("cls", index, cfg, train=True)),
@@ -212,6 +261,7 @@ def main() -> None:
     ap.add_argument("--seg-images", type=int, default=64, help="seg test images")
     ap.add_argument("--repeats", type=int, default=3, help="inference runs per line")
     ap.add_argument("--train-repeats", type=int, default=3, help="training runs per line")
+    ap.add_argument("--plain", action="store_true", help="also time a tuned plain-PyTorch training loop on the JPEGs")
     ap.add_argument("--skip-seg", action="store_true")
     ap.add_argument("--skip-cls", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
