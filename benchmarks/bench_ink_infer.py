@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _results import append_section
+from _results import alternate, append_section
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -183,16 +183,11 @@ def measure(args: argparse.Namespace, work: Path) -> list[str]:
         tiles = n_tiles(indexes[s], args.patch, stride)
         opts = PredictOptions(tta=tta, device=args.device, batch_size=args.batch_size, workers=args.workers)
         load0 = os.getloadavg()[0]
-        limits, limit_cpu = map(list, zip(model_only(run, tiles, args.batch_size, tta, device), strict=True))
-        mine, mine_cpu, ratios = [], [], []
-        for _ in range(args.repeat):  # limit, ours, limit, ours, ..., limit: each ours between two limits
-            speed, cpu, maps = ours(run, indexes[s], tiles, opts)
-            speed_l, cpu_l = model_only(run, tiles, args.batch_size, tta, device)
-            limits.append(speed_l)
-            limit_cpu.append(cpu_l)
-            mine.append(speed)
-            mine_cpu.append(cpu)
-            ratios.append(speed / ((limits[-2] + limits[-1]) / 2))
+        runs, limit_runs, ratios = alternate(lambda: ours(run, indexes[s], tiles, opts),  # noqa: B023
+                                             lambda: model_only(run, tiles, args.batch_size, tta, device),  # noqa: B023
+                                             args.repeat, speed=lambda r: r[0])
+        mine, mine_cpu, maps = [r[0] for r in runs], [r[1] for r in runs], runs[-1][2]
+        limits, limit_cpu = [r[0] for r in limit_runs], [r[1] for r in limit_runs]
         if args.save_maps:
             Path(args.save_maps).mkdir(parents=True, exist_ok=True)
             np.savez(Path(args.save_maps) / f"maps_tta{tta}.npz", **maps)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from _results import append_section
+from _results import alternate, append_section
 
 
 def model_only_train(model: torch.nn.Module, batch: int, size: int, steps: int, device: torch.device,
@@ -147,20 +147,15 @@ def data_cpu_seconds(task_name: str, index: Path, cfg: dict, *, train: bool, ite
 
 def bracketed(name: str, ours: Callable[[], float], limit: Callable[[], float], repeats: int,
               data_cpu: float | None = None) -> str:
-    """`name: ours X, model-only Y, ratio Z`. The runs alternate (limit, ours, limit, ..., ours, limit); each run of
-    ours is compared with the mean of the two limit runs around it, and the line gives the median of those ratios.
-    On a shared machine the limit itself varies by +-10% from run to run; pairing neighbours cancels slow phases, and
-    the median (not a best-of, which favours the side with more runs) keeps the estimate unbiased."""
-    limits, mine, ratios = [limit()], [], []
-    for _ in range(repeats):
-        mine.append(ours())
-        limits.append(limit())
-        ratios.append(mine[-1] / ((limits[-2] + limits[-1]) / 2))
+    """`name: ours X, model-only Y, ratio Z`: the median ratio of `alternate`'s runs."""
+    mine, limits, ratios = alternate(ours, limit, repeats)
     line = (f"{name}: ours {statistics.median(mine):.1f} img/s, model-only {statistics.median(limits):.1f} img/s, "
             f"ratio {statistics.median(ratios):.2f} (median of {len(ratios)} runs, each against the mean of the "
             f"model-only runs around it: {', '.join(f'{r:.2f}' for r in ratios)})")
     if data_cpu is not None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from kcomp.data.pool import default_workers
+
+        cores = default_workers()
         model_cpu = cores / statistics.median(limits)
         line += (f"; the data path costs {data_cpu * 1e3:.2f} ms of CPU per image, {data_cpu / model_cpu:.0%} of the "
                  f"model-only run's {model_cpu * 1e3:.1f} ms of core time per image on {cores} cores")

@@ -10,6 +10,7 @@ from kcomp import console
 
 
 def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kcomp import console
+from kcomp.data.pool import default_workers
 
 
 def loader_workers(workers: int, device: torch.device) -> int:
@@ -20,8 +20,7 @@ def loader_workers(workers: int, device: torch.device) -> int:
     128 px: the same speed either way; the `prep --size` cache: 0.90-0.98 in-process)."""
     if device.type != "cpu":
         return workers
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(workers, cores - torch.get_num_threads()))
+    return max(0, min(workers, default_workers() - torch.get_num_threads()))
 
 
 def inference_loader(ds: Dataset, *, batch_size: int, workers: int, device: torch.device) -> DataLoader:
