@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from kcomp.data.batched import ThreadedReads
 from kcomp.data.images import chw_tensor, read_rgb
 
 
@@ -50,7 +51,7 @@ class SeededSampler(Sampler):
         return self.per_replica - self.start
 
 
-class ImageDataset(Dataset):
+class ImageDataset(ThreadedReads, Dataset):
     """RGB images with optional integer targets; returns (uint8 CxHxW tensor, target or -1)."""
 
     def __init__(self, files: Sequence[Path], targets: Sequence[int] | None, transform: Callable[..., Any],
@@ -58,13 +59,16 @@ class ImageDataset(Dataset):
         """`cache[i]`, when given, is files[i] already decoded (`kcomp.data.image_cache`)."""
         self.files, self.targets, self.transform, self.reduce_to = list(files), targets, transform, reduce_to
         self.cache = cache
+        self.threaded = cache is None
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        idx, seed = item if isinstance(item, tuple) else (item, None)
-        img = self.cache[idx] if self.cache is not None else read_rgb(self.files[idx], self.reduce_to)
+    def read(self, idx: int) -> np.ndarray:
+        return self.cache[idx] if self.cache is not None else read_rgb(self.files[idx], self.reduce_to)
+
+    def item(self, entry: int | tuple[int, int], img: np.ndarray) -> tuple[torch.Tensor, int]:
+        idx, seed = entry if isinstance(entry, tuple) else (entry, None)
         if seed is not None:
             self.transform.set_random_seed(seed)
         img = self.transform(image=img)["image"]

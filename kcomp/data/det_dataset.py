@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kcomp.data.batched import ThreadedReads
 from kcomp.data.images import chw_tensor
 from kcomp.errors import BadInput
 
@@ -92,7 +93,7 @@ def clip_boxes(arr: np.ndarray, height: int, width: int) -> np.ndarray:
     return arr[keep]
 
 
-class DetDataset(Dataset):
+class DetDataset(ThreadedReads, Dataset):
     """(image, padded yxyx target) items; `targets_array()` gives each image's (g, 5) [x1, y1, x2, y2, label]
     boxes in normalised [0, 1] image coordinates, as validation compares them with `task.predict`'s output."""
 
@@ -104,9 +105,12 @@ class DetDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx, seed = item if isinstance(item, tuple) else (item, None)
-        img, boxes = read_image(self.files[idx], self.size), self.boxes[idx]
+    def read(self, idx: int) -> np.ndarray:
+        return read_image(self.files[idx], self.size)
+
+    def item(self, entry: int | tuple[int, int], img: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, seed = entry if isinstance(entry, tuple) else (entry, None)
+        boxes = self.boxes[idx]
         if self.transform is not None:
             if seed is not None:
                 self.transform.set_random_seed(seed)

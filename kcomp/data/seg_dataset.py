@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kcomp.data.batched import ThreadedReads
 from kcomp.data.images import chw_tensor, read_square
 
 if TYPE_CHECKING:
@@ -50,10 +51,10 @@ def seg_train_transform(level: str = "medium") -> Any:
     return A.Compose(ops)
 
 
-class SegDataset:
+class SegDataset(ThreadedReads):
     """Items: (uint8 3xSxS image, uint8 CxSxS 0/1 masks) or (image, -1) without targets; S = `size`. A plain
-    map-style dataset (DataLoader needs only __len__/__getitem__), so `prep` can use this module's RLE helpers
-    without importing torch.
+    map-style dataset (DataLoader needs only __len__/__getitem__/__getitems__), so `prep` can use this module's RLE
+    helpers without importing torch.
 
     `masks[i]` holds row i's RLE per class ("" = empty) for an image of `shapes[i]` = (height, width).
     """
@@ -67,11 +68,12 @@ class SegDataset:
         self.size, self.order, self.transform = int(size), order, transform
         self.ids = [str(i) for i in ids] if ids is not None else [str(f) for f in self.files]
         self.cache = cache  # cache[i]: files[i] decoded at >= size px (`kcomp.data.image_cache`)
+        self.threaded = cache is None
 
     def __len__(self) -> int:
         return len(self.files)
 
-    def image(self, idx: int) -> np.ndarray:
+    def read(self, idx: int) -> np.ndarray:
         if self.cache is None:
             return read_square(self.files[idx], self.size)
         img = self.cache[idx]
@@ -88,9 +90,8 @@ class SegDataset:
         return np.stack([sample_mask(r, self.shapes[idx], s, self.order, where=f"{self.ids[idx]} class {c}")
                          for c, r in enumerate(self.masks[idx])], axis=-1)
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, Any]:
-        idx, seed = item if isinstance(item, tuple) else (item, None)
-        img = self.image(idx)
+    def item(self, entry: int | tuple[int, int], img: np.ndarray) -> tuple[torch.Tensor, Any]:
+        idx, seed = entry if isinstance(entry, tuple) else (entry, None)
         m = self.target(idx) if self.masks is not None else None
         if self.transform is not None:
             if seed is not None:

@@ -17,7 +17,8 @@ def loader_workers(workers: int, device: torch.device) -> int:
     intra-op threads leave free. Forward passes keep every core busy there, so worker processes only preempt the
     model's threads mid-operation, while reading in-process costs what it would in a worker (2 cores, resnet18
     5x7 ink tiles at 224 px: 0.89 of the model-only speed with 2 workers, 0.98 in-process; Cassava-like JPEGs at
-    128 px: the same speed either way; the `prep --size` cache: 0.90-0.98 in-process)."""
+    128 px: 0.72-0.74 with workers, 0.80-0.83 in-process, where a batch's files decode on a thread per core between
+    forward passes (`kcomp.data.batched`); the `prep --size` cache: 0.90-0.98 in-process)."""
     if device.type != "cpu":
         return workers
     return max(0, min(workers, default_workers() - torch.get_num_threads()))
