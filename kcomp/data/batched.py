@@ -20,9 +20,9 @@ T = TypeVar("T")
 _pool: tuple[int, Any] | None = None  # (pid, ThreadPoolExecutor): a forked child must not use its parent's
 
 
-def index_of(entry: int | tuple[int, int]) -> int:
-    """The row of a sampler entry: an index, or `SeededSampler`'s (index, augmentation seed)."""
-    return entry[0] if isinstance(entry, tuple) else entry
+def split_entry(entry: int | tuple[int, int]) -> tuple[int, int | None]:
+    """(row, augmentation seed or None) of a sampler entry: an index, or `SeededSampler`'s (index, seed)."""
+    return entry if isinstance(entry, tuple) else (entry, None)
 
 
 def thread_map(fn: Callable[[int], T], indices: Sequence[int]) -> list[T]:
@@ -62,9 +62,9 @@ class ThreadedReads:
         raise NotImplementedError
 
     def __getitem__(self, entry: Any) -> Any:
-        return self.item(entry, self.read(index_of(entry)))
+        return self.item(entry, self.read(split_entry(entry)[0]))
 
     def __getitems__(self, entries: Sequence[Any]) -> list[Any]:
-        indices = [index_of(e) for e in entries]
+        indices = [split_entry(e)[0] for e in entries]
         raws = thread_map(self.read, indices) if self.threaded else [self.read(i) for i in indices]
         return [self.item(e, r) for e, r in zip(entries, raws, strict=True)]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from kcomp.data.batched import ThreadedReads
+from kcomp.data.batched import ThreadedReads, split_entry
 from kcomp.data.images import chw_tensor, read_rgb
 
 
@@ -68,7 +68,7 @@ class ImageDataset(ThreadedReads, Dataset):
         return self.cache[idx] if self.cache is not None else read_rgb(self.files[idx], self.reduce_to)
 
     def item(self, entry: int | tuple[int, int], img: np.ndarray) -> tuple[torch.Tensor, int]:
-        idx, seed = entry if isinstance(entry, tuple) else (entry, None)
+        idx, seed = split_entry(entry)
         if seed is not None:
             self.transform.set_random_seed(seed)
         img = self.transform(image=img)["image"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from kcomp.data.batched import ThreadedReads
+from kcomp.data.batched import ThreadedReads, split_entry
 from kcomp.data.images import chw_tensor
 from kcomp.errors import BadInput
 
@@ -109,7 +109,7 @@ class DetDataset(ThreadedReads, Dataset):
         return read_image(self.files[idx], self.size)
 
     def item(self, entry: int | tuple[int, int], img: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        idx, seed = entry if isinstance(entry, tuple) else (entry, None)
+        idx, seed = split_entry(entry)
         boxes = self.boxes[idx]
         if self.transform is not None:
             if seed is not None:

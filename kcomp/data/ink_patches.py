@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from kcomp.data.batched import split_entry
+
 IGNORE = 2
 
 
@@ -104,7 +106,7 @@ class InkPatches(Dataset):
         return [v + shift for v in self.layers]
 
     def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx, seed = item if isinstance(item, tuple) else (item, None)
+        idx, seed = split_entry(item)
         rng = np.random.default_rng(seed) if (self.train and seed is not None) else None
         f_idx, y, x = (int(v) for v in self.positions[idx])
         frag, p = self.fragments[f_idx], self.patch

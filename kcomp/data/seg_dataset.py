@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kcomp.data.batched import ThreadedReads
+from kcomp.data.batched import ThreadedReads, split_entry
 from kcomp.data.images import chw_tensor, read_square
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class SegDataset(ThreadedReads):
                          for c, r in enumerate(self.masks[idx])], axis=-1)
 
     def item(self, entry: int | tuple[int, int], img: np.ndarray) -> tuple[torch.Tensor, Any]:
-        idx, seed = entry if isinstance(entry, tuple) else (entry, None)
+        idx, seed = split_entry(entry)
         m = self.target(idx) if self.masks is not None else None
         if self.transform is not None:
             if seed is not None:
