@@ -29,9 +29,10 @@ def thread_map(fn: Callable[[int], T], indices: Sequence[int]) -> list[T]:
     """fn over indices, in order; on a thread per core in the main process, in this thread anywhere else."""
     from kcomp.data.pool import default_workers
 
-    if len(indices) < 2 or default_workers() < 2 or _in_loader_worker():
+    cores = default_workers()
+    if len(indices) < 2 or cores < 2 or _in_loader_worker():
         return [fn(i) for i in indices]
-    return list(_executor(default_workers()).map(fn, indices))
+    return list(_executor(cores).map(fn, indices))
 
 
 def _in_loader_worker() -> bool:
@@ -53,7 +54,10 @@ class ThreadedReads:
     """Mixin for datasets whose item is `self.item(entry, self.read(index))`. `read` decodes one row's file and
     may run on any thread (no shared mutable state); `item` augments and converts in the calling thread."""
 
-    threaded: bool = True  # False where `read` is a memory copy (a decoded-image cache): threads would only cost
+    @property
+    def threaded(self) -> bool:
+        """Reads from a decoded-image cache (`self.cache`) are memory copies: threads would only cost there."""
+        return getattr(self, "cache", None) is None
 
     def read(self, idx: int) -> Any:
         raise NotImplementedError

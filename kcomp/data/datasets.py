@@ -59,7 +59,6 @@ class ImageDataset(ThreadedReads, Dataset):
         """`cache[i]`, when given, is files[i] already decoded (`kcomp.data.image_cache`)."""
         self.files, self.targets, self.transform, self.reduce_to = list(files), targets, transform, reduce_to
         self.cache = cache
-        self.threaded = cache is None
 
     def __len__(self) -> int:
         return len(self.files)

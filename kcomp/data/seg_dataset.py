@@ -68,7 +68,6 @@ class SegDataset(ThreadedReads):
         self.size, self.order, self.transform = int(size), order, transform
         self.ids = [str(i) for i in ids] if ids is not None else [str(f) for f in self.files]
         self.cache = cache  # cache[i]: files[i] decoded at >= size px (`kcomp.data.image_cache`)
-        self.threaded = cache is None
 
     def __len__(self) -> int:
         return len(self.files)
