@@ -3,16 +3,34 @@ one of them runs."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from kcomp import __version__
 from kcomp.commands import (_common, ensemble, oof, prep, report, split, stack, submit, train, tta,
                             tune_threshold, wbf)
 
+class _Root(TyperGroup):
+    """The root group, with its unset flags False instead of None.
+
+    typer 0.29 coerces every option value that is not already a bool through a pydantic TypeAdapter, and the root's
+    options are processed before a subcommand runs: its unset `--help`, `--install-completion` and `--show-completion`
+    (None) cost `kcomp train --help` the ~70 ms pydantic import. Their callbacks act only on a true value.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False) and param.default is None:
+                param.default = False
+        return params
+
+
 app = typer.Typer(
     name="kcomp",
+    cls=_Root,
     help="Composable commands from a Kaggle-style vision competition's raw data to a submission CSV.\n\n"
          "raw -> prep -> index -> split -> folds -> train -> run -> oof/tta -> predictions -> "
          "wbf/ensemble/stack -> tune-threshold -> submit -> CSV. Every arrow is a file; `report` draws runs, "

@@ -1,33 +1,41 @@
-"""Progress and logs go to stderr (stdout carries data); `--quiet` silences both."""
+"""Progress and logs go to stderr (stdout carries data); `--quiet` silences both.
+
+rich is imported on first use, not here: every competition preset imports this module, and `kcomp --help` imports
+every preset to list them, so a top-level rich import would be paid by each `--help` and completion request.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
-                           TimeElapsedColumn, TimeRemainingColumn)
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
-console = Console(stderr=True)
 _state = {"quiet": False}
+
+
+@functools.cache
+def stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def set_quiet(quiet: bool) -> None:
     _state["quiet"] = quiet
 
 
+def quiet() -> bool:
+    return _state["quiet"]
+
+
 def log(message: str) -> None:
     if not _state["quiet"]:
-        console.print(message, highlight=False)
-
-
-class _Rate(ProgressColumn):
-    def render(self, task: Task) -> Text:
-        unit = task.fields.get("unit", "img")
-        return Text(f"{task.speed:,.1f} {unit}/s" if task.speed else f"- {unit}/s", style="progress.data.speed")
+        stderr().print(message, highlight=False)
 
 
 class _Bar:
@@ -54,8 +62,17 @@ def progress(total: float, description: str, unit: str = "img") -> Iterator[_Bar
     if _state["quiet"]:
         yield _Bar(None, None)
         return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task: Task) -> Text:
+            unit = task.fields.get("unit", "img")
+            return Text(f"{task.speed:,.1f} {unit}/s" if task.speed else f"- {unit}/s", style="progress.data.speed")
+
     columns = [TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               _Rate(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+               Rate(), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                TextColumn("{task.fields[info]}")]
-    with Progress(*columns, console=console, transient=False, speed_estimate_period=10) as p:
+    with Progress(*columns, console=stderr(), transient=False, speed_estimate_period=10) as p:
         yield _Bar(p, p.add_task(description, total=total, unit=unit, info=""))

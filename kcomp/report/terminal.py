@@ -34,8 +34,8 @@ def renderables(section: Section) -> list[Any]:
 def print_summary(sections: list[Section]) -> None:
     from kcomp import console
 
-    if console._state["quiet"]:
+    if console.quiet():
         return
     for s in sections:
         for r in renderables(s):
-            console.console.print(r)
+            console.stderr().print(r)
