@@ -2,8 +2,9 @@
 
 cls: `kcomp.train.loop.train` on real JPEG files (Cassava-like layout, 800x600) through 2 DataLoader workers, then
 `kcomp.infer.runs.predict_test` over the layout's test files; each twice, once decoding the JPEGs and once reading
-`prep --size`'s decoded-image cache. seg: `predict_test` of a U-Net over a Clouds-like layout (1400x2100 JPEGs),
-maps written at the 350x525 submission size, again from the JPEGs and from the cache. Limit: the same model, batch,
+`prep --size`'s decoded-image cache, and once more from the JPEGs for a 5-fold run, whose folds predict each
+batch together (limit: 5 forward passes an image). seg: `predict_test` of a U-Net over a Clouds-like layout
+(1400x2100 JPEGs), maps written at the 350x525 submission size, again from the JPEGs and from the cache. Limit: the same model, batch,
 precision, (optimizer step) and channels_last on synthetic uint8 tensors already on the device (no data loading,
 no logging, no checkpoints, no output maps). Ratios are ours / limit on the same device in the same process, so they
 mean the same thing on CPU and GPU. Inference times include building the model and loading its checkpoint.
@@ -211,7 +212,26 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
                       lambda: model_only_infer(model, bs, size, max(4, n // bs), device), args.repeats,
                       data_cpu_seconds("cls", index, cfg, train=False)),
         ]
+        if not extra:
+            lines.append(bench_cls_folds(data, args, n, lambda: model_only_infer(model, bs, size, max(4, n // bs),
+                                                                                 device)))
     return lines
+
+
+def bench_cls_folds(data: Path, args: argparse.Namespace, n: int, limit_one: Callable[[], float],
+                    folds: int = 5) -> str:
+    """`tta` of a 5-fold run from JPEGs: the folds predict each batch together, so the files are decoded once for
+    all of them. The limit is 5 forward passes an image. Fold 0's checkpoint stands in for every fold (a forward
+    pass costs the same whatever the weights)."""
+    run = data / "run-folds"
+    shutil.rmtree(run, ignore_errors=True)
+    shutil.copytree(data / "run", run)
+    for k in range(1, folds):
+        shutil.copytree(run / "fold0", run / f"fold{k}", dirs_exist_ok=True)
+    return bracketed(f"tta cls {args.model} {args.img_size}px batch {args.batch_size}, {n} test images, JPEG 800x600, "
+                     f"{folds} folds read together (limit: {folds} forward passes an image; incl. model loads)",
+                     lambda: infer_rate(run, args.workers, args.device)[0], lambda: limit_one() / folds,
+                     args.repeats)
 
 
 def bench_seg(args: argparse.Namespace, tmp: Path, device: torch.device) -> list[str]:

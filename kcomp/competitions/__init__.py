@@ -1,7 +1,8 @@
 """Competition presets: each only translates raw layout -> index (`prep`) and predictions -> submission (`submit`).
 
 Adding one: write a module with a class decorated `@register_competition("name")` and add it to `_MODULES`.
-Modules must not import heavy libraries at top level: `kcomp prep --help` imports them to list presets.
+Modules must not import heavy libraries at top level: every `kcomp` start-up (`--help` too) imports them to list
+presets.
 """
 
 from __future__ import annotations

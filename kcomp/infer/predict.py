@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,11 +32,15 @@ def inference_loader(ds: Dataset, *, batch_size: int, workers: int, device: torc
 
 
 @torch.inference_mode()
-def predict_loader(model: torch.nn.Module, loader: DataLoader, task: Any, *, tta: int, device: torch.device,
-                   dtype: torch.dtype | None, channels_last: bool = True, label: str | None = None) -> np.ndarray:
-    """Predictions stay on the device until the end (one host sync per call, not per batch)."""
-    model.eval()
-    outs: list[torch.Tensor] = []
+def predict_loader(models: Sequence[torch.nn.Module], loader: DataLoader, task: Any, *, tta: int,
+                   device: torch.device, dtype: torch.dtype | None, channels_last: bool = True,
+                   label: str | None = None) -> list[np.ndarray]:
+    """Each model's predictions, from one pass over the loader: every batch is read, decoded and copied to the
+    device once, whatever the number of models (the folds of a run at test time). Predictions stay on the device
+    until the end (one host sync per call, not per batch)."""
+    for model in models:
+        model.eval()
+    outs: list[list[torch.Tensor]] = [[] for _ in models]
     total = len(loader.dataset)  # type: ignore[arg-type]
     ctx = console.progress(total, label) if label else _null_bar()
     with ctx as bar:
@@ -44,11 +49,17 @@ def predict_loader(model: torch.nn.Module, loader: DataLoader, task: Any, *, tta
             if channels_last and x.ndim == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                outs.append(task.predict(model, x, tta).float())
+                for model, out in zip(models, outs, strict=True):
+                    out.append(task.predict(model, x, tta).float())
             bar.advance(x.shape[0])
-    if not outs:
-        return np.zeros((0,), dtype=np.float32)
-    return torch.cat(outs).cpu().numpy()
+    return [torch.cat(out).cpu().numpy() if out else np.zeros((0,), dtype=np.float32) for out in outs]
+
+
+def shared_label(labels: Sequence[str]) -> str:
+    """One progress label for several models predicting each batch together."""
+    if len(labels) == 1:
+        return labels[0]
+    return f"{labels[0]} + {len(labels) - 1} more model{'s' if len(labels) > 2 else ''}"
 
 
 class _null_bar:  # noqa: N801 - used like the context manager it stands in for

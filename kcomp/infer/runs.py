@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,26 +80,39 @@ def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:
     return ck.get("ema") or ck["model"]
 
 
-def _predict(run: Run, fold: int, rows: Any, opts: PredictOptions, *, with_targets: bool,
-             table: IndexTable | None = None) -> Any:
-    """One fold's predictions; with `best+last` the two checkpoints' predictions are averaged (Clouds' trick).
-    Under torchrun each rank predicts a contiguous share of the rows and every rank gets them all back in order."""
+def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, with_targets: bool,
+             table: IndexTable | None = None) -> Iterator[Any]:
+    """Each fold's predictions, in order; with `best+last` its two checkpoints' predictions are averaged (Clouds'
+    trick). The folds' models go to the task together, so a task with small predictions (cls, det) reads each batch
+    once for all of them; dense tasks take them one at a time. Under torchrun each rank predicts a contiguous share
+    of the rows and every rank gets them all back in order."""
     task = get_task(run.cfg["task"])
     dev = distributed.local_device(resolve_device(opts.device))
     cfg = {**run.cfg, "out_size": opts.out_size}
     lo, hi = distributed.shard_range(len(rows))
     share = rows if (lo, hi) == (0, len(rows)) else rows.iloc[lo:hi].reset_index(drop=True)
-    preds = []
-    for which in opts.checkpoints.split("+") if len(share) or not len(rows) else []:  # a rank may get no rows
-        model = build_with_weights(lambda: task.build_model(run.cfg, run.setup), _weights(run, fold, which, task.name))
-        model = model.to(dev).to(memory_format=torch.channels_last)
-        preds.append(task.predict_rows(model, table or run.table, share, cfg, run.setup, tta=opts.tta, device=dev,
-                                       dtype=amp_dtype(dev, run.cfg["amp"]),
-                                       batch_size=opts.batch_size or run.cfg["batch_size"], workers=opts.workers,
-                                       with_targets=with_targets, label=f"{run.path.name} fold {fold} {which}"))
-        del model
-    mine = (preds[0] if len(preds) == 1 else task.average(preds)) if preds else None
-    return distributed.gather_concat(mine)
+    checkpoints = opts.checkpoints.split("+")
+    pairs = [(fold, which) for fold in folds for which in checkpoints]
+
+    def models() -> Iterator[torch.nn.Module]:  # each built when the task asks for it; no reference kept here
+        for fold, which in pairs:
+            yield build_with_weights(lambda: task.build_model(run.cfg, run.setup),
+                                     _weights(run, fold, which, task.name)
+                                     ).to(dev).to(memory_format=torch.channels_last)
+
+    predicted = None
+    if len(share) or not len(rows):  # a rank may get no rows
+        predicted = iter(task.predict_rows(
+            models(), table or run.table, share, cfg, run.setup, tta=opts.tta, device=dev,
+            dtype=amp_dtype(dev, run.cfg["amp"]), batch_size=opts.batch_size or run.cfg["batch_size"],
+            workers=opts.workers, with_targets=with_targets,
+            labels=[f"{run.path.name} fold {fold} {which}" for fold, which in pairs]))
+    for _ in folds:
+        mine = None
+        if predicted is not None:
+            chunk = list(itertools.islice(predicted, len(checkpoints)))
+            mine = chunk[0] if len(chunk) == 1 else task.average(chunk)
+        yield distributed.gather_concat(mine)
 
 
 def predict_oof(run_dirs: list[str | Path], opts: PredictOptions | None = None) -> tuple[Any, dict[str, Any]]:
@@ -117,7 +132,7 @@ def _predict_oof(run_dirs: list[str | Path], opts: PredictOptions) -> tuple[Any,
     parts = []
     for fold in runs[0].folds:
         rows = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
-        preds = (_predict(r, fold, rows, opts, with_targets=True) for r in runs if fold in r.folds)
+        preds = (p for r in runs if fold in r.folds for p in _predict(r, [fold], rows, opts, with_targets=True))
         frame = task.frame(rows, task.average(preds), runs[0].setup, with_targets=True)
         frame.insert(1, "fold", fold)
         parts.append(frame)
@@ -148,8 +163,8 @@ def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str |
     rows = table.rows("test")
     if len(rows) == 0:
         raise BadInput("index has no test rows", path=table.source)
-    # a generator: each model predicts when averaging asks for it, so one model's predictions are held at a time
-    preds = (_predict(r, k, rows, opts, with_targets=False, table=table) for r in runs for k in r.folds)
+    # a generator: each run predicts when averaging asks for it, and dense tasks hold one model's predictions at a time
+    preds = (p for r in runs for p in _predict(r, r.folds, rows, opts, with_targets=False, table=table))
     out = task.frame(rows, task.average(preds), runs[0].setup, with_targets=False)
     out.insert(1, "fold", -1)
     meta = {"runs": [str(r.path) for r in runs], "models": sum(len(r.folds) for r in runs), "index": table.source,

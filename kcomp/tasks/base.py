@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -40,10 +40,14 @@ class Task(Protocol):
               ) -> pd.DataFrame:
         """Prediction rows for the predictions artifact."""
 
-    def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
-                     setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
-                     batch_size: int, workers: int, with_targets: bool, label: str | None = None) -> Any:
-        """One model's predictions for `rows` (an (N, C) array for cls, a list of maps for ink)."""
+    def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
+                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
+                     labels: Sequence[str]) -> Iterable[Any]:
+        """Each model's predictions for `rows`, in order (an (N, C) array for cls, a list of maps for ink), with
+        `labels[i]` naming model i's progress. `models` may build each model when asked: a task with small
+        predictions (cls, det) takes them all and reads each batch once for all of them; a dense task (seg, ink)
+        takes one at a time and yields its predictions before asking for the next."""
 
     def average(self, preds: Iterable[Any]) -> Any:
         """Combine several models' `predict_rows` outputs (folds, runs). They may arrive one at a time (a

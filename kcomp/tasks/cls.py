@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -94,14 +94,18 @@ class ClsTask:
         logits = model(torch.cat(views)).float()
         return logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
 
-    def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
-                     setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
-                     batch_size: int, workers: int, with_targets: bool, label: str | None = None) -> np.ndarray:
-        from kcomp.infer.predict import inference_loader, predict_loader
+    def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
+                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
+                     labels: Sequence[str]) -> list[np.ndarray]:
+        """All models predict each batch as it is read: (N, C) probabilities are small, and decoding the images
+        once instead of once a fold is what a test set of JPEGs costs on few CPU cores."""
+        from kcomp.infer.predict import inference_loader, predict_loader, shared_label
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=with_targets)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
-        return predict_loader(model, dl, self, tta=tta, device=device, dtype=dtype, label=label)
+        return predict_loader(list(models), dl, self, tta=tta, device=device, dtype=dtype,
+                              label=shared_label(labels))
 
     def average(self, preds: Iterable[np.ndarray]) -> np.ndarray:
         from kcomp.post.ensemble import mean_probs

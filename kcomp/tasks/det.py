@@ -14,7 +14,7 @@ resulting files further with other settings.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -116,16 +116,18 @@ class DetTask:
 
         return float(get_metric(metric).fn(list(targets), self.fuse_views(preds)))
 
-    def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
-                     setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
-                     batch_size: int, workers: int, with_targets: bool, label: str | None = None
-                     ) -> list[np.ndarray]:
-        """Per row, (k, 6) [x1, y1, x2, y2, score, label] normalised to [0, 1], TTA views fused."""
-        from kcomp.infer.predict import inference_loader, predict_loader
+    def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
+                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
+                     labels: Sequence[str]) -> list[list[np.ndarray]]:
+        """Per model, per row, (k, 6) [x1, y1, x2, y2, score, label] normalised to [0, 1], TTA views fused. All
+        models predict each batch as it is read (boxes are small; DICOM decoding is not)."""
+        from kcomp.infer.predict import inference_loader, predict_loader, shared_label
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
-        return self.fuse_views(predict_loader(model, dl, self, tta=tta, device=device, dtype=dtype, label=label))
+        return [self.fuse_views(p) for p in predict_loader(list(models), dl, self, tta=tta, device=device,
+                                                           dtype=dtype, label=shared_label(labels))]
 
     def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
         """Several models' boxes fused image by image with WBF (equal weights); boxes are small, so the models'

@@ -8,7 +8,7 @@ oof/tta predict whole fragments with blended sliding windows and write uint8 map
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -125,17 +125,22 @@ class InkTask:
 
         return float(get_metric(metric).fn(targets, preds))
 
-    def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
-                     setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
-                     batch_size: int, workers: int, with_targets: bool, label: str | None = None) -> list[np.ndarray]:
+    def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
+                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
+                     labels: Sequence[str]) -> Iterator[list[np.ndarray]]:
+        """Per model, each fragment's uint8 map; one model at a time (a fragment's map is ~100 Mpx)."""
         from kcomp.infer.sliding import predict_region
 
         patch = setup["patch"]
         stride = cfg.get("infer_stride") or patch // 2
-        return [predict_region(model, self, f.stack, setup["layers"], f.mask, f.y0, patch=patch, stride=stride,
-                               tta=tta, batch_size=batch_size, device=device, dtype=dtype, workers=workers,
-                               label=f"{label or ''} {f.id}".strip())
-                for f in self.fragments(table, rows, with_targets=False)]
+        fragments = self.fragments(table, rows, with_targets=False)
+        for model, label in zip(models, labels, strict=True):
+            maps = [predict_region(model, self, f.stack, setup["layers"], f.mask, f.y0, patch=patch, stride=stride,
+                                   tta=tta, batch_size=batch_size, device=device, dtype=dtype, workers=workers,
+                                   label=f"{label} {f.id}") for f in fragments]
+            del model  # before the next one is built
+            yield maps
 
     def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
         """Per row, the mean of the models' uint8 maps, one model in memory at a time."""

@@ -102,28 +102,31 @@ class SegTask:
 
     # ------------------------------------------------------------------------------------------------ oof/tta
 
-    def predict_rows(self, model: torch.nn.Module, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any],
-                     setup: dict[str, Any], *, tta: int, device: torch.device, dtype: torch.dtype | None,
-                     batch_size: int, workers: int, with_targets: bool, label: str | None = None
-                     ) -> list[np.ndarray]:
-        """(C, h, w) uint8 maps at the output size, converted batch by batch (no float map of every row) on a
-        host thread while the model runs the next batch."""
+    def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
+                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
+                     labels: Sequence[str]) -> Iterator[list[np.ndarray]]:
+        """Per model, (C, h, w) uint8 maps at the output size, converted batch by batch (no float map of every row)
+        on a host thread while the model runs the next batch. One model at a time: 5 folds of 3,700 Clouds test
+        maps would not fit in memory together."""
         from kcomp import console
         from kcomp.infer.host_stage import HostStage
         from kcomp.infer.predict import inference_loader
 
-        sizes = iter(output_sizes(rows, cfg.get("out_size"), table.meta.get("submit_size")))
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
-        stage = HostStage(lambda batch: [to_uint8_map(p, next(sizes)) for p in batch])
-        model.eval()
-        with torch.inference_mode(), console.progress(len(ds), label or "predicting", unit="img") as bar:
-            for x, _ in dl:
-                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                    stage.submit(self.predict(model, x, tta).float())
-                bar.advance(x.shape[0])
-        return stage.results()
+        for model, label in zip(models, labels, strict=True):
+            sizes = iter(output_sizes(rows, cfg.get("out_size"), table.meta.get("submit_size")))
+            stage = HostStage(lambda batch, sizes=sizes: [to_uint8_map(p, next(sizes)) for p in batch])
+            model.eval()
+            with torch.inference_mode(), console.progress(len(ds), label, unit="img") as bar:
+                for x, _ in dl:
+                    x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                        stage.submit(self.predict(model, x, tta).float())
+                    bar.advance(x.shape[0])
+            del model  # before the next one is built
+            yield stage.results()
 
     def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
         """Per row, the mean of the models' uint8 maps, one model in memory at a time."""

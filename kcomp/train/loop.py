@@ -290,8 +290,8 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
             elapsed = time.perf_counter() - t0
             eval_model = ema.module if ema is not None else model
             distributed.broadcast_module(eval_model)  # every rank validates (its share) with rank 0's weights
-            preds = predict_loader(eval_model, val_dl, task, tta=cfg["val_tta"], device=device, dtype=dtype,
-                                   channels_last=cfg["channels_last"])
+            [preds] = predict_loader([eval_model], val_dl, task, tta=cfg["val_tta"], device=device, dtype=dtype,
+                                     channels_last=cfg["channels_last"])
             preds = distributed.gather_concat(preds)  # each rank predicted its contiguous share of the rows
             score = task.score(metric_name, preds, val_targets)
             improved = metric.is_better(score, state["best"])
