@@ -13,7 +13,7 @@ those ratios, and the CPU time one dataset item costs (read, decode, augment), t
 gives to data instead of the model.
 
 Run: python benchmarks/bench_loop.py [--model resnet18] [--img-size 128] [--batch-size 32] [--repeats 3]
-     [--train-repeats 3] [--plain] [--skip-cls] [--skip-seg] [--no-write]
+     [--train-repeats 3] [--plain] [--skip-cls] [--skip-seg] [--threads N] [--no-write]
 """
 
 from __future__ import annotations
@@ -154,12 +154,10 @@ def bracketed(name: str, ours: Callable[[], float], limit: Callable[[], float], 
             f"ratio {statistics.median(ratios):.2f} (median of {len(ratios)} runs, each against the mean of the "
             f"model-only runs around it: {', '.join(f'{r:.2f}' for r in ratios)})")
     if data_cpu is not None:
-        from kcomp.data.pool import default_workers
-
-        cores = default_workers()
-        model_cpu = cores / statistics.median(limits)
+        threads = torch.get_num_threads()
+        model_cpu = threads / statistics.median(limits)
         line += (f"; the data path costs {data_cpu * 1e3:.2f} ms of CPU per image, {data_cpu / model_cpu:.0%} of the "
-                 f"model-only run's {model_cpu * 1e3:.1f} ms of core time per image on {cores} cores")
+                 f"model-only run's {model_cpu * 1e3:.1f} ms of core time per image on {threads} threads")
     print(line, flush=True)
     return line
 
@@ -281,6 +279,9 @@ def main() -> None:
     ap.add_argument("--skip-cls", action="store_true")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (default: torch's, one per core); fewer leave cores to the data path, "
+                         "as a GPU box's model leaves its CPU cores")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args()
 
@@ -288,6 +289,8 @@ def main() -> None:
     from kcomp.train.device import resolve_device
 
     set_quiet(True)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="kcomp-bench-loop-"))
     try:
