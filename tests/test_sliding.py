@@ -68,7 +68,7 @@ def fragment(tmp_path_factory: pytest.TempPathFactory) -> tuple[LayerStack, np.n
 def test_maps_equal_the_previous_implementation(fragment, tta, dtype, workers, y0, monkeypatch):
     import kcomp.infer.predict as predict
 
-    monkeypatch.setattr(predict, "loader_workers", lambda n, device: n)  # really start workers (a GPU's path)
+    monkeypatch.setattr(predict, "loader_workers", lambda n, device, ds=None: n)  # really start workers (a GPU's)
     stack, mask = fragment
     mask = mask[y0:y0 + 120] if y0 else mask  # a row range of the fragment, as `prep --split-fragment` makes
     torch.manual_seed(0)
@@ -104,3 +104,20 @@ def test_cpu_loader_uses_only_cores_the_model_leaves_free(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setattr("os.cpu_count", lambda: 8)
     assert loader_workers(2, cpu) == 2 and loader_workers(12, cpu) == 7
+
+
+def test_cpu_loader_reads_a_decoded_cache_in_process(monkeypatch):
+    """Cache reads are memory copies: even with cores left free, a worker process would cost more than it saves."""
+    from kcomp.data.datasets import ImageDataset
+    from kcomp.infer.predict import inference_loader, loader_workers
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    files = [Path("a.jpg"), Path("b.jpg")]
+    cached = ImageDataset(files, None, lambda image: {"image": image}, cache=[np.zeros((4, 4, 3), np.uint8)] * 2)
+    decoding = ImageDataset(files, None, lambda image: {"image": image})
+    assert loader_workers(2, cpu, cached) == 0 and loader_workers(2, cpu, decoding) == 2
+    assert loader_workers(2, cuda, cached) == 2
+    assert inference_loader(cached, batch_size=2, workers=2, device=cpu).num_workers == 0

@@ -105,7 +105,7 @@ def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str,
     # Validation is inference: on a CPU the model's threads already hold every core, and validating through worker
     # processes cost the next epoch's first training step ~0.5 s (resnet18, 128 px, 2 cores); on a GPU, as given.
     val_dl = DataLoader(distributed.shard_dataset(val_ds), batch_size=cfg["batch_size"], shuffle=False,
-                        **loader_options(loader_workers(workers, device)))
+                        **loader_options(loader_workers(workers, device, val_ds)))
     return train_dl, val_dl, sampler, val_ds.targets_array()
 
 
