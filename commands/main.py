@@ -12,6 +12,7 @@ from kcomp import __version__
 from kcomp.commands import (_common, ensemble, oof, prep, report, split, stack, submit, train, tta,
                             tune_threshold, wbf)
 
+
 class _Root(TyperGroup):
     """The root group, with its unset flags False instead of None.
 
