@@ -121,7 +121,7 @@ class DetTask:
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
                      labels: Sequence[str]) -> list[list[np.ndarray]]:
         """Per model, per row, (k, 6) [x1, y1, x2, y2, score, label] normalised to [0, 1], TTA views fused. All
-        models predict each batch as it is read (boxes are small; DICOM decoding is not)."""
+        models predict each batch as it is read (boxes are small; decoding full-size radiographs is not)."""
         from kcomp.infer.predict import inference_loader, predict_loader, shared_label
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
