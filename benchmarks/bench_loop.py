@@ -2,15 +2,15 @@
 
 cls: `kcomp.train.loop.train` on real JPEG files (Cassava-like layout, 800x600) through 2 DataLoader workers, then
 `kcomp.infer.runs.predict_test` over the layout's test files; each twice, once decoding the JPEGs and once reading
-`prep --size`'s decoded-image cache, and once more from the JPEGs for a 5-fold run, whose folds predict each
-batch together (limit: 5 forward passes an image). seg: `predict_test` of a U-Net over a Clouds-like layout
-(1400x2100 JPEGs), maps written at the 350x525 submission size, again from the JPEGs and from the cache. Limit: the same model, batch,
-precision, (optimizer step) and channels_last on synthetic uint8 tensors already on the device (no data loading,
-no logging, no checkpoints, no output maps). Ratios are ours / limit on the same device in the same process, so they
-mean the same thing on CPU and GPU. Inference times include building the model and loading its checkpoint.
-Each run of ours sits between two runs of the limit and is compared with their mean; a line gives the median of
-those ratios, and the CPU time one dataset item costs (read, decode, augment), the share of the machine a CPU loop
-gives to data instead of the model.
+`prep --size`'s decoded-image cache, and once more from the JPEGs for a 5-fold run, whose folds predict each batch
+together (limit: 5 forward passes an image). seg: `predict_test` of a U-Net over a Clouds-like layout (1400x2100
+JPEGs), maps written at the 350x525 submission size, again from the JPEGs and from the cache. Limit: the same model,
+batch, precision, (optimizer step) and channels_last on synthetic uint8 tensors already on the device (no data
+loading, no logging, no checkpoints, no output maps). Ratios are ours / limit on the same device in the same
+process, so they mean the same thing on CPU and GPU. Inference times include building the model and loading its
+checkpoint. Each run of ours sits between two runs of the limit and is compared with their mean; a line gives the
+median of those ratios, and the CPU time one dataset item costs (read, decode, augment), the share of the machine a
+CPU loop gives to data instead of the model.
 
 Run: python benchmarks/bench_loop.py [--model resnet18] [--img-size 128] [--batch-size 32] [--repeats 3]
      [--train-repeats 3] [--plain] [--skip-cls] [--skip-seg] [--threads N] [--no-write]
@@ -195,6 +195,10 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
 
         n = int((pd.read_parquet(data / "index.parquet")["split"] == "test").sum())
         index = data / "index.parquet"
+
+        def limit_infer() -> float:
+            return model_only_infer(model, bs, size, max(4, n // bs), device)
+
         limit_train()  # warm-up: the first steps of a process run far below its steady speed
         if args.plain and not extra:
             files = sorted((raw / "train_images").glob("*.jpg"))[: int(args.images * 0.8)]
@@ -206,13 +210,11 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
             bracketed(f"train cls {args.model} {size}px batch {bs}, {args.workers} workers, {variant}", ours_train,
                       limit_train, args.train_repeats, data_cpu_seconds("cls", index, cfg, train=True)),
             bracketed(f"tta cls {args.model} {size}px batch {bs}, {n} test images, {variant} (incl. model load)",
-                      lambda: infer_rate(data / "run", args.workers, args.device)[0],
-                      lambda: model_only_infer(model, bs, size, max(4, n // bs), device), args.repeats,
+                      lambda: infer_rate(data / "run", args.workers, args.device)[0], limit_infer, args.repeats,
                       data_cpu_seconds("cls", index, cfg, train=False)),
         ]
         if not extra:
-            lines.append(bench_cls_folds(data, args, n, lambda: model_only_infer(model, bs, size, max(4, n // bs),
-                                                                                 device)))
+            lines.append(bench_cls_folds(data, args, n, limit_infer))
     return lines
 
 
