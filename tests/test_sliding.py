@@ -68,7 +68,7 @@ def fragment(tmp_path_factory: pytest.TempPathFactory) -> tuple[LayerStack, np.n
 def test_maps_equal_the_previous_implementation(fragment, tta, dtype, workers, y0, monkeypatch):
     import kcomp.infer.predict as predict
 
-    monkeypatch.setattr(predict, "loader_workers", lambda n, device, ds=None: n)  # really start workers (a GPU's)
+    monkeypatch.setattr(predict, "loader_workers", lambda n, device, ds=None: n)  # start workers, as on a GPU
     stack, mask = fragment
     mask = mask[y0:y0 + 120] if y0 else mask  # a row range of the fragment, as `prep --split-fragment` makes
     torch.manual_seed(0)

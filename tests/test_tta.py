@@ -45,9 +45,8 @@ def test_a_runs_folds_predict_each_test_batch_together(demo_run, monkeypatch, ch
     import numpy as np
     import torch
 
-    from kcomp.artifacts.checkpoint import load_checkpoint
     from kcomp.data.datasets import ImageDataset
-    from kcomp.infer.runs import PredictOptions, open_run, predict_test
+    from kcomp.infer.runs import PredictOptions, _weights, open_run, predict_test
     from kcomp.tasks import get_task
 
     reads: Counter = Counter()
@@ -65,9 +64,8 @@ def test_a_runs_folds_predict_each_test_batch_together(demo_run, monkeypatch, ch
     alone = []
     for fold in run.folds:
         for which in checkpoints.split("+"):
-            ck = load_checkpoint(demo_run["run"] / f"fold{fold}" / f"{which}.pt", task="cls")
             model = task.build_model(run.cfg, run.setup)
-            model.load_state_dict(ck.get("ema") or ck["model"] if which == "last" else ck["model"])
+            model.load_state_dict(_weights(run, fold, which, "cls"))
             with torch.inference_mode():
                 alone.append(task.predict(model.eval(), x, 1).numpy())
     np.testing.assert_allclose(np.stack(frame["probs"].to_numpy()), np.mean(alone, axis=0), rtol=1e-5, atol=1e-6)
