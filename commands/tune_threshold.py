@@ -19,9 +19,10 @@ def command(
                                                        "factor (competitors used 32). Default 32.")] = None,
     thresholds: Grid = None,
     min_sizes: Annotated[str | None, typer.Option(help="seg: comma-separated minimum component sizes in pixels "
-                                                       "of the stored maps.")] = None,
+                                                       "of the stored maps (0 is always tried too).")] = None,
     tops: Annotated[str | None, typer.Option(help="seg: comma-separated 'top' thresholds: a mask is kept only if "
-                                                  "its max probability reaches it (0 = off). Default 0.")] = None,
+                                                  "its max probability reaches it (0 = off, always tried). "
+                                                  "Default 0.")] = None,
     as_json: Json = False,
 ) -> None:
     """Choose per-class thresholds (and minimum sizes, where the task has them) for the competition metric on OOF

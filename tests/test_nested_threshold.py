@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from kcomp.artifacts.index import read_index
-from kcomp.artifacts.predictions import write_predictions
+from kcomp.artifacts.predictions import read_predictions, write_predictions
 from kcomp.competitions import get_competition
 from kcomp.metrics._segmentation import fbeta_pixels
 from kcomp.post import heldout
@@ -98,8 +98,6 @@ def _write_ink(df: pd.DataFrame, path: Path, index: Path) -> Path:
 
 
 def _fragments(oof: Path) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    from kcomp.artifacts.predictions import read_predictions
-
     p = read_predictions(oof)
     table = p.index("truth")
     frags = get_task("ink").fragments(table, table.rows("train"), with_targets=True)
@@ -165,11 +163,9 @@ def test_ink_one_fold_falls_back_to_the_plain_threshold(ink_oof: Path, tmp_path:
     df = pd.read_parquet(ink_oof).assign(fold=0)
     df["map"] = [maps[k] for k in df["map_key"]]
     one = _write_ink(df, tmp_path / "oof.parquet", ink_oof.parent / "d" / "index.parquet")
-    r = run_cli("tune-threshold", one, "-o", tmp_path / "thr.json", "--downscale", "1")
-    assert r.code == 0, r.stderr
-    body = json.loads((tmp_path / "thr.json").read_text())
+    body = get_task("ink").tune_thresholds(read_predictions(one), downscale=1)
     assert body["heldout"] is None and body["rule"] == heldout.RULE_ONE_FOLD and body["min_size"] == 0
-    assert "holds one fold (0): no held-out estimate" in r.stderr
+    assert "holds one fold (0): no held-out estimate" in body["warnings"][0]  # printed on stderr by the command
     assert body["in_sample_choice"]["min_size"] > 0  # what in-sample tuning would have chosen, recorded
 
 
@@ -222,15 +218,13 @@ def clouds_oof(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                   index=str(root / "d" / "index.parquet")))
 
 
-def _grid_args() -> list[str]:
-    return [a for k, v in GRID.items() for a in (f"--{k.replace('_', '-')}", ",".join(map(str, v)))]
-
-
 def test_clouds_heldout_dice_per_class_and_min_sizes_by_the_rule(clouds_oof: Path, tmp_path: Path) -> None:
-    r = run_cli("tune-threshold", clouds_oof, "-o", tmp_path / "thr.json", *_grid_args(), "--json")
-    assert r.code == 0, r.stderr
+    from kcomp.artifacts import write_json
+
+    # in-process (the ink test runs the command): the task's body is what the command writes
+    write_json(tmp_path / "thr.json", "thresholds", get_task("seg").tune_thresholds(read_predictions(clouds_oof),
+                                                                                   **GRID))
     body = json.loads((tmp_path / "thr.json").read_text())
-    assert json.loads(r.stdout)["heldout"]["folds"] == 3
     oof = pd.read_parquet(clouds_oof)
     maps = np.load(clouds_oof.with_suffix(".npz"))
     table = read_index(clouds_oof.parent / "d" / "index.parquet")
@@ -253,6 +247,8 @@ def test_clouds_heldout_dice_per_class_and_min_sizes_by_the_rule(clouds_oof: Pat
         least = min(within, key=lambda o: (o["top"] > 0, o["min_size"], o["top"]))
         assert (choice["min_size"], choice["top"]) == (least["min_size"], least["top"]), name
         assert choice["rule"] == heldout.RULE and held["score"] == pytest.approx(least["heldout"])
+        plain = next(o for o in opts if (o["min_size"], o["top"]) == (0, 0.0))
+        assert held["score"] >= plain["heldout"]  # post-processing kept only where it beats the plain threshold
         # every option's held-out Dice by brute force: tune_class on the other folds, mean_dice_after on this one
         probs = np.stack([maps[k][c] for k in oof["map_key"]])
         truths = np.stack([truth_mask(rows.iloc[i], setup, c, MAP) for i in range(len(rows))]).astype(bool)
@@ -268,10 +264,10 @@ def test_clouds_heldout_dice_per_class_and_min_sizes_by_the_rule(clouds_oof: Pat
     assert any(c["min_size"] < c["in_sample_choice"]["min_size"] for c in body["classes"].values())
     assert body["score"] == pytest.approx(np.mean([v["score"] for v in body["classes"].values()]))
     # `report` draws in-sample and held-out together and tables the held-out Dice per class
-    r = run_cli("report", tmp_path / "thr.json", "-o", tmp_path / "report", "--json")
-    assert r.code == 0, r.stderr
-    [section] = json.loads(r.stdout)["sections"]
-    assert section["facts"]["heldout"] == pytest.approx(body["heldout"]["score"])
-    assert [row["heldout"] for row in section["rows"]] == [body["classes"][n]["heldout"]["score"]
-                                                           for n in setup["classes"]]
-    assert "held-out (dashed" in section["images"][0]["caption"]
+    from kcomp.report.thresholds import report_thresholds
+
+    section = report_thresholds(str(tmp_path / "thr.json"), tmp_path, "")
+    assert section.facts["heldout"] == pytest.approx(body["heldout"]["score"])
+    assert [row["heldout"] for row in section.rows] == [body["classes"][n]["heldout"]["score"]
+                                                        for n in setup["classes"]]
+    assert "held-out (dashed" in section.images[0].caption and (tmp_path / section.images[0].path).is_file()

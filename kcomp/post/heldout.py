@@ -9,9 +9,12 @@ nested search costs about one in-sample search (see `seg_threshold.tune_class_ne
 
 The rule (`RULE`): the option with the best mean held-out score over folds; then, among options whose mean is
 within one standard error of it (SE = std over folds / sqrt(folds)), the least aggressive one (the one-standard-
-error rule). A guard keeps the plain threshold (no post-processing) whenever the chosen option scores lower held-out
-than it. With one fold there is nothing to hold out: the threshold is tuned in-sample and post-processing stays
-off (`RULE_ONE_FOLD`).
+error rule). The plain threshold (no post-processing) is always a candidate and the least aggressive, so the rule is
+its own guard: an option is kept over it only when the plain threshold falls more than one SE below the best while
+that option does not, i.e. when post-processing raises the held-out score. When in-sample tuning alone would choose
+post-processing that lowers the held-out score against the plain threshold, `select` says so in its warnings. With
+one fold there is nothing to hold out: the threshold is tuned in-sample and post-processing stays off
+(`RULE_ONE_FOLD`).
 """
 
 from __future__ import annotations
@@ -25,11 +28,10 @@ import numpy as np
 
 from kcomp.errors import BadInput
 
-__all__ = ["RULE", "RULE_GUARD", "RULE_ONE_FOLD", "Folds", "Selection", "fold_groups", "oof_folds", "select",
+__all__ = ["RULE", "RULE_ONE_FOLD", "Folds", "Selection", "fold_groups", "oof_folds", "select",
            "summarise"]
 
 RULE = "heldout-1se"  # best held-out mean, then the least aggressive option within one SE of it
-RULE_GUARD = "heldout-guard"  # the chosen option scored below the plain threshold held-out: plain kept
 RULE_ONE_FOLD = "one-fold"  # nothing to hold out: threshold tuned in-sample, post-processing off
 
 
@@ -56,12 +58,12 @@ def fold_groups(folds: Sequence[Any] | np.ndarray | None, n: int, where: str = "
     if len(values) != n:
         raise BadInput(f"{where}: {len(values)} fold values for {n} rows")
     try:
-        ints = values.astype(np.int64)
-        ok = values.dtype.kind in "iu" or bool(np.all(ints == values.astype(np.float64)))
+        floats = values.astype(np.float64)
     except (TypeError, ValueError):
-        ok = False
-    if not ok:
+        floats = np.array([np.nan])
+    if not (np.isfinite(floats).all() and (floats == np.round(floats)).all()):
         raise BadInput(f"{where}: fold column must hold integers, got {values[:3].tolist()}...")
+    ints = floats.astype(np.int64)
     labels, group = np.unique(ints, return_inverse=True)
     rows = np.bincount(group, minlength=len(labels)).tolist()
     note = ""
@@ -114,12 +116,8 @@ def select(heldout: np.ndarray, keys: Sequence[Any], in_sample: int, describe: C
     best = max(order, key=lambda o: mean[o])  # first maximum in order: ties go to the least aggressive
     chosen = next(o for o in order if mean[o] >= mean[best] - se[best])
     in_s = int(in_sample)
-    warnings, rule = [], RULE
+    warnings = []
     if in_s != plain and mean[in_s] < mean[plain]:
         warnings.append(f"in-sample tuning alone would choose {describe(in_s)}: held-out {metric} {mean[in_s]:.4f} "
                         f"< {mean[plain]:.4f} with no post-processing")
-    if mean[chosen] < mean[plain]:  # cannot happen under RULE (plain is a candidate); kept for any future rule
-        warnings.append(f"{describe(chosen)} lowers the held-out {metric} ({mean[chosen]:.4f} < {mean[plain]:.4f} "
-                        "with no post-processing): no post-processing chosen")
-        chosen, rule = plain, RULE_GUARD
-    return Selection(chosen, best, in_s, rule, mean, se, warnings)
+    return Selection(chosen, best, in_s, RULE, mean, se, warnings)
