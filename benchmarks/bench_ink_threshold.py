@@ -118,8 +118,8 @@ def bench_nested(name: str, frags: list) -> str:
     h, w = frags[0][0].shape
     return (f"tune nested vs in-sample {name} {len(frags)} fragments {h}x{w}, one per fold, downscale 32 + "
             f"{len(sizes)} min sizes: new {n:.3f} s, old {o:.3f} s, ratio {n / o:.2f} (CPU s, best of 3 alternated; "
-            f"{len(frags) - same} of {len(frags)} folds tuned a threshold other than the all-fold one, so their fragments "
-            f"are labelled twice; "
+            f"{len(frags) - same} of {len(frags)} folds tuned a threshold other than the all-fold one, so their "
+            f"fragments are labelled twice; "
             f"chose min size {ch.min_size} px, in-sample F0.5 {ch.score:.4f}, held-out {ch.heldout['score']:.4f} "
             f"± {ch.heldout['std']:.4f})")
 

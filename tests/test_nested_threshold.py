@@ -204,7 +204,8 @@ def clouds_oof(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for c, (most, side, faint) in NOISE.items():
             p = cv2.GaussianBlur(truth[c] * 0.75, (0, 0), 1.0) + rng.uniform(0, 0.25, MAP)
             for _ in range(int(rng.integers(0, most + 1))):
-                y, x, s = int(rng.integers(0, MAP[0] - 3)), int(rng.integers(0, MAP[1] - 3)), int(rng.integers(1, side + 1))
+                y, x = int(rng.integers(0, MAP[0] - 3)), int(rng.integers(0, MAP[1] - 3))
+                s = int(rng.integers(1, side + 1))
                 p[y:y + s, x:x + s] = 0.9
             if faint and not truth[c].any():
                 y, x = int(rng.integers(0, MAP[0] - 8)), int(rng.integers(0, MAP[1] - 8))

@@ -113,12 +113,8 @@ def seg_summary(choices: dict[str, NestedChoice], folds: Folds, note: str = "") 
         per_fold = np.mean([[f["score"] for f in c.heldout["folds"]] for c in choices.values()], axis=0)
         heldout = summarise(per_fold, folds)
     return {"score": float(np.mean([c.score for c in choices.values()])), "heldout": heldout,
-            "rule": _one_rule([c.rule for c in choices.values()]), "classes": classes,
+            "rule": next(iter(choices.values())).rule, "classes": classes,  # one rule: the classes share folds
             "warnings": [note] * bool(note) + [f"class {name}: {w}" for name, c in choices.items() for w in c.warnings]}
-
-
-def _one_rule(rules: list[str]) -> str:
-    return rules[0] if len(set(rules)) == 1 else "per class"
 
 
 # ------------------------------------------------------------------------------------------------------- ink
