@@ -7,7 +7,8 @@ The naive grid is timed on the first --naive-images images only and scaled per i
 is linear in the number of images); on that subset both tuners must return the identical choice, score and curve.
 Both run on one thread (cv2.setNumThreads(1); the numba kernel is serial) and are timed in process CPU seconds,
 which other jobs on a shared machine disturb far less than wall-clock time (wall times are printed too).
-Prints `seg tune-threshold: ours X s, naive Y s, ratio Z` lines and appends them to benchmarks/RESULTS.md.
+Prints `seg tune-threshold: ours X s, naive Y s, ratio Z` lines, then the held-out (nested, 5 folds) tuner against
+the in-sample one (`new X s, old Y s, ratio new/old`), and appends them to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 from _results import append_section
 
 from kcomp import console
+from kcomp.post.nested_threshold import tune_class_nested
 from kcomp.post.seg_threshold import DEFAULT_MIN_SIZES, DEFAULT_THRESHOLDS, tune_class, tune_naive
 
 H, W = 350, 525
@@ -81,6 +83,24 @@ def bench(probs: np.ndarray, truths: np.ndarray, naive_images: int, tops: tuple[
             f"top={ours.top} score {ours.score:.6f})")
 
 
+def bench_nested(probs: np.ndarray, truths: np.ndarray, tops: tuple[float, ...], folds: int) -> str:
+    """Held-out tuning (tune_class_nested: per-fold Dice sums from the same union-find pass, the threshold re-tuned
+    per fold and option, the one-SE rule) against today's in-sample tune_class, alternated in one process."""
+    grid = {"thresholds": DEFAULT_THRESHOLDS, "min_sizes": DEFAULT_MIN_SIZES, "tops": tops}
+    fold = np.arange(len(probs)) % folds
+    old, new = [], []
+    for _ in range(3):
+        old.append(timed(lambda: tune_class(probs, truths, **grid))[0])
+        new.append(timed(lambda: tune_class_nested(probs, truths, fold, **grid))[0])
+    o, n = min(old), min(new)
+    ch = tune_class_nested(probs, truths, fold, **grid)
+    return (f"seg tune-threshold nested ({folds} folds) vs in-sample: new {n:.2f} s, old {o:.2f} s, ratio "
+            f"{n / o:.2f} (CPU s, best of 3 alternated; {len(probs)} maps, {len(DEFAULT_MIN_SIZES) * len(tops)} "
+            f"(min size, top) options; chose t={ch.threshold} m={ch.min_size} top={ch.top}: in-sample "
+            f"{ch.score:.4f}, held-out {ch.heldout['score']:.4f} ± {ch.heldout['std']:.4f}; in-sample alone: "
+            f"m={ch.in_sample_choice['min_size']} top={ch.in_sample_choice['top']})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", type=int, default=200)
@@ -94,6 +114,10 @@ def main() -> None:
     lines = []
     for tops, naive_images in (((0.0,), args.naive_images), (TOPS, max(1, args.naive_images // 3))):
         line = bench(probs, truths, naive_images, tops)
+        print(line, flush=True)
+        lines.append(line)
+    for tops in ((0.0,), TOPS):
+        line = bench_nested(probs, truths, tops, folds=5)
         print(line, flush=True)
         lines.append(line)
     note = ("One thread each, process CPU seconds (the machine is shared with other jobs; wall times noisier). "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -18,14 +19,17 @@ def command(
                                                        "factor (competitors used 32). Default 32.")] = None,
     thresholds: Grid = None,
     min_sizes: Annotated[str | None, typer.Option(help="seg: comma-separated minimum component sizes in pixels "
-                                                       "of the stored maps.")] = None,
+                                                       "of the stored maps (0 is always tried too).")] = None,
     tops: Annotated[str | None, typer.Option(help="seg: comma-separated 'top' thresholds: a mask is kept only if "
-                                                  "its max probability reaches it (0 = off). Default 0.")] = None,
+                                                  "its max probability reaches it (0 = off, always tried). "
+                                                  "Default 0.")] = None,
     as_json: Json = False,
 ) -> None:
-    """Choose per-class thresholds (and minimum sizes, where the task has them) that maximise the competition
-    metric on OOF predictions; write THRESHOLDS.json with the score reached. For single-label classification the
-    argmax needs no threshold: the file records that and the OOF score."""
+    """Choose per-class thresholds (and minimum sizes, where the task has them) for the competition metric on OOF
+    predictions; write THRESHOLDS.json with the in-sample score reached and, for seg and ink, the held-out score:
+    each fold scored at the threshold tuned on the other folds. Minimum sizes and top thresholds are chosen by that
+    held-out score (the least aggressive within one standard error of the best). For single-label classification
+    the argmax needs no threshold: the file records that and the OOF score."""
     from kcomp.artifacts import write_json
     from kcomp.artifacts.predictions import read_predictions
     from kcomp.errors import BadUsage
@@ -51,8 +55,16 @@ def command(
     written = write_json(output, "thresholds", body)
     if body.get("note"):
         log(f"tune-threshold: {body['note']}")
-    log(f"tune-threshold: {body['metric']} {body['score']:.4f} on {preds.source}")
-    emit(written if written != "-" else [], {k: body[k] for k in ("method", "metric", "score")}, as_json)
+    for line in body.get("warnings", []):  # even with --quiet: the choice differs from what in-sample tuning gives
+        sys.stderr.write(f"tune-threshold: warning: {line}\n")
+    held = body.get("heldout")
+    log(f"tune-threshold: {body['metric']} {body['score']:.4f} in-sample on {preds.source}"
+        + (f", {held['score']:.4f} ± {held['std']:.4f} held-out over {len(held['folds'])} folds ({body['rule']})"
+           if held else ""))
+    summary = {k: body.get(k) for k in ("method", "metric", "score", "heldout", "rule")}
+    if held:
+        summary["heldout"] = {k: held[k] for k in ("score", "std", "se")} | {"folds": len(held["folds"])}
+    emit(written if written != "-" else [], summary, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -157,20 +157,30 @@ def _curve(pos: np.ndarray, neg: np.ndarray, beta: float) -> np.ndarray:
     return np.where(denom > 0, (1.0 + b2) * tp / np.where(denom > 0, denom, 1.0), 1.0)
 
 
-def _search(frags: list[Fragment], downscale: int, beta: float, steps: int) -> tuple[float, float, list]:
-    thr = _thresholds(steps)
-    pos = np.zeros(steps)
-    neg = np.zeros(steps)
+def _histograms(frags: list[Fragment], downscale: int, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ink and non-ink weight per threshold bin of each fragment, (N, steps) each: sums over any subset of
+    fragments score that subset at every threshold (the nested search reuses them per fold)."""
+    pos = np.zeros((len(frags), len(thr)))
+    neg = np.zeros((len(frags), len(thr)))
     for i, frag in enumerate(frags):
         try:
-            p, n = _fragment_histograms(frag, downscale, thr)
+            pos[i], neg[i] = _fragment_histograms(frag, downscale, thr)
         except BadInput as e:
             raise BadInput(f"fragment {i}: {e}") from None
-        pos += p
-        neg += n
+    return pos, neg
+
+
+def _best(pos: np.ndarray, neg: np.ndarray, beta: float, thr: np.ndarray) -> tuple[float, float, list]:
+    """(threshold, F-beta, curve) from summed histograms; ties go to the lowest threshold."""
     f = _curve(pos, neg, beta)
-    best = int(np.argmax(f))  # ties: the lowest threshold
+    best = int(np.argmax(f))
     return float(thr[best]), float(f[best]), [(float(t), float(s)) for t, s in zip(thr, f, strict=True)]
+
+
+def _search(frags: list[Fragment], downscale: int, beta: float, steps: int) -> tuple[float, float, list]:
+    thr = _thresholds(steps)
+    pos, neg = _histograms(frags, downscale, thr)
+    return _best(pos.sum(axis=0), neg.sum(axis=0), beta, thr)
 
 
 def search_threshold(fragments: Sequence[Fragment], *, downscale: int = 32, beta: float = 0.5,
@@ -233,10 +243,11 @@ def tune(fragments: Sequence[Fragment], *, downscale: int = 32, beta: float = 0.
          min_sizes: Sequence[int] = (0, 1000, 5000, 10000, 20000, 50000), steps: int = 256) -> InkThreshold:
     """Threshold from the downscaled search, then the min_size (full-resolution pixels) with the best F-beta.
 
-    For each fragment the full-resolution map is thresholded and labelled once (cv2, 8-connectivity); the
-    per-component size, masked pixel count and masked ink count give, for every candidate min_size, TP and
-    predicted counts as sums over kept components — identical to scoring remove_small's output with
-    fbeta_pixels, without rebuilding the map per candidate. Ties go to the smallest min_size.
+    For each fragment the full-resolution map is thresholded and labelled once (`size_counts`); the per-component
+    size, masked pixel count and masked ink count give, for every candidate min_size, TP and predicted counts as
+    sums over kept components — identical to scoring remove_small's output with fbeta_pixels, without rebuilding
+    the map per candidate. Ties go to the smallest min_size. In-sample only: `kcomp.post.heldout.tune_ink`
+    adds the held-out estimate and choice.
     """
     _check_options(downscale, beta, steps)
     sizes = sorted({int(s) for s in min_sizes})
@@ -244,23 +255,33 @@ def tune(fragments: Sequence[Fragment], *, downscale: int = 32, beta: float = 0.
         raise BadUsage(f"min_sizes {list(min_sizes)}: need at least one size, all >= 0")
     frags = _check_fragments(fragments)
     threshold, _, curve = _search(frags, int(downscale), float(beta), int(steps))
-    cutoff = _uint8_cutoff(threshold)
-    tp = np.zeros(len(sizes))
-    predicted = np.zeros(len(sizes))
-    positives = 0
-    for prob, label, mask in frags:
-        positives += np.count_nonzero(label & mask)
-        binary = prob >= cutoff
-        labels, area = _components(binary)
-        inside = binary & mask
-        pred_c = np.bincount(labels[inside], minlength=len(area))
-        tp_c = np.bincount(labels[inside & label], minlength=len(area))
-        for j, s in enumerate(sizes):
-            keep = area >= s
-            keep[0] = False
-            tp[j] += tp_c[keep].sum()
-            predicted[j] += pred_c[keep].sum()
+    tp, predicted, positives = np.zeros(len(sizes)), np.zeros(len(sizes)), 0
+    for frag in frags:
+        t, p, n = size_counts(frag, threshold, sizes)
+        tp, predicted, positives = tp + t, predicted + p, positives + n
     scores = [fbeta_from_counts(tp[j], predicted[j] - tp[j], positives - tp[j], beta) for j in range(len(sizes))]
     best = int(np.argmax(scores))
     return InkThreshold(threshold=threshold, min_size=sizes[best], score=float(scores[best]),
                         downscale=int(downscale), curve=curve)
+
+
+def size_counts(frag: Fragment, threshold: float, sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Full-resolution (TP, predicted) inside the mask after `postprocess(prob, mask, threshold, s)` for every
+    min size s, and the fragment's ink pixels inside the mask: the map is thresholded and labelled once, then each
+    size only sums per-component counts."""
+    import cv2
+
+    prob, label, mask = frag
+    binary = prob >= _uint8_cutoff(threshold)
+    n, labels = cv2.connectedComponents(binary.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    ink = label & mask
+    on = labels[binary]  # only foreground pixels carry a component (cheaper than stats over the whole map)
+    area = np.bincount(on, minlength=n)
+    pred_c = np.bincount(on[mask[binary]], minlength=n)
+    tp_c = np.bincount(on[ink[binary]], minlength=n)
+    tp, predicted = np.zeros(len(sizes)), np.zeros(len(sizes))
+    for j, s in enumerate(sizes):
+        keep = area >= s
+        keep[0] = False
+        tp[j], predicted[j] = tp_c[keep].sum(), pred_c[keep].sum()
+    return tp, predicted, int(np.count_nonzero(ink))

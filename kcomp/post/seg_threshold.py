@@ -424,6 +424,14 @@ def tune_class(probs: Any, truths: Any, *, thresholds: Sequence[float] = DEFAULT
 def _fast_scores(ps: Sequence[Any], tr: Sequence[Any], ts: list[float], ms: list[int],
                  us: list[float]) -> np.ndarray:
     """Mean Dice of every candidate, (T, M, U): one union-find pass per image, then vectorised Dice."""
+    total, _ = _fast_sums(ps, tr, ts, ms, us)
+    return total / len(ps)
+
+
+def _fast_sums(ps: Sequence[Any], tr: Sequence[Any], ts: list[float], ms: list[int], us: list[float],
+               group: np.ndarray | None = None, n_groups: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Sum of Dice over the images of every candidate, (T, M, U), added in image order (as the reference sums),
+    and the same sum per group of images, (G, T, M, U), when `group` gives each image's group."""
     from kcomp import console
 
     cuts_of_t = [uint8_cutoff(t) for t in ts]
@@ -434,6 +442,7 @@ def _fast_scores(ps: Sequence[Any], tr: Sequence[Any], ts: list[float], ms: list
     kernel = _kernel()
     scratch: dict[tuple[int, ...], _Scratch] = {}
     total = np.zeros((n_cut, n_m, len(us)))
+    by_group = np.zeros((n_groups, n_cut, n_m, len(us)))
     with console.progress(len(ps), "tune seg threshold", unit="img") as bar:
         for start in range(0, len(ps), _CHUNK):
             stop = min(start + _CHUNK, len(ps))
@@ -448,8 +457,10 @@ def _fast_scores(ps: Sequence[Any], tr: Sequence[Any], ts: list[float], ms: list
                 s = scratch[p.shape]
                 mx[i - start], n_true[i - start] = kernel(p, t, level_of, n_cut, s.size_bin, n_m, s.lev, s.order,
                                                           s.parent, s.size, s.inter, kept[i - start], inter[i - start])
-            for row in _chunk_dice(kept, inter, n_true, mx, top_cuts):
+            for i, row in enumerate(_chunk_dice(kept, inter, n_true, mx, top_cuts), start):
                 total += row  # image by image, as the reference sums
+                if group is not None:
+                    by_group[group[i]] += row
             bar.advance(stop - start)
     index = np.searchsorted(cuts, cuts_of_t)  # threshold -> its cutoff level
-    return total[index] / len(ps)
+    return total[index], by_group[:, index]

@@ -170,16 +170,17 @@ class InkTask:
         return float(get_metric(metric).fn(np.concatenate(truth), np.concatenate(score)))
 
     def tune_thresholds(self, preds: Any, *, downscale: int = 32) -> dict[str, Any]:
-        """Threshold searched on a downscaled map, then min component size checked at full resolution."""
-        from kcomp.post.ink_threshold import tune
+        """Threshold searched on a downscaled map, then the min component size (a fraction of the mask area) by
+        its held-out F0.5 at full resolution over the OOF folds (`kcomp.post.heldout`)."""
+        from kcomp.post.heldout import oof_folds
+        from kcomp.post.nested_threshold import tune_ink_nested
 
         table = preds.index("needed for the true ink labels")
         maps = preds.maps()
         rows = table.df.set_index("id").loc[preds.df["id"]].reset_index()
         fragments = [(maps[k], f.labels if f.labels is not None else np.zeros_like(f.mask), f.mask)
                      for k, f in zip(preds.df["map_key"], self.fragments(table, rows, with_targets=True), strict=True)]
-        best = tune(fragments, downscale=downscale)
-        return {"task": self.name, "method": "threshold+min_size", "threshold": best.threshold,
-                "min_size": best.min_size, "downscale": best.downscale, "metric": "f05", "score": best.score,
-                "oof": preds.source, "curve": best.curve,
-                "classes": {"ink": {"threshold": best.threshold, "min_size": best.min_size}}}
+        folds, note = oof_folds(preds)
+        best = tune_ink_nested(fragments, folds, downscale=downscale).fields(note)
+        return {"task": self.name, "method": "threshold+min_size", **best, "metric": "f05", "oof": preds.source,
+                "classes": {"ink": {"threshold": best["threshold"], "min_size": best["min_size"]}}}

@@ -166,9 +166,10 @@ class SegTask:
     def tune_thresholds(self, preds: Any, *, thresholds: Sequence[float] | None = None,
                         min_sizes: Sequence[int] | None = None, tops: Sequence[float] | None = None,
                         **other: Any) -> dict[str, Any]:
-        """Per class: the threshold, minimum mask size (pixels at the map size) and top threshold maximising mean
-        Dice over that class's (image) pairs of the OOF maps; the score is the mean over classes."""
-        from kcomp.post import seg_threshold
+        """Per class: the threshold, minimum mask size (pixels at the map size) and top threshold, chosen by their
+        held-out mean Dice over the OOF folds (`kcomp.post.heldout`); `score` is the in-sample mean over classes."""
+        from kcomp.post import nested_threshold
+        from kcomp.post.heldout import oof_folds
 
         unused = sorted(k for k, v in other.items() if v is not None)
         if unused:
@@ -179,6 +180,7 @@ class SegTask:
             raise BadInput(f"classes {preds.classes} differ from the index's {setup['classes']}", path=preds.source)
         rows = _rows_for(table, preds.df["id"], where=preds.source)
         keys = preds.df["map_key"].astype(str).tolist()
+        folds, note = oof_folds(preds)
         opts: dict[str, Any] = {}
         if thresholds is not None:
             opts["thresholds"] = tuple(float(t) for t in thresholds)
@@ -192,13 +194,11 @@ class SegTask:
             for c, name in enumerate(setup["classes"]):
                 probs = np.stack([maps[k][c] for k in keys])
                 truths = np.stack([truth_mask(rows.iloc[i], setup, c, size) for i in range(len(rows))]).astype(bool)
-                choice = seg_threshold.tune_class(probs, truths, **opts)
-                out[name] = {"threshold": float(choice.threshold), "min_size": int(choice.min_size),
-                             "top": float(choice.top), "score": float(choice.score), "curve": choice.curve}
+                out[name] = nested_threshold.tune_class_nested(probs, truths, folds, **opts)
                 del probs, truths
         return {"task": self.name, "method": "threshold+min_size+top", "metric": "dice",
-                "score": float(np.mean([v["score"] for v in out.values()])), "size": [int(size[0]), int(size[1])],
-                "oof": preds.source, "classes": out}
+                **nested_threshold.seg_summary(out, folds, note),
+                "size": [int(size[0]), int(size[1])], "oof": preds.source}
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
