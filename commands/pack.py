@@ -12,8 +12,9 @@ Opt = typer.Option
 
 
 def command(
-    inputs: Annotated[list[str] | None, typer.Argument(help="The test predictions `submit` takes (their recorded "
-                                                            "chain is replayed), their runs, a thresholds file.")] = None,
+    inputs: Annotated[list[str] | None, typer.Argument(
+        help="The test predictions `submit` takes (their recorded chain is replayed), their runs, a thresholds "
+             "file.")] = None,
     comp: Annotated[str | None, Opt("--comp", help="Competition preset (as for `kcomp submit`).")] = None,
     output: Annotated[str | None, Opt("-o", "--output", help="Package directory (new, empty, or a package).")] = None,
     verify: Annotated[str | None, Opt(help="Check package PKG against its MANIFEST.json instead.")] = None,
@@ -24,7 +25,8 @@ def command(
     python_version: Annotated[str | None, Opt(help="Notebook's Python (e.g. 3.12) when not this one's: binary "
                                                    "wheels for it.")] = None,
     platform: Annotated[str | None, Opt(help="Notebook's platform tag, e.g. manylinux_2_35_x86_64.")] = None,
-    half: Annotated[bool, Opt("--half", help="Store weights as fp16 (half the size; predictions may differ slightly).")] = False,
+    half: Annotated[bool, Opt("--half", help="Store weights as fp16 (half the size; predictions move by ~1e-5)."
+                              )] = False,
     input_dir: Annotated[str | None, Opt("--input", help="Competition data in the notebook [default: "
                                                          "/kaggle/input/<competition>].")] = None,
     work: Annotated[str, Opt(help="Intermediate files in the notebook.")] = "/kaggle/working/kcomp",

@@ -177,7 +177,7 @@ def _check_output(output: str, inputs: list[Path]) -> Path:
     out = Path(output).resolve()
     for p in {i.resolve() for i in inputs}:
         if out == p or out in p.parents or p in out.parents:
-            raise BadUsage(f"-o {output}: would overwrite or sit inside the input {p}")
+            raise BadUsage(f"-o {output}: overlaps the input {p} (is it, holds it or lies inside it)")
     if out.exists() and not out.is_dir():
         raise BadUsage(f"-o {output}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():

@@ -115,7 +115,7 @@ class Tracer:
         return [*[Ref("PKG", f"models/{r.name}") for r in runs], self._prep(index, path)]
 
     def _ensemble(self, pred: Any, rec: Recorded, path: Path) -> list[Token]:
-        return [self.test_file(self._locate(p, path, "input predictions"), str(path)) for p in rec.positionals]
+        return [self.test_file(self._locate(p, path, "input"), str(path)) for p in rec.positionals]
 
     _wbf = _ensemble
 
@@ -126,7 +126,7 @@ class Tracer:
         oofs: list[Token] = []
         tests: list[Token] = []
         for p in [*rec.positionals, *rec.values("--test")]:
-            local = self._locate(p, path, "input predictions")
+            local = self._locate(p, path, "input")
             if read_predictions(local).kind == "oof":
                 name = self._unique(f"inputs/{slug(local.name)}")
                 self.statics[name] = local
