@@ -1,5 +1,5 @@
-"""The `kcomp` command: registers the ten subcommands and the read-only `report`; nothing heavy is imported until
-one of them runs."""
+"""The `kcomp` command: registers the ten subcommands, the read-only `report` and `pack`; nothing heavy is imported
+until one of them runs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from kcomp import __version__
-from kcomp.commands import (_common, ensemble, oof, prep, report, split, stack, submit, train, tta,
+from kcomp.commands import (_common, ensemble, oof, pack, prep, report, split, stack, submit, train, tta,
                             tune_threshold, wbf)
 
 
@@ -59,7 +59,7 @@ def main(
     _common.set_global(debug, quiet)
 
 
-for module in (prep, split, train, oof, tune_threshold, tta, wbf, ensemble, stack, submit, report):
+for module in (prep, split, train, oof, tune_threshold, tta, wbf, ensemble, stack, submit, report, pack):
     module.register(app)
 
 

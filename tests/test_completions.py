@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMPLETIONS = ROOT / "completions"
 GEN = ROOT / "tools" / "gen_completions.py"
-COMMANDS = ["prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit",
+COMMANDS = ["prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "pack",
             "report"]
 # What a completion request or --help must not import (seconds of start-up each).
 HEAVY = ["torch", "torchvision", "timm", "pandas", "pyarrow", "albumentations", "sklearn", "scipy", "cv2",

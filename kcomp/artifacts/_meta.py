@@ -18,6 +18,7 @@ SCHEMAS: dict[str, int] = {
     "checkpoint": 1,
     "metrics": 1,
     "run-config": 1,
+    "package": 1,
 }
 
 

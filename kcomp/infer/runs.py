@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,12 @@ class Run:
     cfg: dict[str, Any]
     setup: dict[str, Any]
     folds: list[int]
-    table: IndexTable
+
+    @functools.cached_property
+    def table(self) -> IndexTable:
+        """The run's folds file, read on first use: test rows of another index never need it (a packed run
+        travels without it)."""
+        return read_index(self.cfg["folds"], "folds")
 
 
 def open_run(run: str | Path) -> Run:
@@ -37,7 +44,7 @@ def open_run(run: str | Path) -> Run:
     folds = paths.trained_folds(run)
     if not folds:
         raise BadInput("has no trained fold (no fold*/best.pt)", path=run)
-    return Run(run, saved["config"], saved["setup"], folds, read_index(saved["config"]["folds"], "folds"))
+    return Run(run, saved["config"], saved["setup"], folds)
 
 
 def _check_same(runs: list[Run]) -> None:
@@ -156,6 +163,7 @@ def predict_test(run_dirs: list[str | Path], opts: PredictOptions | None = None,
 
 def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str | Path | None
                   ) -> tuple[Any, dict[str, Any]]:
+    start = time.perf_counter()
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
     task = get_task(runs[0].cfg["task"])
@@ -168,8 +176,17 @@ def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str |
     out = task.frame(rows, task.average(preds), runs[0].setup, with_targets=False)
     out.insert(1, "fold", -1)
     meta = {"runs": [str(r.path) for r in runs], "models": sum(len(r.folds) for r in runs), "index": table.source,
-            "competition": table.competition or runs[0].table.competition, **_opts_meta(opts)}
+            "competition": table.competition or runs[0].table.competition, **_opts_meta(opts),
+            "timing": _timing(time.perf_counter() - start, len(rows), opts.device)}
     return out, _pred_meta(runs[0], task, "test", meta)
+
+
+def _timing(seconds: float, images: int, device: str) -> dict[str, Any]:
+    """Wall time per test image, models' loading included, for `kcomp pack`'s estimate against a time limit."""
+    dev = distributed.local_device(resolve_device(device))
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+    return {"seconds": round(seconds, 3), "images": images, "seconds_per_image": seconds / images, "device": name,
+            "processes": distributed.world_size()}
 
 
 def _opts_meta(opts: PredictOptions) -> dict[str, Any]:

@@ -36,6 +36,9 @@ def build_with_weights(build: Callable[[], nn.Module], state: dict[str, Any]) ->
     try:
         with torch.device("meta"):
             model = build()
+        # assign=True would adopt the saved dtypes; keep the module's, as plain loading does (fp16 `pack --half`)
+        own = model.state_dict()
+        state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()}
         model.load_state_dict(state, assign=True)
         if not any(t.is_meta for t in (*model.parameters(), *model.buffers())):
             return model
