@@ -19,6 +19,7 @@ class Cassava:
 
     task = "cls"
     id_column = "image_id"
+    prep_options = ("size", "workers")  # the `kcomp prep` options it reads; others are refused
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         return prep_cls_layout(raw, out, competition="cassava", size=options.get("size"),

@@ -236,6 +236,7 @@ class Clouds:
 
     task = TASK
     id_column = ID_COLUMN
+    prep_options = ("size", "workers")  # the `kcomp prep` options it reads; others are refused
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         return prep_clouds(raw, Path(out), size=options.get("size"), workers=options.get("workers"))

@@ -255,6 +255,7 @@ class Vesuvius:
 
     task = TASK
     id_column = "Id"
+    prep_options = ("split_fragment",)  # the `kcomp prep` options it reads; others are refused
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         split = options.get("split_fragments")
