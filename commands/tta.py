@@ -52,13 +52,17 @@ def command(
     opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
     shown = options.check({"preview": preview, "preview_count": preview_count}, options.COMMANDS["tta"])
     check_launch(gpus, nodes, node_rank, master_addr, master_port)
+    if preview:  # known from the run's config, before predicting anything
+        from kcomp.infer.runs import open_run
+
+        task = open_run(dirs[0]).cfg["task"]
+        if task not in ("seg", "ink"):
+            raise BadUsage(f"--preview does not apply to task {task} (only to seg, ink)")
     options.validated("tta")
     relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
     df, meta = predict_test(dirs, opts, index=indexes[0] if indexes else None)
     if not is_main():
         return
-    if preview and meta["task"] not in ("seg", "ink"):  # refused before anything is written
-        raise BadUsage(f"--preview does not apply to task {meta['task']} (only to seg, ink)")
     written = [write_predictions(df, output, **meta)]
     log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta} view(s)")
     if preview:

@@ -564,7 +564,9 @@ def _ids(cases: list[tuple]) -> list[str]:
 
 
 def test_the_generated_cases_cover_every_command_with_numbers() -> None:
-    assert {c[0] for c in NUMERIC} == set(BASE)
+    missing = {c[0] for c in NUMERIC} - set(BASE)
+    assert not missing, f"{missing}: give BASE a valid invocation (and call kcomp.options.validated in the command)"
+    assert set(BASE) <= {c[0] for c in NUMERIC}
     assert ("train", "lr", "--lr", float) in NUMERIC and ("tta", "batch_size", "--batch-size", int) in NUMERIC
 
 
@@ -665,3 +667,34 @@ def test_weights_of_another_architecture_are_refused_unless_partial(tmp_path: Pa
     torch.testing.assert_close(model.net.layer4[1].conv2.weight, imagenet.layer4[1].conv2.weight)
     logged = " ".join(capsys.readouterr().err.split())
     assert f"fills {own - 2} of the {own} tensors of the model; 2 of its tensors unused (e.g. fc.weight)" in logged
+
+
+def test_a_cuda_index_past_the_devices_is_bad_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from kcomp.errors import BadUsage
+    from kcomp.train.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(BadUsage, match=r"--device cuda:3: this machine has 1 CUDA device\(s\)"):
+        resolve_device("cuda:3")
+    with pytest.raises(BadUsage, match=r"--device cuda:x: expected auto, cpu, cuda or cuda:N"):
+        resolve_device("cuda:x")
+
+
+def test_the_corrected_command_is_not_refused_after_a_refused_one(tmp_path: Path, demo_run: dict[str, Path],
+                                                                 seam: list[str]) -> None:
+    """The refusal that comes last in train's checking (the weights, once the model is built) leaves no run dir,
+    so the command without them is not refused as "started with other options"."""
+    import timm
+    import torch
+
+    torch.save(timm.create_model("resnet26").state_dict(), tmp_path / "r26.pth")
+    run = tmp_path / "run"
+    train = ("train", "cls", "--folds", demo_run["folds"], "-o", run, *TRAIN_FAST)
+    r = invoke(*train, "--weights", tmp_path / "r26.pth")
+    assert r.code == 2 and "--weights-partial" in r.stderr, r.stderr
+    assert not run.exists()
+    assert invoke(*train).code == SEAM and seam == ["train"]
