@@ -88,7 +88,7 @@ class Spec:
         return f"in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
 
 
-def Int(low: int | None = None, high: int | None = None, **kw: Any) -> Spec:  # noqa: N802 - reads as a type
+def Int(low: int | None = None, high: int | None = None, **kw: Any) -> Spec:
     return Spec(int, low, high, **kw)
 
 

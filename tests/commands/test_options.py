@@ -254,7 +254,7 @@ SUBMIT = ("submit", "demo", "{test}", "-o", "{out}/sub.csv", "--sample", "{sampl
 BIG = str(2**63)
 
 
-def row(setup: Callable[[Ctx], None], argv: tuple, pattern: str, id: str, code: int = 2) -> Any:  # noqa: A002
+def row(setup: Callable[[Ctx], None], argv: tuple, pattern: str, id: str, code: int = 2) -> Any:
     return pytest.param(setup, argv, pattern, code, id=id)
 
 
