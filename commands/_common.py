@@ -47,14 +47,15 @@ def set_global(debug: bool, quiet: bool) -> None:
         console.set_quiet(True)
 
 
-def run_app(app: typer.Typer) -> None:
-    """Entry point: library errors become one stderr line and an exit code; tracebacks only with --debug."""
+def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
+    """Entry point: library errors become one stderr line and an exit code; tracebacks only with --debug. Click's
+    own usage errors (unknown option, a value that is not a number) too: one line, exit 2, no usage block."""
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `kcomp ... | head` ends quietly
     from kcomp.errors import Interrupted, KcompError
 
     try:
-        app()
+        code = app(args=args, standalone_mode=False)
     except KcompError as e:
         _fail(e, e.exit_code)
     except Interrupted as e:
@@ -62,7 +63,37 @@ def run_app(app: typer.Typer) -> None:
     except KeyboardInterrupt:
         _fail(None, 130, prefix="interrupted")
     except Exception as e:  # noqa: BLE001 - the last line of defence: one line, exit 1
+        if _is_click_error(e):
+            _usage_error(e, sys.argv[1:] if args is None else args)
         _fail(e, 1, prefix=f"internal error ({type(e).__name__})")
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        raise SystemExit(code)  # click's own exits (--help, --version) return their code without standalone mode
+
+
+def _is_click_error(e: BaseException) -> bool:
+    """click's ClickException, whichever copy of click typer uses (its own vendored one since 0.2x)."""
+    return any(c.__name__ == "ClickException" for c in type(e).__mro__) and hasattr(e, "format_message")
+
+
+def _usage_error(e: Any, argv: list[str]) -> None:
+    if type(e).__name__ == "NoArgsIsHelpError":  # plain `kcomp`: the help text, as click shows it
+        e.show()
+        raise SystemExit(e.exit_code)
+    names, ctx = [], getattr(e, "ctx", None)
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name)
+        ctx = ctx.parent
+    text = e.format_message()
+    opts = list(getattr(getattr(e, "param", None), "opts", None) or [])
+    for i, arg in enumerate(argv):  # name the value as given: `--epochs abc: ...`
+        for opt in opts:
+            value = argv[i + 1] if arg == opt and i + 1 < len(argv) else arg[len(opt) + 1:] \
+                if arg.startswith(opt + "=") else None
+            if value is not None:
+                text = f"{opt} {value}: {e.message}"
+    where = " ".join(["kcomp", *reversed(names)])
+    sys.stderr.write(f"kcomp: error: {' '.join(text.split())} (see '{where} --help')\n")
+    raise SystemExit(e.exit_code)
 
 
 def _fail(e: BaseException | None, code: int, prefix: str = "error") -> None:

@@ -21,6 +21,13 @@ MasterPort = Annotated[int | None, typer.Option(help="Rendezvous port on --maste
                                                      "(one node without --master-addr: a free port).")]
 
 
+def check_launch(gpus: int, nodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:
+    """Refuse impossible launcher option values before the command does anything, launching or not."""
+    from kcomp.train.launch import check_options
+
+    check_options(gpus, nodes, node_rank, master_addr, master_port)
+
+
 def relaunch_if_asked(gpus: int, nodes: int, node_rank: int, master_addr: str | None, master_port: int | None,
                       device: str) -> None:
     """With --gpus > 1 or --nodes > 1, outside torchrun: run this same command line under torchrun and leave with

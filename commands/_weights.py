@@ -4,14 +4,15 @@ from __future__ import annotations
 
 
 def parse_weights(text: str | None, n: int) -> list[float] | None:
+    """One finite non-negative weight per input file, not all zero (checked before any file is read)."""
+    from kcomp import options
     from kcomp.errors import BadUsage
 
     if text is None:
         return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise BadUsage(f"--weights {text}: expected comma-separated numbers, e.g. 1,2") from None
+    values = options.parse_list("weights", text, options.WEIGHT)
     if len(values) != n:
         raise BadUsage(f"--weights {text}: {len(values)} weight(s) for {n} input file(s)")
+    if not any(values):
+        raise BadUsage(f"--weights {text}: all weights are zero")
     return values

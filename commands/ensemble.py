@@ -16,21 +16,30 @@ def command(
     method: Annotated[str, typer.Option(help="mean | rank | geometric | power (maps: mean | geometric | power)")
                       ] = "mean",
     weights: Annotated[str | None, typer.Option(help="Comma-separated, one per file, e.g. 1,2.")] = None,
-    power: Annotated[float, typer.Option(help="Exponent for --method power (sharpening).")] = 2.0,
+    power: Annotated[float | None, typer.Option(help="Exponent for --method power (sharpening). Default 2.")] = None,
     as_json: Json = False,
 ) -> None:
     """Blend prediction files of the same ids, task and classes into one (rows in the first file's order).
     Class probabilities: OOF inputs keep their targets and the blend's CV score is printed, so blends can be
     compared honestly. Dense maps (seg, ink) are blended id by id into a new .npz (memory: one id's maps);
     their score comes from `kcomp tune-threshold` on the blended OOF."""
+    from kcomp import options
     from kcomp.artifacts.predictions import check_compatible, read_predictions
 
+    power = options.check({"method": method, "weights": weights, "power": power},
+                          options.COMMANDS["ensemble"])["power"]
+    w = parse_weights(weights, len(preds))
     files = [read_predictions(p) for p in preds]
     check_compatible(files)
     meta = files[0].carried_meta()
     meta.update(ensemble={"method": method, "weights": weights, "inputs": list(preds)})
-    w = parse_weights(weights, len(files))
-    if "map_key" in files[0].df.columns:
+    maps = "map_key" in files[0].df.columns
+    if maps:
+        from kcomp.post.ensemble import check_map_method
+
+        check_map_method(method)
+    options.validated("ensemble")
+    if maps:
         written, summary = _maps(files, output, meta, method, w, power)
     else:
         written, summary = _probs(files, output, meta, method, w, power)

@@ -7,7 +7,8 @@ from typing import Annotated, Any
 import typer
 
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
-from kcomp.commands._launch import Gpus, MasterAddr, MasterPort, NodeRank, Nodes, is_main, relaunch_if_asked
+from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Nodes, check_launch, is_main,
+                                    relaunch_if_asked)
 
 Tta = Annotated[int, typer.Option("--tta", help="Flip views averaged: 1, 2, 4 or 8 (use the same as for test).")]
 BatchSize = Annotated[int | None, typer.Option(help="Default: the run's training batch size.")]
@@ -27,13 +28,14 @@ def predict_options(tta: int, device: str, batch_size: int | None, workers: int,
 
 def _size(text: str) -> tuple[int, int]:
     from kcomp.errors import BadUsage
+    from kcomp.options import MAX_SIDE
 
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise BadUsage(f"--out-size {text}: expected HEIGHTxWIDTH, e.g. 350x525") from None
-    if h < 1 or w < 1:
-        raise BadUsage(f"--out-size {text}: sides must be positive")
+    if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise BadUsage(f"--out-size {text}: sides must be in 1..{MAX_SIDE}")
     return h, w
 
 
@@ -55,10 +57,13 @@ def command(
 ) -> None:
     """Out-of-fold predictions: each fold's best.pt predicts its own held-out rows; several runs are averaged.
     Writes PRED (predictions parquet with `target`) and prints the CV score on stderr (`--json`: stdout)."""
+    from kcomp import options
     from kcomp.artifacts.predictions import write_predictions
     from kcomp.infer.runs import predict_oof
 
     opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
+    check_launch(gpus, nodes, node_rank, master_addr, master_port)
+    options.validated("oof")
     relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
     df, meta = predict_oof(runs, opts)  # under torchrun: rows sharded over ranks, gathered on every rank
     if not is_main():

@@ -23,9 +23,12 @@ def command(
     summary table on stderr. Prints the files written."""
     from pathlib import Path
 
+    from kcomp import options
     from kcomp.report.build import build_report
     from kcomp.report.terminal import print_summary
 
+    options.check({"previews": previews}, options.COMMANDS["report"])
+    options.validated("report")
     sections, written = build_report(inputs, Path(output), previews=previews)
     print_summary(sections)
     emit(written, {"report": str(Path(output) / "index.html"), "sections": [s.to_json() for s in sections]},

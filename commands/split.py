@@ -24,11 +24,15 @@ def command(
     a `group` column, else multilabel for `labels`, else stratified for `label`, else kfold."""
     import numpy as np
 
+    from kcomp import options
     from kcomp.artifacts import read_index, write_folds
     from kcomp.split import assign_folds, resolve_strategy
 
+    options.check({"folds": folds, "strategy": strategy, "seed": seed, "label_col": label_col,
+                   "group_col": group_col}, options.COMMANDS["split"])
     table = read_index(index, "index")
     used, label, group = resolve_strategy(table.df, strategy, label_col, group_col)
+    options.validated("split")
     fold = assign_folds(table.df, n_folds=folds, strategy=strategy, seed=seed, label_col=label_col,
                         group_col=group_col)
     written = write_folds(table, fold, output, strategy=used, n_folds=folds, seed=seed, label_col=label,

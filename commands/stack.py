@@ -23,10 +23,12 @@ def command(
     """Fit a level-2 model on the base models' OOF class probabilities (cross-validated for an honest score,
     then refit on all OOF rows) and write its predictions for the test rows to PRED. Files are told apart by
     the kind in their metadata, and each test file is paired with the OOF file of the same runs."""
+    from kcomp import options
     from kcomp.artifacts.predictions import aligned, check_compatible, pair_by_runs, read_predictions, write_predictions
     from kcomp.errors import BadInput
     from kcomp.post.stack import stack
 
+    options.check({"model": model, "folds": folds, "seed": seed, "oof_output": oof_output}, options.COMMANDS["stack"])
     files = [read_predictions(p) for p in [*oof, *test]]
     oofs, tests = pair_by_runs([f for f in files if f.kind == "oof"], [f for f in files if f.kind == "test"])
     oof, test = [f.source for f in oofs], [f.source for f in tests]
@@ -34,6 +36,7 @@ def command(
     check_compatible(tests)
     if "target" not in oofs[0].df.columns:
         raise BadInput("OOF file has no target column", path=oofs[0].source)
+    options.validated("stack")
     result = stack(aligned(oofs), oofs[0].df["target"].to_numpy(), aligned(tests), model=model, n_splits=folds,
                    seed=seed)
     base = tests[0].carried_meta()

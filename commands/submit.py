@@ -24,17 +24,20 @@ def command(
 ) -> None:
     """Turn test predictions into the competition's submission CSV: exactly its columns, in the sample's id
     order. Missing, duplicate or unknown ids are errors and nothing is written."""
+    from kcomp import options
     from kcomp.artifacts import read_json
     from kcomp.artifacts.predictions import read_predictions
     from kcomp.artifacts.submission import align_to_sample, write_submission
     from kcomp.competitions import get_competition
 
+    options.check({"thresholds": thresholds, "sample": sample, "none_power": none_power}, options.COMMANDS["submit"])
     comp = get_competition(competition)
+    preset = {k: v for k, v in {"none_power": none_power}.items() if v is not None}
+    _check_options(comp, competition, preset)
     files = [read_predictions(p) for p in preds]
     thr = read_json(thresholds, "thresholds") if thresholds else None
-    options = {k: v for k, v in {"none_power": none_power}.items() if v is not None}
-    _check_options(comp, competition, options)
-    sub = comp.submit(files, thresholds=thr, **options)
+    options.validated("submit")
+    sub = comp.submit(files, thresholds=thr, **preset)
     sample_path = Path(sample) if sample else _find_sample(files)
     if sample_path is not None:
         sub = align_to_sample(sub, sample_path, comp.id_column)

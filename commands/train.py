@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
-from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Nodes, is_main, layout, parallel_folds,
-                                    relaunch_if_asked, under_torchrun)
+from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Nodes, check_launch, is_main, layout,
+                                    parallel_folds, relaunch_if_asked, under_torchrun)
 
 Opt = typer.Option
 
@@ -40,7 +40,10 @@ def command(
     aug: Annotated[str | None, Opt(help="none | light | medium | strong. Default medium.")] = None,
     drop_rate: Annotated[float | None, Opt(help="Head dropout.")] = None,
     drop_path: Annotated[float | None, Opt(help="Stochastic depth rate.")] = None,
-    weights: Annotated[str | None, Opt(help="Local pretrained weights: timm state dict or kcomp checkpoint.")] = None,
+    weights: Annotated[str | None, Opt(help="Local pretrained weights: timm state dict or kcomp checkpoint; they must "
+                                            "fill >= 90% of the model's tensors.")] = None,
+    weights_partial: Annotated[bool, Opt("--weights-partial", help="Load --weights even if they fill less of the "
+                                                                   "model (another architecture's).")] = False,
     metric: Annotated[str | None, Opt(help="Metric choosing best.pt (default: the task's).")] = None,
     val_tta: Annotated[int | None, Opt(help="TTA views for validation (1, 2, 4, 8). Default 1.")] = None,
     arch: Annotated[str | None, Opt(help="seg: smp architecture unet | fpn | pspnet | linknet | unetplusplus | "
@@ -90,11 +93,13 @@ def command(
         batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, accum=accum,
         loss=loss, smoothing=smoothing, t1=t1, t2=t2, taylor_n=taylor_n, mixup=mixup, cutmix=cutmix,
         mix_prob=mix_prob, ema=ema, aug=aug, drop_rate=drop_rate, drop_path=drop_path, weights=weights,
+        weights_partial=weights_partial or None,
         metric=metric, val_tta=val_tta, arch=arch, seg_loss=seg_loss, layers=layers, layer_start=layer_start,
         patch=patch, stride=stride, layer_shift=layer_shift, neg_fraction=neg_fraction, seed=seed,
         deterministic=deterministic or None, amp=amp, channels_last=channels_last, device=device, workers=workers,
         compile=compile_model or None, save_every=save_every, sync_bn=sync_bn or None,
         **layout(gpus, nodes))
+    check_launch(gpus, nodes, node_rank, master_addr, master_port)
     if in_parallel and not under_torchrun():
         parallel_folds(cfg["folds"], fold, gpus, device, as_json)
         return

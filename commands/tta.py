@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
-from kcomp.commands._launch import Gpus, MasterAddr, MasterPort, NodeRank, Nodes, is_main, relaunch_if_asked
+from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Nodes, check_launch, is_main,
+                                    relaunch_if_asked)
 from kcomp.commands.oof import BatchSize, Checkpoints, OutSize, Tta, predict_options
 
 
@@ -23,7 +24,7 @@ def command(
     out_size: OutSize = None,
     preview: Annotated[str | None, typer.Option(help="seg/ink: also write overlay PNGs of a few ids to this "
                                                      "directory, to look at before submitting.")] = None,
-    preview_count: Annotated[int, typer.Option(help="How many ids --preview draws.")] = 8,
+    preview_count: Annotated[int | None, typer.Option(help="How many ids --preview draws. Default 8.")] = None,
     gpus: Gpus = 1,
     nodes: Nodes = 1,
     node_rank: NodeRank = 0,
@@ -35,6 +36,7 @@ def command(
     given among the arguments), with --tta flip views; probabilities are averaged. Writes PRED."""
     from pathlib import Path
 
+    from kcomp import options
     from kcomp.artifacts.predictions import read_predictions, write_predictions
     from kcomp.errors import BadUsage
     from kcomp.infer.runs import predict_test
@@ -48,6 +50,15 @@ def command(
     if preview and output == "-":
         raise BadUsage("--preview reads the predictions back; give -o PATH, not -")
     opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
+    shown = options.check({"preview": preview, "preview_count": preview_count}, options.COMMANDS["tta"])
+    check_launch(gpus, nodes, node_rank, master_addr, master_port)
+    if preview:  # known from the run's config, before predicting anything
+        from kcomp.infer.runs import open_run
+
+        task = open_run(dirs[0]).cfg["task"]
+        if task not in ("seg", "ink"):
+            raise BadUsage(f"--preview does not apply to task {task} (only to seg, ink)")
+    options.validated("tta")
     relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
     df, meta = predict_test(dirs, opts, index=indexes[0] if indexes else None)
     if not is_main():
@@ -57,7 +68,7 @@ def command(
     if preview:
         from kcomp.infer.preview import write_previews
 
-        pngs = write_previews(read_predictions(written[0]), Path(preview), n=preview_count)
+        pngs = write_previews(read_predictions(written[0]), Path(preview), n=shown["preview_count"])
         log(f"tta: {len(pngs)} preview(s) in {preview}")
     emit(written, {"rows": len(df), "models": meta["models"]}, as_json)
 

@@ -30,28 +30,20 @@ def command(
     each fold scored at the threshold tuned on the other folds. Minimum sizes and top thresholds are chosen by that
     held-out score (the least aggressive within one standard error of the best). For single-label classification
     the argmax needs no threshold: the file records that and the OOF score."""
+    from kcomp import options
     from kcomp.artifacts import write_json
     from kcomp.artifacts.predictions import read_predictions
-    from kcomp.errors import BadUsage
     from kcomp.tasks import get_task
 
+    given = {"downscale": downscale, "thresholds": thresholds, "min_sizes": min_sizes, "tops": tops}
+    specs = options.COMMANDS["tune-threshold"]
+    options.check(given, specs)
+    grids = {"thresholds": options.THRESHOLD, "min_sizes": options.MIN_SIZE, "tops": options.THRESHOLD}
+    opts = {k: options.parse_list(k, v, grids[k]) if k in grids else v for k, v in given.items() if v is not None}
     preds = read_predictions(oof, kind="oof")
-    grids = {"thresholds": (thresholds, float), "min_sizes": (min_sizes, int), "tops": (tops, float)}
-    options: dict = {}
-    if downscale is not None:
-        if preds.task != "ink":
-            raise BadUsage(f"--downscale applies to ink predictions; {oof} holds {preds.task}")
-        options["downscale"] = downscale
-    for name, (text, kind) in grids.items():
-        if text is None:
-            continue
-        if preds.task != "seg":
-            raise BadUsage(f"--{name.replace('_', '-')} applies to seg predictions; {oof} holds {preds.task}")
-        try:
-            options[name] = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise BadUsage(f"--{name.replace('_', '-')} {text}: expected comma-separated numbers") from None
-    body = get_task(preds.task).tune_thresholds(preds, **options)
+    options.check(given, specs, context=("task", preds.task))  # each option means something for one task only
+    options.validated("tune-threshold")
+    body = get_task(preds.task).tune_thresholds(preds, **opts)
     written = write_json(output, "thresholds", body)
     if body.get("note"):
         log(f"tune-threshold: {body['note']}")

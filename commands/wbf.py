@@ -14,7 +14,8 @@ def command(
     preds: Annotated[list[str], typer.Argument(help="Box prediction files (task det) of the same images.")],
     output: Output = ...,
     iou: Annotated[float, typer.Option("--iou", help="IoU above which boxes are fused.")] = 0.55,
-    skip_box_thr: Annotated[float, typer.Option(help="Boxes scoring below this are dropped first.")] = 0.01,
+    skip_box_thr: Annotated[float | None, typer.Option(help="Boxes scoring below this are dropped first (wbf, "
+                                                             "soft_nms). Default 0.01.")] = None,
     weights: Annotated[str | None, typer.Option(help="Comma-separated, one per file, e.g. 1,1.")] = None,
     method: Annotated[str, typer.Option(help="wbf | nms | soft_nms")] = "wbf",
     conf_type: Annotated[str, typer.Option(help="avg | max | box_and_model_avg | absent_model_aware_avg")] = "avg",
@@ -22,17 +23,23 @@ def command(
 ) -> None:
     """Fuse the boxes of several detection prediction files (models, folds, TTA views) image by image with
     weighted boxes fusion (or NMS / soft-NMS); boxes stay in original pixel coordinates. Writes PRED."""
+    from kcomp import options
     from kcomp.artifacts.predictions import check_compatible, read_predictions, write_predictions
     from kcomp.errors import BadInput
     from kcomp.post.wbf import fuse_boxes
 
+    opts = options.check({"iou": iou, "skip_box_thr": skip_box_thr, "weights": weights, "method": method,
+                          "conf_type": conf_type}, options.COMMANDS["wbf"])
+    skip_box_thr = opts["skip_box_thr"]
+    w = parse_weights(weights, len(preds))
     files = [read_predictions(p) for p in preds]
     for f in files:
         if f.task != "det":
             raise BadInput(f"holds {f.task} predictions; wbf fuses det (box) predictions", path=f.source)
     check_compatible(files)
-    df = fuse_boxes([f.df for f in files], method=method, iou_thr=iou, skip_box_thr=skip_box_thr,
-                    weights=parse_weights(weights, len(files)), conf_type=conf_type)
+    options.validated("wbf")
+    df = fuse_boxes([f.df for f in files], method=method, iou_thr=iou, skip_box_thr=skip_box_thr, weights=w,
+                    conf_type=conf_type)
     meta = files[0].carried_meta()
     meta["fusion"] = {"method": method, "iou": iou, "skip_box_thr": skip_box_thr, "weights": weights,
                       "conf_type": conf_type, "inputs": list(preds)}

@@ -114,7 +114,7 @@ def test_bash_completes_subcommands() -> None:
 def test_bash_completes_options() -> None:
     assert _complete("bash", "kcomp train --ep") == ["--epochs"]
     assert set(_complete("bash", "kcomp train --w")) == {"--weight-decay", "--warmup-epochs", "--weights",
-                                                        "--workers"}
+                                                        "--weights-partial", "--workers"}
     assert _complete("bash", "kcomp tune-threshold --o") == ["--output"]
     assert "--folds" in _complete("bash", "kcomp split --")
     assert _complete("bash", "kcomp --vers") == ["--version"]

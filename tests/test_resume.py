@@ -96,6 +96,6 @@ def test_options_added_by_a_newer_kcomp_do_not_block_resume():
     from kcomp.train import config
 
     old = config.resolve(task="cls", folds="f.parquet")
-    del old["neg_fraction"]
+    del old["smoothing"]
     assert config.differences(old, config.resolve(task="cls", folds="f.parquet")) == []
-    assert config.differences(old, config.resolve(task="cls", folds="f.parquet", neg_fraction=0.5)) == ["neg_fraction"]
+    assert config.differences(old, config.resolve(task="cls", folds="f.parquet", smoothing=0.1)) == ["smoothing"]

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 class Competition(Protocol):
     task: str
     id_column: str
+    prep_options: tuple[str, ...]  # the options of `kcomp prep` its `prep` reads (size, workers, ...)
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         """Write `out/index.parquet` (+ caches); return the paths written."""

@@ -20,6 +20,7 @@ class Cassava:
     task = "cls"
     id_column = "image_id"
     kaggle_slug = "cassava-leaf-disease-classification"  # /kaggle/input/<slug> in a notebook (`kcomp pack`)
+    prep_options = ("size", "workers")  # the `kcomp prep` options it reads; others are refused
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         return prep_cls_layout(raw, out, competition="cassava", size=options.get("size"),

@@ -237,6 +237,7 @@ class Clouds:
     task = TASK
     id_column = ID_COLUMN
     kaggle_slug = "understanding_cloud_organization"  # /kaggle/input/<slug> in a notebook (`kcomp pack`)
+    prep_options = ("size", "workers")  # the `kcomp prep` options it reads; others are refused
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         return prep_clouds(raw, Path(out), size=options.get("size"), workers=options.get("workers"))

@@ -78,6 +78,7 @@ class Demo:
 
     task = "cls"
     id_column = "image_id"
+    prep_options = ("seed", "size", "workers")  # the `kcomp prep` options it reads; others are refused
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         if raw is None:

@@ -328,6 +328,7 @@ class SiimCovid19:
     task = TASK
     id_column = "id"
     kaggle_slug = "siim-covid19-detection"  # /kaggle/input/<slug> in a notebook (`kcomp pack`)
+    prep_options = ("size", "bits", "workers", "skip_bad")  # the `kcomp prep` options it reads; others are refused
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         return prep_siim(raw, Path(out), size=options.get("size"), bits=options.get("bits"),

@@ -256,6 +256,7 @@ class Vesuvius:
     task = TASK
     id_column = "Id"
     kaggle_slug = "vesuvius-challenge-ink-detection"  # /kaggle/input/<slug> in a notebook (`kcomp pack`)
+    prep_options = ("split_fragment",)  # the `kcomp prep` options it reads; others are refused
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         split = options.get("split_fragments")

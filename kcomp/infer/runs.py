@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from kcomp import options
 from kcomp.artifacts import paths, read_index, read_json
 from kcomp.artifacts.checkpoint import load_checkpoint
 from kcomp.artifacts.index import IndexTable
@@ -55,6 +56,9 @@ def _check_same(runs: list[Run]) -> None:
 
 
 CHECKPOINTS = ("best", "last", "best+last")
+# What `oof` and `tta` accept (kcomp.options); out_size is parsed from HxW by the commands.
+PREDICT = {"tta": options.TTA, "device": options.DEVICE, "batch_size": options.BATCH, "workers": options.WORKERS,
+           "checkpoints": options.Choice(CHECKPOINTS, what="checkpoint choice")}
 
 
 @dataclass
@@ -69,10 +73,7 @@ class PredictOptions:
     out_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        from kcomp.errors import BadUsage
-
-        if self.checkpoints not in CHECKPOINTS:
-            raise BadUsage(f"--checkpoints {self.checkpoints}: choose one of {', '.join(CHECKPOINTS)}")
+        options.check({k: v for k, v in vars(self).items() if k != "out_size"}, PREDICT)
 
 
 def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def build_with_weights(build: Callable[[], nn.Module], state: dict[str, Any]) ->
 
 
 def create_cls_model(name: str, num_classes: int, *, weights: str | None = None, drop_rate: float = 0.0,
-                     drop_path_rate: float = 0.0) -> Normalized:
+                     drop_path_rate: float = 0.0, weights_partial: bool = False) -> Normalized:
     import timm
 
     if not timm.is_model(name):
@@ -60,7 +60,7 @@ def create_cls_model(name: str, num_classes: int, *, weights: str | None = None,
         kwargs["drop_path_rate"] = drop_path_rate
     net = timm.create_model(name, pretrained=False, **kwargs)
     if weights:
-        load_pretrained(net, weights)
+        load_pretrained(net, weights, partial=weights_partial)
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     return Normalized(net, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
 
@@ -80,9 +80,19 @@ def strip_prefixes(state: dict[str, Any], prefixes: Sequence[str] = ("module.", 
     return out
 
 
-def load_pretrained(net: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
-    """Load a timm/smp state dict or a kcomp checkpoint into `net`. Heads whose shape differs (another number of
-    classes) are skipped, which is the point of fine-tuning; if nothing matches, the file is for another model."""
+# The share of a model's tensors (by name and shape) that --weights must fill: fine-tuning on other classes skips
+# the classifier (2 of resnet18's 122), a stem with other input channels one; another architecture's file fills
+# far fewer (resnet26's: 97 of resnet18's 122) and would train a half-random model. --weights-partial accepts it.
+MIN_WEIGHTS_SHARE = 0.9
+
+
+def load_pretrained(net: nn.Module, path: str | Path, *, partial: bool = False, into: str = "model"
+                    ) -> tuple[list[str], list[str]]:
+    """Load a timm/smp state dict or a kcomp checkpoint into `net` (the `into` part of a model). Tensors of another
+    shape (a head for another number of classes) are skipped; a file that fills less than MIN_WEIGHTS_SHARE of
+    `net` is refused unless `partial`, and one that fills nothing always is. Logs how many tensors loaded."""
+    from kcomp import console
+
     obj = load_weights_file(path)
     if isinstance(obj, dict) and "schema" in obj and "model" in obj:
         obj = obj["model"]
@@ -98,7 +108,13 @@ def load_pretrained(net: nn.Module, path: str | Path) -> tuple[list[str], list[s
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not usable:
         raise BadInput(f"no tensor matches the model's parameters (first key {next(iter(state), None)!r})", path=path)
+    filled = f"fills {len(usable)} of the {len(own)} tensors of the {into}"
+    if len(usable) < MIN_WEIGHTS_SHARE * len(own) and not partial:
+        raise BadInput(f"{filled}, fewer than {MIN_WEIGHTS_SHARE:.0%} (weights of another architecture?); "
+                       f"--weights-partial loads them anyway", path=path)
     net.load_state_dict(usable, strict=False)
     skipped = [k for k in state if k not in usable]
     missing = [k for k in own if k not in usable]
+    console.log(f"weights: {path} {filled}" + (f"; {len(skipped)} of its tensors unused (e.g. {skipped[0]})"
+                                                 if skipped else ""))
     return skipped, missing

@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from kcomp import console
 from kcomp.errors import BadInput, BadUsage
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,31 +125,27 @@ class DetLoss(nn.Module):
         return loss
 
 
-def create_det_model(name: str, num_classes: int, img_size: int, *, weights: str | None = None) -> DetNet:
+def create_det_model(name: str, num_classes: int, img_size: int, *, weights: str | None = None,
+                     weights_partial: bool = False) -> DetNet:
     """An EfficientDet `name` (effdet config) for `num_classes` at `img_size`; `weights`: a local effdet state dict
     (bench `model.` prefixes stripped), a kcomp checkpoint, or timm weights of the backbone alone."""
     net = DetNet(det_config(name, num_classes, img_size))
     if weights:
-        load_det_weights(net, weights)
+        load_det_weights(net, weights, partial=weights_partial)
     return net
 
 
-def load_det_weights(net: DetNet, path: str) -> None:
+def load_det_weights(net: DetNet, path: str, *, partial: bool = False) -> None:
     """Whole-detector weights first; a file none of whose tensors fit the detector is tried as backbone weights.
     Tensors of another shape (COCO's 90-class head against ours) are skipped and logged."""
     from kcomp.models._factory import load_pretrained
 
     try:
-        skipped, _ = load_pretrained(net.model, path)
-        part = "detector"
+        load_pretrained(net.model, path, partial=partial, into="detector")
     except BadInput as whole:
         if "no tensor matches" not in str(whole):
             raise
         try:
-            skipped, _ = load_pretrained(net.model.backbone, path)
+            load_pretrained(net.model.backbone, path, partial=partial, into="backbone")
         except BadInput:
             raise whole from None
-        part = "backbone"
-    console.log(f"weights: loaded {path} into the {part}"
-                + (f"; skipped {len(skipped)} tensor(s) of another name or shape (e.g. {skipped[0]})"
-                   if skipped else ""))

@@ -65,11 +65,10 @@ def resolve_encoder(name: str) -> str:
 
 
 def create_seg_model(arch: str, encoder: str, num_classes: int, *, weights: str | Path | None = None,
-                     in_channels: int = 3) -> nn.Module:
+                     in_channels: int = 3, weights_partial: bool = False) -> nn.Module:
     """Normalized(PadCrop(smp model)) with random init; `weights` (a local file) is loaded into the encoder."""
     import segmentation_models_pytorch as smp
 
-    from kcomp import console
     from kcomp.models._factory import Normalized
 
     arch_key = arch.lower().replace("_", "").replace("-", "")
@@ -85,8 +84,7 @@ def create_seg_model(arch: str, encoder: str, num_classes: int, *, weights: str 
                        ) from None
     init_prior(net, PRIOR)
     if weights:
-        loaded = load_encoder_weights(net.encoder, weights)
-        console.log(f"encoder weights: {loaded} tensor(s) loaded from {weights}")
+        load_encoder_weights(net.encoder, weights, partial=weights_partial)  # logs what it loaded
     multiple = max(32, int(getattr(net.encoder, "output_stride", 32) or 32))
     cfg = getattr(getattr(net.encoder, "model", None), "pretrained_cfg", None) or {}
     return Normalized(PadCrop(net, multiple), cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))
@@ -102,7 +100,7 @@ def init_prior(net: nn.Module, prior: float) -> None:
         nn.init.constant_(convs[-1].bias, math.log(prior / (1 - prior)))
 
 
-def load_encoder_weights(encoder: nn.Module, path: str | Path) -> int:
+def load_encoder_weights(encoder: nn.Module, path: str | Path, *, partial: bool = False) -> int:
     """A timm or smp encoder state dict, a whole smp model's, or a kcomp checkpoint: keys are matched after the
     usual prefixes (module., net., model.) are stripped, first against the encoder's own names (timm keys for
     `tu-` encoders), then under `encoder.` (whole models and checkpoints). Returns how many tensors loaded."""
@@ -110,13 +108,13 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path) -> int:
 
     target = encoder.model if type(encoder).__name__ == "TimmUniversalEncoder" else encoder
     try:
-        _, missing = load_pretrained(target, path)
+        _, missing = load_pretrained(target, path, partial=partial, into="encoder")
         return len(target.state_dict()) - len(missing)
     except BadInput as first:
         holder = nn.Module()
         holder.encoder = encoder
         try:
-            _, missing = load_pretrained(holder, path)
+            _, missing = load_pretrained(holder, path, partial=partial, into="encoder")
         except BadInput:
             raise first from None
         return len(holder.state_dict()) - len(missing)

@@ -100,14 +100,18 @@ def combine(
 MAP_METHODS = ("mean", "geometric", "power")
 
 
+def check_map_method(method: str) -> None:
+    if method not in MAP_METHODS:
+        raise BadUsage(f"--method {method}: dense maps blend with one of {', '.join(MAP_METHODS)} (rank has no "
+                       "meaning per pixel)")
+
+
 def blend_maps(sources: Sequence[Mapping[str, np.ndarray]], keys: Sequence[Sequence[str]], *, method: str = "mean",
                weights: Sequence[float] | None = None, power: float = 2.0) -> Iterator[np.ndarray]:
     """Blend dense maps (seg/ink) row by row: row i combines `sources[j][keys[j][i]]` over models j. Maps are
     uint8 prob*255 (or floats in [0, 1]) and come back as uint8, one row at a time, so an ensemble of thousands
     of 4x350x525 maps or of whole fragments never holds more than one row's maps in memory."""
-    if method not in MAP_METHODS:
-        raise BadUsage(f"--method {method}: dense maps blend with one of {', '.join(MAP_METHODS)} (rank has no "
-                       "meaning per pixel)")
+    check_map_method(method)
     for row in zip(*keys, strict=True):
         probs = []
         for src, key in zip(sources, row, strict=True):

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 class Task(Protocol):
     name: str
     default_metric: str
+    metrics: tuple[str, ...]  # the registered metrics that can score this task's predictions (--metric)
     supports_mix: bool  # batch mixup/cutmix make sense for this task's targets
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:

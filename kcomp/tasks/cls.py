@@ -23,6 +23,7 @@ class ClsTask:
 
     name = "cls"
     default_metric = "accuracy"
+    metrics = ("accuracy", "log_loss", "macro_f1", "roc_auc")  # those --metric may name
     supports_mix = True
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +77,8 @@ class ClsTask:
         from kcomp.models import create_cls_model
 
         return create_cls_model(cfg["model"], len(setup["classes"]), weights=weights,
-                                drop_rate=cfg["drop_rate"], drop_path_rate=cfg["drop_path"])
+                                drop_rate=cfg["drop_rate"], drop_path_rate=cfg["drop_path"],
+                                weights_partial=bool(cfg.get("weights_partial")))
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
         from kcomp.train.losses import build_loss

@@ -39,6 +39,7 @@ class DetTask:
 
     name = "det"
     default_metric = "map50"
+    metrics = ("map50",)  # those --metric may name
     supports_mix = False
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +81,8 @@ class DetTask:
                     ) -> torch.nn.Module:
         from kcomp.models.det import create_det_model
 
-        return create_det_model(cfg["model"], len(setup["classes"]), int(cfg["img_size"]), weights=weights)
+        return create_det_model(cfg["model"], len(setup["classes"]), int(cfg["img_size"]), weights=weights,
+                                weights_partial=bool(cfg.get("weights_partial")))
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
         from kcomp.models.det import DetLoss, det_config

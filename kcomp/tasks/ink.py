@@ -33,6 +33,7 @@ class InkTask:
 
     name = "ink"
     default_metric = "f05"
+    metrics = ("f05",)  # those --metric may name
     supports_mix = False
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -44,10 +45,13 @@ class InkTask:
                                path=table.source)
         groups, per_group = parse_layers(cfg["layers"])
         layers = select_layers(int(table.df["n_layers"].min()), groups, per_group, cfg["layer_start"])
-        if cfg["patch"] % 32:
-            from kcomp.errors import BadUsage
+        from kcomp.errors import BadUsage
 
+        if cfg["patch"] % 32:
             raise BadUsage(f"--patch {cfg['patch']}: must be a multiple of 32 (the encoder's stride)")
+        largest = int(np.maximum(table.df["y1"] - table.df["y0"], table.df["width"]).max())
+        if cfg["patch"] > largest:  # every window would be mostly padding, at patch**2 x layers floats each
+            raise BadUsage(f"--patch {cfg['patch']}: larger than every fragment (the longest side is {largest} px)")
         return {"classes": ["ink"], "groups": groups, "per_group": per_group, "layers": layers,
                 "patch": cfg["patch"]}
 
@@ -85,7 +89,8 @@ class InkTask:
         model = InkNet(cfg["model"], setup["groups"], setup["per_group"], drop_path_rate=cfg["drop_path"],
                        drop_rate=cfg["drop_rate"])
         if weights:
-            load_pretrained(model.encoder, weights)  # a timm state dict; the stem's in_chans differ and is skipped
+            # a timm state dict; the stem's in_chans differ and is skipped
+            load_pretrained(model.encoder, weights, partial=bool(cfg.get("weights_partial")), into="encoder")
         return model
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:

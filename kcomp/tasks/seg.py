@@ -43,6 +43,7 @@ class SegTask:
 
     name = "seg"
     default_metric = "dice"
+    metrics = ("dice",)  # those --metric may name
     supports_mix = False
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -77,7 +78,8 @@ class SegTask:
                     ) -> torch.nn.Module:
         from kcomp.models.seg import create_seg_model
 
-        return create_seg_model(cfg.get("arch") or "unet", cfg["model"], len(setup["classes"]), weights=weights)
+        return create_seg_model(cfg.get("arch") or "unet", cfg["model"], len(setup["classes"]), weights=weights,
+                                weights_partial=bool(cfg.get("weights_partial")))
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
         return build_seg_loss(cfg.get("seg_loss") or "bce_dice", smoothing=float(cfg.get("smoothing") or 0.0))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from kcomp import options
 from kcomp.errors import BadUsage, ConfigMismatch
+from kcomp.options import MAX_BATCH, MAX_SIDE, Choice, Flag, Float, Int, Spec, Text, lazy
+from kcomp.tasks import list_tasks
 
 DEFAULTS: dict[str, Any] = {
     "task": "cls",
@@ -60,11 +63,74 @@ DEFAULTS: dict[str, Any] = {
     # folds; a fold's last.pt records its world size and resumes only with the same one (the global batch)
     "gpus": 1,
     "nodes": 1,
+    "weights_partial": False,  # load --weights even when they fill less than MIN_WEIGHTS_SHARE of the model
 }
 # Where a task's sensible default differs (applied under the command line): a seg batch costs several times a
 # classifier's at the same size, and short runs on small data need optimizer steps more than large batches.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {"seg": {"batch_size": 8}}
 RUNTIME_KEYS = frozenset({"device", "workers", "compile", "save_every", "log_every", "gpus", "nodes"})
+
+TASKS = tuple(list_tasks())
+CLS, INK, NOT_INK = ("cls",), ("ink",), ("cls", "seg", "det")
+
+
+def _loss(name: str) -> tuple[str, Any]:
+    return f"--loss {name}", lambda v: v["loss"] == name
+
+
+# What each key accepts and for which tasks it means something (checked before anything is created; see
+# kcomp.options). Upper bounds are where a value stops meaning anything or overflows what it feeds.
+SPECS: dict[str, Spec] = {
+    "task": Choice(TASKS, what="task"),
+    "folds": Text(),
+    "target": Text(only=CLS),
+    "model": Text(),
+    "img_size": Int(1, MAX_SIDE, only=NOT_INK),  # ink: --patch
+    "epochs": Int(1, 100_000),
+    "batch_size": Int(1, MAX_BATCH),
+    "lr": Float(0, 1, low_open=True),  # AdamW moves each weight by about lr per step
+    "weight_decay": Float(0),
+    "warmup_epochs": Float(0),
+    "min_lr_ratio": Float(0, 1),
+    "accum": Int(1, MAX_BATCH),
+    "loss": Choice(lazy("kcomp.train.losses", "LOSSES"), what="loss", only=CLS),
+    "smoothing": Float(0, 1, high_open=True, only=("cls", "seg", "ink")),
+    "t1": Float(0, 2, high_open=True, only=CLS, needs=_loss("bi_tempered")),
+    "t2": Float(0, 10, low_open=True, only=CLS, needs=_loss("bi_tempered")),  # t2 >~ 50 overflows the gradient
+    "taylor_n": Int(1, 32, only=CLS, needs=_loss("taylor")),  # terms of the series, one pass over the batch each
+    "mixup": Float(0, only=CLS),
+    "cutmix": Float(0, only=CLS),
+    "mix_prob": Float(0, 1, only=CLS, needs=("--mixup or --cutmix", lambda v: bool(v["mixup"] or v["cutmix"]))),
+    "ema": Float(0, 1, high_open=True),
+    "aug": Choice(lazy("kcomp.data.transforms", "AUG_LEVELS"), what="augmentation level", only=NOT_INK),
+    "drop_rate": Float(0, 1, high_open=True, only=("cls", "ink")),
+    "drop_path": Float(0, 1, high_open=True, only=("cls", "ink")),
+    "weights": Text(),
+    "weights_partial": Flag(needs=("--weights", lambda v: bool(v["weights"]))),
+    "metric": Text(),  # checked against the task's metrics in `_check`
+    "val_tta": options.TTA,
+    "arch": Text(only=("seg",)),  # smp's names, checked when the model is built
+    "seg_loss": Choice(lazy("kcomp.tasks.seg", "LOSSES"), what="seg loss", only=("seg",)),
+    "layers": Text(pattern=r"\d+x\d+", what="GROUPSxLAYERS, e.g. 5x7", only=INK),
+    "layer_start": Int(0, MAX_SIDE, only=INK),
+    "patch": Int(32, MAX_SIDE, multiple_of=32, only=INK),  # the encoder's stride
+    "stride": Int(1, MAX_SIDE, only=INK),
+    "layer_shift": Int(0, MAX_SIDE, only=INK),
+    "neg_fraction": Float(0, 1, only=INK),
+    "infer_stride": Int(1, MAX_SIDE, only=INK),
+    "seed": options.SEED,
+    "deterministic": Flag(),
+    "amp": Choice(("auto", "bf16", "fp16", "off"), what="precision"),
+    "channels_last": Flag(),
+    "sync_bn": Flag(),
+    "device": options.DEVICE,
+    "workers": options.WORKERS,
+    "compile": Flag(),
+    "save_every": Int(0),
+    "log_every": Int(0),
+    "gpus": options.LAUNCH["gpus"],
+    "nodes": options.LAUNCH["nodes"],
+}
 
 
 def resolve(**overrides: Any) -> dict[str, Any]:
@@ -72,21 +138,29 @@ def resolve(**overrides: Any) -> dict[str, Any]:
     if unknown:
         raise BadUsage(f"unknown training option(s): {', '.join(unknown)}")
     given = {k: v for k, v in overrides.items() if v is not None}
-    cfg = {**DEFAULTS, **TASK_DEFAULTS.get(given.get("task", DEFAULTS["task"]), {}), **given}
-    _check(cfg)
+    task = given.get("task", DEFAULTS["task"])
+    if task not in TASKS:  # first: every other option is judged against the task
+        raise BadUsage(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    cfg = {**DEFAULTS, **TASK_DEFAULTS.get(task, {}), **given}
+    _check(cfg, given)
     return cfg
 
 
-def _check(cfg: dict[str, Any]) -> None:
-    for key in ("epochs", "batch_size", "img_size", "accum"):
-        if int(cfg[key]) < 1:
-            raise BadUsage(f"--{key.replace('_', '-')} {cfg[key]}: must be at least 1")
-    if cfg["lr"] <= 0:
-        raise BadUsage(f"--lr {cfg['lr']}: must be positive")
-    if not 0 <= cfg["smoothing"] < 1:
-        raise BadUsage(f"--smoothing {cfg['smoothing']}: must be in [0, 1)")
-    if not 0 <= cfg["ema"] < 1:
-        raise BadUsage(f"--ema {cfg['ema']}: decay must be in [0, 1) (0 disables EMA)")
+def _check(cfg: dict[str, Any], given: dict[str, Any]) -> None:
+    """Every value in range, and every option the user gave meaningful for the task; then what ties options."""
+    options.check(cfg, SPECS, given=given, context=("task", cfg["task"]))
+    if cfg["lr"] * cfg["weight_decay"] >= 1:  # AdamW multiplies every weight by 1 - lr * wd each step
+        raise BadUsage(f"--weight-decay {cfg['weight_decay']}: with --lr {cfg['lr']} it would zero or flip every "
+                       f"weight each step (lr x weight decay must be < 1)")
+    if cfg["warmup_epochs"] > cfg["epochs"]:
+        raise BadUsage(f"--warmup-epochs {cfg['warmup_epochs']}: longer than --epochs {cfg['epochs']}")
+    if cfg["metric"] is not None:
+        from kcomp.tasks import get_task
+
+        metrics = get_task(cfg["task"]).metrics
+        if cfg["metric"] not in metrics:
+            raise BadUsage(f"--metric {cfg['metric']}: unknown metric for task {cfg['task']}; choose one of: "
+                           f"{', '.join(metrics)}")
 
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

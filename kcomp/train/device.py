@@ -19,7 +19,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise BadUsage(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     if not (name == "cpu" or name.startswith("cuda")):
         raise BadUsage(f"--device {name}: expected auto, cpu, cuda or cuda:N")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise BadUsage(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BadUsage(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
 
 
 def amp_dtype(device: torch.device, amp: str = "auto") -> torch.dtype | None:

@@ -41,6 +41,16 @@ def strip_options(argv: Sequence[str], options: dict[str, bool]) -> list[str]:
     return out
 
 
+def check_options(gpus: int, nodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:
+    """The launcher options' values, checked by train/oof/tta whether or not they launch anything."""
+    from kcomp import options
+
+    options.check({"gpus": gpus, "nodes": nodes, "node_rank": node_rank, "master_addr": master_addr,
+                   "master_port": master_port}, options.LAUNCH)
+    if node_rank >= nodes:
+        raise BadUsage(f"--node-rank {node_rank}: must be in 0..{nodes - 1} for --nodes {nodes}")
+
+
 def check(gpus: int, nodes: int = 1, node_rank: int = 0, master_addr: str | None = None,
           device: str = "auto") -> None:
     """Refuse impossible launches before any process starts, in the user's terms."""

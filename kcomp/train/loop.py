@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from kcomp import console
+from kcomp import console, options
 from kcomp.artifacts import paths, read_index, read_json, write_json, write_table
 from kcomp.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from kcomp.artifacts.index import IndexTable
@@ -44,6 +44,8 @@ class FoldResult:
 
 def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: bool = False) -> list[FoldResult]:
     """Train one fold or all folds of `cfg['folds']` into the run directory."""
+    if str(run) == "-":
+        raise BadUsage("-o -: train writes a run directory; give its path")
     table = read_index(cfg["folds"], "folds")
     task = get_task(cfg["task"])
     setup = task.setup(table, cfg)
@@ -51,6 +53,9 @@ def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: 
     available = sorted(int(f) for f in table.df["fold"].unique() if f >= 0)
     if fold == "all":
         todo = available
+        if not todo:
+            raise BadInput("has no fold to train (every train row has fold -1); re-split it with `kcomp split`",
+                           path=table.source)
     else:
         if int(fold) not in available:
             raise BadUsage(f"--fold {fold}: folds file {table.source} has folds {available}")
@@ -166,7 +171,6 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
     train_dl, val_dl, sampler, val_targets = _loaders(cfg, table, task, setup, fold, device)
 
     model = task.build_model(cfg, setup, weights=cfg["weights"]).to(device)
-    _write_run_config(run, cfg, setup)
     if cfg["sync_bn"]:
         model = distributed.sync_batchnorm(model, device)
     if cfg["channels_last"]:
@@ -184,6 +188,8 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
     step_model = torch.compile(ddp) if cfg["compile"] else ddp
     loss_fn = task.loss(cfg, setup)
     num_classes = len(setup.get("classes", []))
+    options.validated("train")  # everything the options build is built: a bad one has left no run dir behind
+    _write_run_config(run, cfg, setup)
 
     state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_epoch": -1, "history": [],
              "loss_sum": torch.zeros((), device=device), "loss_count": 0}

@@ -396,7 +396,7 @@ CASES = [
                  r"column 'label': class 2 has 1 train rows, fewer than --folds 3", 2,
                  id="split-class-rarer-than-folds"),
     pytest.param(demo_files, ("split", "{index}", "-o", "{out}/folds.parquet", "--strategy", "random"),
-                 r"unknown split strategy 'random'", 2, id="split-unknown-strategy"),
+                 r"--strategy random: unknown split strategy; choose one of: auto", 2, id="split-unknown-strategy"),
     pytest.param(demo_files, ("split", "{index}", "-o", "{out}/folds.parquet", "--strategy", "group"),
                  r"strategy 'group' needs group column 'group'", 2, id="split-group-without-group-column"),
     pytest.param(_future_index, ("split", "{bad}", "-o", "{out}/folds.parquet"),
@@ -473,7 +473,7 @@ CASES = [
     pytest.param(_oof_twice, ("ensemble", "{oof}", "{oof_b}", "-o", "{out}/blend.parquet", "--weights", "1,2,3"),
                  r"--weights 1,2,3: 3 weight\(s\) for 2 input file\(s\)", 2, id="ensemble-wrong-weights-count"),
     pytest.param(_oof_twice, ("ensemble", "{oof}", "{oof_b}", "-o", "{out}/blend.parquet", "--method", "median"),
-                 r"unknown ensemble method 'median'", 2, id="ensemble-unknown-method"),
+                 r"--method median: unknown ensemble method; choose one of: mean", 2, id="ensemble-unknown-method"),
     # ---- stack
     pytest.param(_oof_twice, ("stack", "{oof}", "{oof_b}", "--test", "{test}", "-o", "{out}/stack.parquet"),
                  r"got 2 OOF file\(s\) and 1 test file\(s\)", 2, id="stack-oof-test-count-mismatch"),

@@ -1,0 +1,243 @@
+"""What each option accepts, declared once as a table of `Spec`s and checked before a command creates anything.
+
+A command's options are a mapping name -> value (None = not given). `check` refuses, in one line naming the option
+and the value, a value out of its range (NaN and infinities always; integers past what they feed, e.g. numpy
+seeds >= 2**32), a choice that does not exist, and an option given where it means nothing (`--mixup` for a seg
+run, `--t1` without `--loss bi_tempered`). Tables: `kcomp.train.config.SPECS` for `train`, `COMMANDS` below for
+the others, `LAUNCH` for the multi-GPU options of train/oof/tta. Each entry maps one-to-one onto a field of a
+typed options dataclass, should the tables become those.
+
+`validated(command)` marks the end of a command's checking phase: every option has been checked and nothing has
+been created yet. It does nothing; tests replace it to stop a command there (tests/commands/test_options.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kcomp.errors import BadUsage
+
+SEED_MAX = 2**32 - 1  # numpy's legacy and sklearn's seeds are 32-bit
+MAX_SIDE = 16384  # image/patch sides in px: beyond this one uint8 RGB image alone is > 750 MB
+MAX_BATCH = 65536  # torch's BatchSampler allocates a list of batch_size entries per batch
+MAX_WORKERS = 256  # DataLoader/decoding processes started at once
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The values one option accepts. Bounds are inclusive unless `low_open`/`high_open`; floats must be finite.
+    `only` lists the tasks (competitions, ...) the option means something for; `needs` = (what, predicate over all
+    the command's values) says when it means something, e.g. ("--loss bi_tempered", lambda v: v["loss"] == ...)."""
+
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: Sequence[Any] | Callable[[], Sequence[Any]] | None = None
+    what: str = "value"  # how a string choice is named in "--opt x: unknown <what>"
+    pattern: str | None = None  # a regular expression a string must match in full, with `what` as the hint
+    multiple_of: int | None = None
+    only: tuple[str, ...] = ()
+    needs: tuple[str, Callable[[Mapping[str, Any]], bool]] | None = None
+    default: Any = None
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise BadUsage naming `--name value` if the value is not accepted."""
+        opt = flag(name)
+        if self.kind is bool or value is None:
+            return
+        if self.kind in (int, float):
+            self._number(opt, value)
+        elif not isinstance(value, str):
+            raise BadUsage(f"{opt} {value!r}: expected text")
+        if self.choices is not None:
+            choices = list(self.choices() if callable(self.choices) else self.choices)
+            if value not in choices:
+                if self.kind is str:
+                    raise BadUsage(f"{opt} {value}: unknown {self.what}; choose one of: {', '.join(choices)}")
+                raise BadUsage(f"{opt} {value}: expected {_either(choices)}")
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise BadUsage(f"{opt} {value}: expected {self.what}")
+
+    def _number(self, opt: str, value: Any) -> None:
+        integral = self.kind is int
+        if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)):
+            raise BadUsage(f"{opt} {value!r}: expected {'an integer' if integral else 'a number'}")
+        if not integral and not math.isfinite(value):
+            raise BadUsage(f"{opt} {value}: expected a finite number")
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        high_ok = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (low_ok and high_ok):
+            raise BadUsage(f"{opt} {value}: must be {self.describe_range(too_low=not low_ok)}")
+        if self.multiple_of and value % self.multiple_of:
+            raise BadUsage(f"{opt} {value}: must be a multiple of {self.multiple_of}")
+
+    def describe_range(self, too_low: bool = True) -> str:
+        """Integers name the bound they crossed; floats their interval (whose ends may be open)."""
+        lo, hi = _num(self.low), _num(self.high)
+        if self.kind is int or self.low is None or self.high is None:
+            if too_low and self.low is not None:
+                return "positive" if self.low == 0 and self.low_open else \
+                    f"{'greater than' if self.low_open else 'at least'} {lo}"
+            return f"{'less than' if self.high_open else 'at most'} {hi}"
+        return f"in {'(' if self.low_open else '['}{lo}, {hi}{')' if self.high_open else ']'}"
+
+
+def Int(low: int | None = None, high: int | None = None, **kw: Any) -> Spec:
+    return Spec(int, low, high, **kw)
+
+
+def Float(low: float | None = None, high: float | None = None, **kw: Any) -> Spec:
+    return Spec(float, low, high, **kw)
+
+
+def Choice(choices: Sequence[Any] | Callable[[], Sequence[Any]], **kw: Any) -> Spec:
+    return Spec(kw.pop("kind", str), choices=choices, **kw)
+
+
+def Text(**kw: Any) -> Spec:
+    return Spec(str, **kw)
+
+
+def Flag(**kw: Any) -> Spec:
+    return Spec(bool, **kw)
+
+
+SEED = Int(0, SEED_MAX)
+WORKERS = Int(0, MAX_WORKERS)
+BATCH = Int(1, MAX_BATCH)
+TTA = Choice((1, 2, 4, 8), kind=int)
+DEVICE = Text(pattern=r"auto|cpu|cuda(:\d+)?", what="auto, cpu, cuda or cuda:N")
+
+# The multi-GPU options of train, oof and tta (kcomp.train.launch re-runs the command under torchrun).
+LAUNCH: dict[str, Spec] = {
+    "gpus": Int(1, 1024),
+    "nodes": Int(1, 65536),
+    "node_rank": Int(0, 65535),
+    "master_addr": Text(),
+    "master_port": Int(1, 65535),
+}
+
+
+def lazy(module: str, name: str) -> Callable[[], Sequence[Any]]:
+    """Choices that live with the code using them, imported only when an option is checked."""
+
+    def get() -> Sequence[Any]:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    return get
+
+
+# Every command but train (kcomp.train.config.SPECS) and the options oof/tta share (kcomp.infer.runs.PREDICT).
+COMMANDS: dict[str, dict[str, Spec]] = {
+    "prep": {"seed": SEED, "size": Int(16, 4096), "bits": Choice((8, 16), kind=int), "workers": WORKERS,
+             "split_fragment": Text(), "skip_bad": Flag()},
+    "split": {"folds": Int(2), "strategy": Choice(lazy("kcomp.split", "STRATEGIES"), what="split strategy"),
+              "seed": SEED, "label_col": Text(), "group_col": Text()},
+    "tta": {"preview": Text(),
+            "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
+    "wbf": {"iou": Float(0, 1, low_open=True),
+            "skip_box_thr": Float(0, 1, default=0.01, needs=("--method wbf or soft_nms",
+                                                             lambda v: v["method"] != "nms")),
+            "weights": Text(), "method": Choice(lazy("kcomp.post.wbf", "METHODS"), what="fusion method"),
+            "conf_type": Choice(lazy("kcomp.post.wbf", "CONF_TYPES"), what="confidence type")},
+    "ensemble": {"method": Choice(lazy("kcomp.post.ensemble", "METHODS"), what="ensemble method"),
+                 "weights": Text(),
+                 # p**64 already underflows float64 for p < 1e-5: larger powers zero whole rows
+                 "power": Float(0, 64, low_open=True, default=2.0,
+                                needs=("--method power", lambda v: v["method"] == "power"))},
+    "stack": {"model": Choice(lazy("kcomp.post.stack", "MODELS"), what="stacking model"), "folds": Int(2),
+              "seed": SEED, "oof_output": Text()},
+    "tune-threshold": {"downscale": Int(1, 4096, only=("ink",)), "thresholds": Text(only=("seg",)),
+                       "min_sizes": Text(only=("seg",)), "tops": Text(only=("seg",))},
+    "submit": {"thresholds": Text(), "sample": Text(), "none_power": Float(0)},
+    "report": {"previews": Int(0)},
+}
+# Elements of the comma-separated list options.
+WEIGHT = Float(0)
+THRESHOLD = Float(0, 1)
+MIN_SIZE = Int(0)
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def is_given(value: Any) -> bool:
+    """An option counts as given when it is set; a flag (bool) only when it is on."""
+    return value is not None and value is not False
+
+
+def check(values: Mapping[str, Any], specs: Mapping[str, Spec], *, given: Iterable[str] | None = None,
+          context: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Check every value against its spec, then refuse given options that mean nothing here (`context` = e.g.
+    ("task", "seg") for `Spec.only`; `given` = the names the user set, by default those not None/False).
+    Returns the values with each unset one replaced by its spec's default."""
+    unknown = sorted(set(values) - set(specs))
+    if unknown:
+        raise BadUsage(f"unknown option(s): {', '.join(map(flag, unknown))}")
+    for name, value in values.items():
+        specs[name].check(name, value)
+    full = {k: (specs[k].default if v is None else v) for k, v in values.items()}
+    for name in values if given is None else given:
+        spec, value = specs[name], values[name]
+        if not is_given(value):
+            continue
+        if spec.only and context is not None and context[1] not in spec.only:
+            raise BadUsage(f"{flag(name)} does not apply to {context[0]} {context[1]} "
+                           f"(only to {', '.join(spec.only)})")
+        if spec.needs is not None and not spec.needs[1](full):
+            raise BadUsage(f"{_shown(name, value)} applies only with {spec.needs[0]}")
+    return full
+
+
+def refuse_unused(values: Mapping[str, Any], accepted: Iterable[str], context: tuple[str, str]) -> None:
+    """A given option that the chosen preset (competition, ...) does not read is an error, not ignored."""
+    accepted = set(accepted)
+    for name, value in values.items():
+        if is_given(value) and name not in accepted:
+            raise BadUsage(f"{flag(name)} does not apply to {context[0]} {context[1]}"
+                           + (f" (it reads {', '.join(map(flag, sorted(accepted)))})" if accepted else ""))
+
+
+def parse_list(name: str, text: str, spec: Spec) -> list[Any]:
+    """`--name 1,2.5,3` -> numbers of `spec.kind`, each checked against `spec`."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        if not items:
+            raise ValueError(text)
+        values = [spec.kind(t) for t in items]
+    except ValueError:
+        kind = "integers" if spec.kind is int else "numbers"
+        raise BadUsage(f"{flag(name)} {text}: expected comma-separated {kind}, e.g. 1,2") from None
+    for v in values:
+        try:
+            spec.check(name, v)
+        except BadUsage as e:
+            raise BadUsage(f"{flag(name)} {text}: {str(e).split(': ', 1)[1]} (each value)") from None
+    return values
+
+
+def validated(command: str) -> None:
+    """The seam between checking and doing: called once by every command after all its options are checked and
+    before it creates any file. Intentionally empty; see the module docstring."""
+
+
+def _either(choices: Iterable[Any]) -> str:
+    items = [str(c) for c in choices]
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def _num(x: float | None) -> str:
+    return "" if x is None else (str(int(x)) if float(x).is_integer() and abs(x) < 2**53 else repr(x))
+
+
+def _shown(name: str, value: Any) -> str:
+    return flag(name) if value is True else f"{flag(name)} {value}"
