@@ -159,6 +159,7 @@ COMMANDS: dict[str, dict[str, Spec]] = {
                        "min_sizes": Text(only=("seg",)), "tops": Text(only=("seg",))},
     "submit": {"thresholds": Text(), "sample": Text(), "none_power": Float(0)},
     "report": {"previews": Int(0)},
+    "pack": {"none_power": Float(0), "test_images": Int(1, 10**9), "time_limit": Text(), "half": Flag()},
 }
 # Elements of the comma-separated list options.
 WEIGHT = Float(0)

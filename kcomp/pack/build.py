@@ -30,8 +30,11 @@ def pack(inputs: list[str], *, competition: str, output: str, base: str | None =
          time_limit: str = "9h") -> dict[str, Any]:
     """Write the package to `output` (atomically: built beside it, then renamed); returns the summary that
     `--json` prints."""
+    from kcomp import options
     from kcomp.competitions import get_competition
 
+    options.check({"none_power": none_power, "test_images": test_images, "time_limit": time_limit, "half": half},
+                  options.COMMANDS["pack"])
     comp = get_competition(competition)
     limit = _check_options(comp, competition, time_limit=time_limit, test_images=test_images, sample=sample,
                            none_power=none_power, find_links=find_links or [],
@@ -42,6 +45,7 @@ def pack(inputs: list[str], *, competition: str, output: str, base: str | None =
     out = _check_output(output, [*runs, *preds, *plan.runs, *plan.statics.values(),
                                  *[Path(s.source) for s in plan.steps]])
     paths = Paths(input_dir or f"{KAGGLE_INPUT}/{getattr(comp, 'kaggle_slug', competition)}", work, submission)
+    options.validated("pack")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         summary = _write(tmp, plan, comp_name=competition, paths=paths, base=base_list, half=half, sample=sample,
@@ -153,8 +157,6 @@ def _check_options(comp: Any, name: str, *, time_limit: str, test_images: int | 
     import inspect
 
     limit = parse_duration(time_limit)
-    if test_images is not None and test_images < 1:
-        raise BadUsage(f"--test-images {test_images}: must be >= 1")
     if sample and not _shell_safe(sample):
         raise BadUsage(f"--sample {sample}: give a file name relative to the input dir ([A-Za-z0-9._/-])")
     for flag, value in paths.items():  # they land in predict.sh inside double quotes

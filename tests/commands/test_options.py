@@ -525,6 +525,7 @@ BASE = {
     "stack": STACK,
     "submit": SUBMIT,
     "report": ("report", "{oof}", "-o", "{out}/report"),
+    "pack": ("pack", "{test}", "{run}", "--comp", "demo", "-o", "{out}/pkg"),
 }
 WITH = {
     ("train", "t1"): ("--loss", "bi_tempered"), ("train", "t2"): ("--loss", "bi_tempered"),
