@@ -14,7 +14,7 @@ import numpy as np
 
 from kcomp.artifacts._atomic import atomic_write
 from kcomp.artifacts._meta import carried
-from kcomp.artifacts.boxes import Boxes
+from kcomp.artifacts.boxes import FIELDS, Boxes
 from kcomp.artifacts.tables import STDIO, read_arrow, require_columns, write_table
 from kcomp.errors import BadInput
 
@@ -237,8 +237,8 @@ def _check_boxes(boxes: Boxes, df: pd.DataFrame, where: str) -> None:
     if bad.any():
         k = int(np.argmax(bad))
         image = int(np.searchsorted(boxes.offsets, k, side="right")) - 1
-        raise BadInput(f"id {df['id'].iloc[image]!r}: NaN or inf in box {[*boxes.xyxy[k], boxes.score[k]]}",
-                       path=where)
+        shown = " ".join(f"{f}={v}" for f, v in zip(FIELDS, [*boxes.xyxy[k].tolist(), float(boxes.score[k])]))
+        raise BadInput(f"id {df['id'].iloc[image]!r}: NaN or inf in box {shown}", path=where)
 
 
 def pair_by_runs(oofs: list[Predictions], tests: list[Predictions]) -> tuple[list[Predictions], list[Predictions]]:
