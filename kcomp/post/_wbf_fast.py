@@ -60,39 +60,67 @@ def wbf_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: 
         raise BadUsage(f"conf_type {conf_type!r}: choose one of {', '.join(CONF_CODES)}")
     boxes, scores, labels, models, images, w = check_flat(boxes, scores, labels, models, images, n_models, weights)
 
-    # prefilter, as ensemble_boxes.prefilter_boxes: score < thr out, swap, clip to [0, 1], zero area out
     order = np.lexsort((models, images))  # stable: list order kept within (image, model)
-    boxes, scores, labels, models, images = (a[order] for a in (boxes, scores, labels, models, images))
-    x1, y1, x2, y2 = boxes.T
-    x1, x2 = np.where(x2 < x1, x2, x1), np.where(x2 < x1, x1, x2)
-    y1, y2 = np.where(y2 < y1, y2, y1), np.where(y2 < y1, y1, y2)
-    coords = np.clip(np.stack([x1, y1, x2, y2], axis=1), 0.0, 1.0)
-    keep = ~(scores < skip_box_thr) & ((coords[:, 2] - coords[:, 0]) * (coords[:, 3] - coords[:, 1]) != 0.0)
-    coords, models, images = coords[keep], models[keep], images[keep]
-    lab = labels[keep].astype(np.int64)  # int() truncation, as the reference keys its dict
-    wt = w[models]
-    ws = scores[keep] * wt
+    coords, ws, wt, models, lab, group, group_image = _prefiltered(boxes, scores, labels, models, images, order, w,
+                                                                   float(skip_box_thr))
     if len(ws) == 0:
         return np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-
-    # one group per (image, label); groups of an image in order of first appearance (the reference's dict order)
-    _, lab_code = np.unique(lab, return_inverse=True)
-    key = images * (int(lab_code.max()) + 1) + lab_code
-    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    by_first = np.argsort(first)
-    rank = np.empty_like(by_first)
-    rank[by_first] = np.arange(len(by_first))
-    group = rank[inv]
-    group_image = images[first[by_first]]
     gstart = np.concatenate([[0], np.cumsum(np.bincount(group))])
     perm = _descending(ws, group, gstart)
-    args = (coords[perm], ws[perm], wt[perm], models[perm], lab[perm].astype(np.float64), gstart)
+    args = (coords[perm], ws[perm], wt[perm], models[perm], lab[perm], gstart)
     fb, fs, fl, fg = _cluster(*args, w, float(w.sum()), float(w.max()), float(iou_thr), CONF_CODES[conf_type],
                              bool(allows_overflow), bool(iou_thr >= 0 and (ws >= 0).all()))
     fi = group_image[fg]
     istart = np.concatenate([[0], np.cumsum(np.unique(fi, return_counts=True)[1])])
     perm = _descending(fs, np.repeat(np.arange(len(istart) - 1), np.diff(istart)), istart)
     return fb[perm], fs[perm], fl[perm], fi[perm]
+
+
+@numba.njit(cache=True)
+def _prefiltered(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: np.ndarray, images: np.ndarray,
+                 order: np.ndarray, w: np.ndarray, skip_box_thr: float) -> tuple[np.ndarray, ...]:
+    """Rows taken in `order` (image, then list) through ensemble_boxes.prefilter_boxes: score < skip_box_thr out,
+    corners ordered, clipped to [0, 1], zero area out; the score weighted by its list. Each kept row gets its group:
+    one per (image, int(label)), an image's groups numbered in order of first appearance (the reference's dict
+    order). Returns coords, weighted scores, weights, lists, labels (truncated, as float), group of each kept row,
+    and the image of each group."""
+    n = order.shape[0]
+    coords, ws, wt = np.empty((n, 4)), np.empty(n), np.empty(n)
+    mods, lab, group = np.empty(n, dtype=np.int64), np.empty(n), np.empty(n, dtype=np.int64)
+    group_image = np.empty(n, dtype=np.int64)
+    seen_lab, seen_group = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    k, n_groups, n_seen, image = 0, 0, 0, -1
+    for r in range(n):
+        i = order[r]
+        x1, y1, x2, y2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        if x2 < x1:
+            x1, x2 = x2, x1
+        if y2 < y1:
+            y1, y2 = y2, y1
+        x1, y1 = min(max(x1, 0.0), 1.0), min(max(y1, 0.0), 1.0)
+        x2, y2 = min(max(x2, 0.0), 1.0), min(max(y2, 0.0), 1.0)
+        if scores[i] < skip_box_thr or (x2 - x1) * (y2 - y1) == 0.0:
+            continue
+        if images[i] != image:
+            image, n_seen = images[i], 0
+        label = np.int64(labels[i])  # int() truncation, as the reference keys its dict
+        g = -1
+        for t in range(n_seen):
+            if seen_lab[t] == label:
+                g = seen_group[t]
+                break
+        if g < 0:
+            g = n_groups
+            seen_lab[n_seen], seen_group[n_seen] = label, g
+            group_image[g] = image
+            n_seen += 1
+            n_groups += 1
+        coords[k, 0], coords[k, 1], coords[k, 2], coords[k, 3] = x1, y1, x2, y2
+        wt[k] = w[models[i]]
+        ws[k] = scores[i] * wt[k]
+        mods[k], lab[k], group[k] = models[i], np.float64(label), g
+        k += 1
+    return coords[:k], ws[:k], wt[:k], mods[:k], lab[:k], group[:k], group_image[:n_groups]
 
 
 def check_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: np.ndarray, images: np.ndarray,
