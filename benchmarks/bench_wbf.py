@@ -263,7 +263,9 @@ def main() -> None:
                  "the in-memory times exclude it, the end-to-end ones include loading it")
     print(lines[-1], flush=True)
     if not args.no_write:
-        append_section("wbf, nms, soft-nms", lines, note="`python benchmarks/bench_wbf.py` " + " ".join(sys.argv[1:]))
+        load = os.getloadavg()[0]
+        append_section("wbf, nms, soft-nms", lines, note=f"`python benchmarks/bench_wbf.py {' '.join(sys.argv[1:])}`"
+                       f" (load average {load:.1f} at the end)")
 
 
 if __name__ == "__main__":
