@@ -1,15 +1,17 @@
 """Weighted boxes fusion for many images in one pass, reproducing `ensemble_boxes.weighted_boxes_fusion`.
 
-ensemble-boxes loops in Python per box and per image (SIIM top solutions spent ~1 h in it); here the prefilter and
-both sorts are vectorised over all images at once and the greedy clustering runs in one numba kernel. The arithmetic
+ensemble-boxes loops in Python per box and per image (SIIM top solutions spent ~1 h in it); here the prefilter, the
+grouping and both sorts run over all images at once and the greedy clustering in one numba kernel. The arithmetic
 copies the reference step by step so the output is the same to the last bit on numpy >= 2 (NEP 50 casting):
 - a cluster of one keeps its input row (float64); a larger cluster's box, score and weight are the float32 values
   `get_weighted_box` stores (running float32 sums of score*coord, float64 conf and weight sums);
 - matching is against each cluster's current box, IoU in float64, first best index, match only if IoU > iou_thr;
+  clusters whose box does not overlap are skipped where that cannot change the match (`_match`);
 - the final rescaling per conf_type uses numpy's pairwise summation order for the per-model weight sums;
 - both sorts (per label before clustering, per image at the end) are `np.argsort(x)[::-1]`, which orders exact
-  ties by numpy's introsort. Groups without ties have one descending order, so they are sorted all at once; groups
-  with ties are re-sorted by that very `np.argsort` call on the reference's own insertion order.
+  ties by numpy's introsort. Groups without ties have one descending order, so any sort gives it; groups with ties
+  are re-sorted by that very `np.argsort` call on the reference's own insertion order.
+Timings: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
