@@ -10,7 +10,7 @@ run bench_startup.py
 run bench_rle.py --repeats 3
 run bench_seg_threshold.py
 run bench_ink_threshold.py --no-full
-run bench_wbf.py --images 100
+run bench_wbf.py --images 100 --scattered 200 --repeats 1 --budget 10
 run bench_dicom_prep.py --images 24
 run bench_loop.py --test-images 480 --train-repeats 2
 run bench_ink_infer.py --size 768 --tta-size 384

@@ -24,7 +24,7 @@ def command(
     """Fuse the boxes of several detection prediction files (models, folds, TTA views) image by image with
     weighted boxes fusion (or NMS / soft-NMS); boxes stay in original pixel coordinates. Writes PRED."""
     from kcomp import options
-    from kcomp.artifacts.predictions import check_compatible, read_predictions, write_predictions
+    from kcomp.artifacts.predictions import aligned_boxes, check_compatible, read_predictions, write_predictions
     from kcomp.errors import BadInput
     from kcomp.post.wbf import fuse_boxes
 
@@ -38,14 +38,15 @@ def command(
             raise BadInput(f"holds {f.task} predictions; wbf fuses det (box) predictions", path=f.source)
     check_compatible(files)
     options.validated("wbf")
-    df = fuse_boxes([f.df for f in files], method=method, iou_thr=iou, skip_box_thr=skip_box_thr, weights=w,
-                    conf_type=conf_type)
+    df = files[0].df
+    fused = fuse_boxes(aligned_boxes(files), df["height"].to_numpy(), df["width"].to_numpy(), method=method,
+                       iou_thr=iou, skip_box_thr=skip_box_thr, weights=w, conf_type=conf_type)
     meta = files[0].carried_meta()
     meta["fusion"] = {"method": method, "iou": iou, "skip_box_thr": skip_box_thr, "weights": weights,
                       "conf_type": conf_type, "inputs": list(preds)}
-    n = int(sum(len(b) for b in df["boxes"]))
+    n = fused.n_boxes
     log(f"wbf: {n} boxes on {len(df)} images from {len(files)} file(s)")
-    emit(write_predictions(df, output, **meta), {"images": len(df), "boxes": n}, as_json)
+    emit(write_predictions(df, output, boxes=fused, **meta), {"images": len(df), "boxes": n}, as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -193,24 +193,27 @@ def test_predict_maps_every_view_back(tmp_path, tta):
     assert raw.shape == (len(ds), tta * 5, 7)
     fused = task.fuse_views(raw.numpy())
     truth = ds.targets_array()
-    for f, t in zip(fused, truth, strict=True):
+    for f, t in zip(fused.rows(), truth, strict=True):
         assert len(f) == 1
         np.testing.assert_allclose(f[0, :4], t[0, :4], atol=1.5 / SIZE)  # the painted box, +-1 px of rounding
         assert f[0, 4] == pytest.approx(0.9) and f[0, 5] == 0
     frame = task.frame(rows, fused, setup, with_targets=False)
     for (_, r), boxes in zip(rows.iterrows(), frame["boxes"], strict=True):
-        b, t = boxes[0], r["boxes"][0]
-        for k, scale in (("x1", r["width"]), ("y1", r["height"]), ("x2", r["width"]), ("y2", r["height"])):
-            assert b[k] == pytest.approx(t[k], abs=1.5 * scale / SIZE), k  # ORIGINAL pixels
+        b, t = boxes[0], r["boxes"][0]  # (k, 6) rows x1 y1 x2 y2 score label
+        for q, (k, scale) in enumerate((("x1", r["width"]), ("y1", r["height"]), ("x2", r["width"]),
+                                        ("y2", r["height"]))):
+            assert b[q] == pytest.approx(t[k], abs=1.5 * scale / SIZE), k  # ORIGINAL pixels
     assert list(frame.columns) == ["id", "boxes", "height", "width"]
 
 
 def test_average_fuses_models_and_keeps_single_models_as_they_are():
+    from kcomp.artifacts.boxes import Boxes
+
     task = get_task("det")
-    a = [np.array([[0.1, 0.1, 0.3, 0.3, 0.8, 0]], np.float32), np.zeros((0, 6), np.float32)]
-    b = [np.array([[0.12, 0.1, 0.32, 0.3, 0.6, 0]], np.float32), np.zeros((0, 6), np.float32)]
+    a = Boxes.from_rows([np.array([[0.1, 0.1, 0.3, 0.3, 0.8, 0]], np.float32), np.zeros((0, 6), np.float32)])
+    b = Boxes.from_rows([np.array([[0.12, 0.1, 0.32, 0.3, 0.6, 0]], np.float32), np.zeros((0, 6), np.float32)])
     assert task.average([a]) is a
-    fused = task.average([a, b])
+    fused = task.average([a, b]).rows()
     assert fused[0].shape == (1, 6) and fused[0][0, 4] == pytest.approx(0.7) and len(fused[1]) == 0
     np.testing.assert_allclose(fused[0][0, 0], (0.1 * 0.8 + 0.12 * 0.6) / 1.4, rtol=1e-5)
 
@@ -275,12 +278,12 @@ def test_tiny_training_oof_tta_and_tune_threshold_via_the_cli(tmp_path):
     pred = read_predictions(tmp_path / "test.parquet")
     index = read_index(idx).df.set_index("id")
     assert pred.task == "det" and list(pred.df["id"]) == ["im8", "im9"]
-    for i, h, w, boxes in zip(pred.df["id"], pred.df["height"], pred.df["width"], pred.df["boxes"], strict=True):
+    for i, h, w, boxes in zip(pred.df["id"], pred.df["height"], pred.df["width"], pred.boxes.rows(), strict=True):
         assert (h, w) == tuple(index.loc[i, ["height", "width"]])  # the original size, not the 128 px input
         assert len(boxes) > 0
-        for b in boxes:
-            assert 0 <= b["x1"] < b["x2"] <= w + 1e-3 and 0 <= b["y1"] < b["y2"] <= h + 1e-3
-            assert 0 < b["score"] <= 1 and b["label"] == 0
+        for x1, y1, x2, y2, score, label in boxes:
+            assert 0 <= x1 < x2 <= w + 1e-3 and 0 <= y1 < y2 <= h + 1e-3
+            assert 0 < score <= 1 and label == 0
     r = run_cli("tune-threshold", tmp_path / "oof.parquet", "-o", tmp_path / "thr.json")
     assert r.code == 0, r.stderr
     thr = json.loads((tmp_path / "thr.json").read_text())
@@ -316,7 +319,8 @@ def test_detector_learns_the_boxes(tmp_path):
     assert 0 < json.loads(r.stdout)["score"] <= 1
     oof = read_predictions(tmp_path / "oof.parquet")
     truth = read_index(idx).df.set_index("id")["boxes"]
-    ious = [max(_iou(max(boxes, key=lambda b: b["score"]), t) for t in truth[i])
-            for i, boxes in zip(oof.df["id"], oof.df["boxes"], strict=True) if len(truth[i])]
+    best = [dict(zip(("x1", "y1", "x2", "y2"), b[np.argmax(b[:, 4]), :4])) if len(b) else None
+            for b in oof.boxes.rows()]
+    ious = [max(_iou(b, t) for t in truth[i]) for i, b in zip(oof.df["id"], best, strict=True) if len(truth[i])]
     assert len(ious) == 20
     assert np.median(ious) > 0.3 and np.mean(np.array(ious) > 0.5) >= 0.3, np.round(ious, 2)

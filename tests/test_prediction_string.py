@@ -13,6 +13,7 @@ from kcomp.errors import BadInput
 from kcomp.post.prediction_string import (
     Pred,
     format_prediction_string,
+    format_prediction_strings,
     parse_prediction_string,
     parse_siim_boxes,
 )
@@ -67,6 +68,20 @@ def test_format_then_parse_round_trips(data: st.DataObject, decimals: int) -> No
     assert format_prediction_string(back, decimals=decimals) == text
 
 
+@settings(max_examples=100, deadline=None)
+@given(data=st.data(), decimals=st.integers(0, 8))
+def test_format_many_from_arrays_equals_one_by_one(data: st.DataObject, decimals: int) -> None:
+    """The array formatter (SIIM's image rows, no object per box) writes the very text of the scalar one."""
+    import numpy as np
+
+    rows = data.draw(st.lists(st.lists(preds(), max_size=5), max_size=5))
+    flat = [p for r in rows for p in r]
+    offsets = np.cumsum([0] + [len(r) for r in rows])
+    values = np.array([[p.conf, p.x1, p.y1, p.x2, p.y2] for p in flat]).reshape(-1, 5)
+    got = format_prediction_strings([p.label for p in flat], values, offsets, decimals=decimals)
+    assert got == [format_prediction_string(r, decimals=decimals) for r in rows]
+
+
 @pytest.mark.parametrize(("text", "culprit"), [
     ("opacity 0.5 10 20 30", "has 5 tokens, not groups of 6: the last group 'opacity 0.5 10 20 30' has 5"),
     ("none 1 0 0 1 1 opacity", "has 7 tokens"),
@@ -96,6 +111,10 @@ def test_format_rejects_what_could_not_be_read_back() -> None:
             format_prediction_string([Pred(label, 0.5, 0, 0, 1, 1)])
     with pytest.raises(BadInput, match="float"):
         parse_prediction_string(math.nan)  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match=r"x1 is nan"):
+        format_prediction_strings(["opacity"], [[0.5, math.nan, 0, 1, 1]], [0, 1])
+    with pytest.raises(BadInput, match="label"):
+        format_prediction_strings(["two words"], [[0.5, 0, 0, 1, 1]], [0, 1])
 
 
 # --------------------------------------------------------------------------------------------------------- boxes

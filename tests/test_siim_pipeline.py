@@ -143,6 +143,49 @@ def test_submit_with_a_has_opacity_file_and_none_power(tmp_path):
     assert b["i1_image"][-1].conf == pytest.approx(0.2)
 
 
+def _image_row_one_box_at_a_time(boxes, h, w, p_op, power):
+    """What an image row means, box by box with `Pred`s: positive scores, best first (ties in file order), each
+    box clipped to the image and rounded to 1 decimal, empty ones dropped, then `none`."""
+    from kcomp.post.prediction_string import Pred, format_prediction_string
+
+    boxes = sorted([b for b in boxes if b[4] > 0], key=lambda b: -b[4])
+    factor = 1.0 if p_op is None or not power else p_op ** power
+    p_none = 1.0 - (max((b[4] for b in boxes), default=0.0) if p_op is None else p_op)
+    preds = []
+    for x1, y1, x2, y2, s, _ in boxes:
+        x1, x2 = sorted(round(min(max(v, 0.0), w), 1) for v in (x1, x2))
+        y1, y2 = sorted(round(min(max(v, 0.0), h), 1) for v in (y1, y2))
+        if x2 > x1 and y2 > y1:
+            preds.append(Pred("opacity", s * factor, x1, y1, x2, y2))
+    return format_prediction_string([*preds, Pred("none", p_none, 0, 0, 1, 1)])
+
+
+@pytest.mark.parametrize("power", [None, 0.0, 0.3])
+def test_image_rows_from_arrays_equal_box_by_box(power):
+    from kcomp.artifacts.boxes import Boxes
+    from kcomp.artifacts.predictions import Predictions
+    from kcomp.competitions.siim_submit import image_rows
+
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(50, 3000, (60, 2))
+    rows = []
+    for k, (h, w) in enumerate(sizes):
+        n = int(rng.integers(0, 12))
+        xy = rng.uniform(-0.2, 1.1, (n, 2)) * [w, h]
+        b = np.concatenate([xy, xy + rng.uniform(-0.05, 0.5, (n, 2)) * [w, h]], 1)
+        b[::3] = np.round(b[::3], 2) + 0.05  # x.x5: round() and np.round disagree on some
+        s = rng.choice([0.0, 0.3, 0.9, -0.1], n) if k % 2 else rng.uniform(-0.1, 1, n)
+        rows.append(np.column_stack([b, s, np.zeros(n)]))
+    ids = [f"i{k}" for k in range(len(rows))]
+    det = Predictions(pd.DataFrame({"id": ids, "height": sizes[:, 0], "width": sizes[:, 1]}), {}, "det.parquet",
+                      Boxes.from_rows(rows))
+    p_op = None if power is None else dict(zip(ids, rng.uniform(0, 1, len(ids)).tolist(), strict=True))
+    got = image_rows(det, p_op, power or 0.0)
+    want = [(f"{i}_image", _image_row_one_box_at_a_time(r.tolist(), h, w, None if p_op is None else p_op[i], power))
+            for i, r, (h, w) in zip(ids, rows, sizes.tolist(), strict=True)]
+    assert got == want
+
+
 @pytest.mark.parametrize("case", ["no_study", "power_without_opacity", "power_elsewhere", "two_det"])
 def test_submit_usage_errors(tmp_path, case):
     p = _hand_made(tmp_path)
@@ -190,10 +233,10 @@ def test_siim_chain_runs_and_submits_the_samples_rows(tmp_path):
 
     det = read_predictions(tmp_path / "det_test.parquet")
     index = pd.read_parquet(tmp_path / "data" / "index.parquet").set_index("id")
-    for i, h, w, boxes in zip(det.df["id"], det.df["height"], det.df["width"], det.df["boxes"], strict=True):
+    for i, h, w, boxes in zip(det.df["id"], det.df["height"], det.df["width"], det.boxes.rows(), strict=True):
         assert (h, w) == tuple(index.loc[i, ["height", "width"]])  # ORIGINAL DICOM size, not the 128 px cache
-        for b in boxes:
-            assert -1e-3 <= b["x1"] < b["x2"] <= w + 1e-3 and -1e-3 <= b["y1"] < b["y2"] <= h + 1e-3
+        for x1, y1, x2, y2, _, _ in boxes:
+            assert -1e-3 <= x1 < x2 <= w + 1e-3 and -1e-3 <= y1 < y2 <= h + 1e-3
 
 
 @pytest.mark.slow

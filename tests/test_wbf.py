@@ -1,106 +1,42 @@
-"""Box fusion in pixel coordinates equals ensemble-boxes (the reference) run on normalised coordinates."""
+"""Box fusion (WBF, NMS, soft-NMS) equals ensemble-boxes, the reference: the kernels image by image, the `Boxes`
+path for many images in pixels, and `kcomp wbf` end to end. Equality is bit for bit on numpy >= 2."""
 
 from __future__ import annotations
+
+import contextlib
+import io
+import warnings
 
 import ensemble_boxes as eb
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from kcomp.artifacts.boxes import Boxes
 from kcomp.artifacts.predictions import read_predictions, write_predictions
+from kcomp.errors import BadInput, BadUsage
+from kcomp.post import _nms_fast, _wbf_fast
 from kcomp.post.wbf import fuse_boxes
 from tests.conftest import run_cli
 
-
-def _frame(rng: np.random.Generator, ids: list[str], sizes: dict[str, tuple[int, int]]) -> pd.DataFrame:
-    rows = []
-    for i in ids:
-        h, w = sizes[i]
-        n = int(rng.integers(0, 12))
-        xy = rng.uniform(0, 0.7, (n, 2))
-        wh = rng.uniform(0.05, 0.3, (n, 2))
-        boxes = [{"x1": float(a * w), "y1": float(b * h), "x2": float((a + c) * w), "y2": float((b + d) * h),
-                  "score": float(s), "label": int(lab)}
-                 for (a, b), (c, d), s, lab in zip(xy, wh, rng.uniform(0, 1, n), rng.integers(0, 2, n), strict=True)]
-        rows.append({"id": i, "fold": -1, "height": h, "width": w, "boxes": boxes})
-    return pd.DataFrame(rows)
-
-
-def _reference(frames, img, method, **kw):
-    h, w = frames[0].set_index("id").loc[img, ["height", "width"]]
-    scale = np.array([w, h, w, h], dtype=float)
-    bl, sl, ll = [], [], []
-    for f in frames:
-        b = f.set_index("id").loc[img, "boxes"]
-        bl.append(np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in b]).reshape(-1, 4) / scale)
-        sl.append(np.array([d["score"] for d in b]))
-        ll.append(np.array([d["label"] for d in b]))
-    fn = {"wbf": eb.weighted_boxes_fusion, "nms": eb.nms}[method]
-    boxes, scores, labels = fn(bl, sl, ll, **kw)
-    return np.asarray(boxes).reshape(-1, 4) * scale, scores, labels
-
-
-@pytest.mark.parametrize("method,kw", [
-    ("wbf", {"iou_thr": 0.55, "skip_box_thr": 0.01, "weights": [1, 2, 1]}),
-    ("wbf", {"iou_thr": 0.6, "skip_box_thr": 0.2, "weights": None, "conf_type": "max"}),
-    ("nms", {"iou_thr": 0.5, "weights": None}),
-])
-@pytest.mark.parametrize("impl", ["fast", "reference"])
-def test_fusion_matches_ensemble_boxes(method, kw, impl):
-    rng = np.random.default_rng(0)
-    ids = [f"img{i}" for i in range(20)]
-    sizes = {i: (int(rng.integers(200, 900)), int(rng.integers(200, 900))) for i in ids}
-    frames = [_frame(rng, ids, sizes) for _ in range(3)]
-    ours = fuse_boxes(frames, method=method, impl=impl, **kw).set_index("id")
-    ref_kw = {k: v for k, v in kw.items() if not (method == "nms" and k == "skip_box_thr")}
-    for img in ids:
-        boxes, scores, labels = _reference(frames, img, method, **ref_kw)
-        got = ours.loc[img, "boxes"]
-        assert len(got) == len(boxes)
-        np.testing.assert_allclose([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in got], boxes.reshape(-1, 4),
-                                   atol=1e-6)
-        np.testing.assert_allclose([d["score"] for d in got], scores, atol=1e-6)
-        assert [d["label"] for d in got] == [int(v) for v in labels]
-
-
-def test_wbf_command_fuses_files_and_refuses_cls_predictions(tmp_path, demo_run):
-    rng = np.random.default_rng(1)
-    ids = ["a", "b", "c"]
-    sizes = {i: (512, 640) for i in ids}
-    paths = []
-    for k in range(2):
-        p = tmp_path / f"det{k}.parquet"
-        write_predictions(_frame(rng, ids, sizes), p, task="det", kind="test", classes=["opacity", "other"],
-                          values="boxes")
-        paths.append(p)
-    r = run_cli("wbf", *paths, "-o", tmp_path / "fused.parquet", "--iou", "0.55", "--json")
-    assert r.code == 0, r.stderr
-    fused = read_predictions(tmp_path / "fused.parquet")
-    assert fused.task == "det" and fused.meta["fusion"]["iou"] == 0.55
-    assert sorted(fused.df["id"]) == ids
-    bad = run_cli("wbf", demo_run["test"], "-o", tmp_path / "x.parquet")
-    assert bad.code == 2 and "wbf fuses det" in bad.last_error_line
-    assert not (tmp_path / "x.parquet").exists()
-
-
-# --- the fast WBF (kcomp.post._wbf_fast) against ensemble-boxes ---------------------------------------------------
-
-import warnings  # noqa: E402
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from kcomp.errors import BadInput, BadUsage  # noqa: E402
-from kcomp.post import _wbf_fast  # noqa: E402
-
 CONF_TYPES = ["avg", "max", "box_and_model_avg", "absent_model_aware_avg"]
+EXACT = int(np.__version__.split(".")[0]) >= 2
 
 
-def _both(boxes, scores, labels, **kw):
-    with warnings.catch_warnings():  # ensemble-boxes warns about out-of-range / zero-area boxes; we clip silently
+def _eb(fn, boxes, scores, labels, **kw):
+    """ensemble-boxes on copies (it rescales weighted scores in place), quiet (it prints and warns about boxes it
+    clips); its NMS and soft-NMS raise on an image without a box of positive area, which gets no boxes here."""
+    boxes, scores, labels = [list(map(np.array, x)) for x in (boxes, scores, labels)]
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        ref = eb.weighted_boxes_fusion(boxes, scores, labels, **kw)
-    return [np.asarray(r, dtype=float) for r in ref], _wbf_fast.weighted_boxes_fusion(boxes, scores, labels, **kw)
+        try:
+            out = fn(boxes, scores, labels, **kw)
+        except ValueError as e:
+            assert fn is not eb.weighted_boxes_fusion and "at least one array" in str(e)
+            out = (np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+    return [np.asarray(r, dtype=float) for r in out]
 
 
 def _assert_same(ref, got, exact=True):
@@ -108,8 +44,101 @@ def _assert_same(ref, got, exact=True):
     for r, g in zip(ref, got, strict=True):
         assert r.reshape(-1).shape == g.reshape(-1).shape
         np.testing.assert_allclose(g.reshape(-1), r.reshape(-1), atol=1e-6, rtol=0)
-        if exact and int(np.__version__.split(".")[0]) >= 2:
+        if exact and EXACT:
             np.testing.assert_array_equal(g.reshape(-1), r.reshape(-1))
+
+
+def _lists(rng, n_images, n_lists, sizes, empty=(3,)):
+    """`n_lists` Boxes of the same images in pixels, 0-12 boxes per image and list; images in `empty` have none."""
+    out = []
+    for _ in range(n_lists):
+        rows = []
+        for i in range(n_images):
+            h, w = sizes[i]
+            n = 0 if i in empty else int(rng.integers(0, 12))
+            xy = rng.uniform(0, 0.7, (n, 2))
+            wh = rng.uniform(0.05, 0.3, (n, 2))
+            px = np.concatenate([xy, xy + wh], 1) * [w, h, w, h]
+            rows.append(np.column_stack([px, rng.uniform(0, 1, n), rng.integers(0, 2, n)]))
+        out.append(Boxes.from_rows(rows))
+    return out
+
+
+REF = {"wbf": eb.weighted_boxes_fusion, "nms": eb.nms, "soft_nms": eb.soft_nms}
+CASES = [
+    ("wbf", {"iou_thr": 0.55, "skip_box_thr": 0.01, "weights": [1, 2, 1]}),
+    ("wbf", {"iou_thr": 0.6, "skip_box_thr": 0.2, "conf_type": "max"}),
+    ("nms", {"iou_thr": 0.5, "weights": [1, 2, 1]}),
+    ("nms", {"iou_thr": 0.3}),
+    ("soft_nms", {"iou_thr": 0.5, "sigma": 0.3, "skip_box_thr": 0.05, "weights": [1, 2, 1]}),
+]
+
+
+def _ref_kw(method, kw):
+    """fuse_boxes' options in ensemble-boxes' names: soft-NMS's thresh is skip_box_thr, NMS has none."""
+    kw = dict(kw)
+    if method != "wbf" and "skip_box_thr" in kw:
+        skip = kw.pop("skip_box_thr")
+        if method == "soft_nms":
+            kw["thresh"] = skip
+    return kw
+
+
+@pytest.mark.parametrize("method,kw", CASES)
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_fuse_boxes_matches_ensemble_boxes_image_by_image(method, kw, impl):
+    rng = np.random.default_rng(0)
+    sizes = [(int(rng.integers(200, 900)), int(rng.integers(200, 900))) for _ in range(20)]
+    h, w = np.array(sizes).T
+    lists = _lists(rng, 20, 3, sizes)
+    fused = fuse_boxes(lists, h, w, method=method, impl=impl, **kw)
+    assert len(fused) == 20 and len(fused.image(3).score) == 0  # no box in any list: none fused, no error
+    assert fused.n_boxes > 20
+    for i, (hi, wi) in enumerate(sizes):
+        scale = np.array([wi, hi, wi, hi], dtype=float)
+        parts = [b.image(i) for b in lists]
+        ref = _eb(REF[method], [np.clip(p.xyxy / scale, 0, 1) for p in parts], [p.score for p in parts],
+                  [p.label.astype(float) for p in parts], **_ref_kw(method, kw))
+        got = fused.image(i)
+        _assert_same([ref[0] * scale, ref[1], ref[2]], [got.xyxy, got.score, got.label.astype(float)])
+
+
+@pytest.mark.parametrize("method", ["wbf", "nms", "soft_nms"])
+def test_wbf_command_fuses_files_for_each_method(tmp_path, method, demo_run):
+    rng = np.random.default_rng(1)
+    ids = ["a", "b", "c", "d"]
+    sizes = [(512, 640), (300, 200), (512, 640), (100, 900)]
+    lists = _lists(rng, 4, 2, sizes, empty=(1,))
+    paths = []
+    for k, b in enumerate(lists):
+        df = pd.DataFrame({"id": ids, "fold": -1, "height": [s[0] for s in sizes], "width": [s[1] for s in sizes]})
+        order = [3, 2, 1, 0] if k else [0, 1, 2, 3]  # the second file lists the images in another order
+        p = tmp_path / f"det{k}.parquet"
+        write_predictions(df.iloc[order].reset_index(drop=True), p, task="det", kind="test", classes=["a", "b"],
+                          boxes=b.take(order))
+        paths.append(p)
+    r = run_cli("wbf", *paths, "-o", tmp_path / "fused.parquet", "--iou", "0.5", "--method", method,
+                "--weights", "1,2", "--json")
+    assert r.code == 0, r.stderr
+    fused = read_predictions(tmp_path / "fused.parquet")
+    assert fused.task == "det" and fused.meta["fusion"]["method"] == method and list(fused.df["id"]) == ids
+    h, w = np.array(sizes).T
+    ref = fuse_boxes(lists, h, w, method=method, iou_thr=0.5, weights=[1, 2], impl="reference")
+    assert fused.boxes.n_boxes > 0 and len(fused.boxes.image(1).score) == 0
+    np.testing.assert_array_equal(fused.boxes.offsets, ref.offsets)
+    _assert_same([ref.xyxy, ref.score, ref.label], [fused.boxes.xyxy, fused.boxes.score, fused.boxes.label])
+    if method == "wbf":
+        bad = run_cli("wbf", demo_run["test"], "-o", tmp_path / "x.parquet")
+        assert bad.code == 2 and "wbf fuses det" in bad.last_error_line
+        assert not (tmp_path / "x.parquet").exists()
+
+
+# --- the kernels, one image at a time, against ensemble-boxes ----------------------------------------------------
+
+
+def _both(boxes, scores, labels, **kw):
+    return _eb(eb.weighted_boxes_fusion, boxes, scores, labels, **kw), \
+        _wbf_fast.weighted_boxes_fusion(boxes, scores, labels, **kw)
 
 
 def _clustered(rng, n_models, max_boxes, *, tie_scores=False, grid=None, labels=(0,), spread=0.03):
@@ -204,44 +233,84 @@ def test_fast_wbf_property(lists, conf_type, iou_thr, skip, weighted):
                         conf_type=conf_type))
 
 
-def _records(df):
-    return {i: [tuple(d[k] for k in ("x1", "y1", "x2", "y2", "score", "label")) for d in b]
-            for i, b in zip(df["id"], df["boxes"], strict=True)}
 
 
-@pytest.mark.parametrize("conf_type", CONF_TYPES)
-def test_fuse_boxes_fast_and_reference_give_the_same_frame(conf_type, tmp_path):
-    rng = np.random.default_rng(3)
-    ids = [f"img{i}" for i in range(15)]
-    sizes = {i: (int(rng.integers(200, 900)), int(rng.integers(200, 900))) for i in ids}
-    frames = [_frame(rng, ids, sizes) for _ in range(5)]
-    frames[0].loc[3, "boxes"] = []  # an image with no boxes in some files
-    frames[2] = frames[2].iloc[::-1].reset_index(drop=True)  # another id order
-    p = tmp_path / "f.parquet"  # cells read back from parquet are numpy arrays of dicts
-    write_predictions(frames[1], p, task="det", kind="test", classes=["a", "b"], values="boxes")
-    frames[1] = read_predictions(p).df
-    kw = {"iou_thr": 0.5, "skip_box_thr": 0.05, "weights": [1, 2, 1, 1.5, 1], "conf_type": conf_type}
-    fast = fuse_boxes(frames, **kw)
-    ref = fuse_boxes(frames, impl="reference", **kw)
-    assert list(fast.columns) == list(ref.columns) and list(fast["id"]) == list(ref["id"])
-    pd.testing.assert_frame_equal(fast.drop(columns="boxes"), ref.drop(columns="boxes"))
-    a, b = _records(fast), _records(ref)
-    assert sum(len(v) for v in a.values()) > 0
-    for i in ids:
-        assert [r[5] for r in a[i]] == [r[5] for r in b[i]]
-        assert all(type(x) is type(y) for ra, rb in zip(a[i], b[i]) for x, y in zip(ra, rb))
-        np.testing.assert_allclose(np.array(a[i]).reshape(-1, 6), np.array(b[i]).reshape(-1, 6), atol=1e-6, rtol=0)
+# --- NMS and soft-NMS kernels against ensemble-boxes --------------------------------------------------------------
 
 
-def test_fuse_boxes_rejects_bad_options_and_boxes():
+def _nms_both(which, boxes, scores, labels, **kw):
+    ours = _nms_fast.nms if which == "nms" else _nms_fast.soft_nms
+    return _eb(REF[which], boxes, scores, labels, **kw), ours(boxes, scores, labels, **kw)
+
+
+def test_nms_and_soft_nms_equal_ensemble_boxes_on_random_clusters():
+    """Clusters with many overlaps, equal scores (numba's sort order decides), coordinates on a grid (equal IoUs),
+    weights, thresholds down to 0 and both soft-NMS methods."""
+    rng = np.random.default_rng(5)
+    for k in range(120):
+        n_models = int(rng.integers(1, 10))
+        boxes, scores, labels = _clustered(rng, n_models, 30 if k % 3 else 5, tie_scores=k % 2 == 1,
+                                           grid=1 if k % 4 == 0 else None, labels=(0, 1, 2) if k % 5 else (3,),
+                                           spread=0.05)
+        weights = [None, list(rng.uniform(0.2, 3, n_models)), list(rng.integers(1, 4, n_models))][k % 3]
+        thr = float(rng.choice([0.0, 0.3, 0.55, 1.0]))
+        _assert_same(*_nms_both("nms", boxes, scores, labels, iou_thr=thr, weights=weights))
+        kw = {"iou_thr": thr, "weights": weights, "thresh": float(rng.choice([0.0, 0.001, 0.2])),
+              "sigma": float(rng.choice([0.1, 0.5, 2.0])), "method": 1 if k % 7 == 0 else 2}
+        _assert_same(*_nms_both("soft_nms", boxes, scores, labels, **kw))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lists=st.lists(st.lists(_box_row, max_size=12), min_size=1, max_size=6),
+       method=st.sampled_from(["nms", "soft_nms"]), iou_thr=st.sampled_from([0.0, 0.2, 0.5, 0.9, 1.0]),
+       thresh=st.sampled_from([0.0, 0.001, 0.3]), weighted=st.booleans())
+def test_nms_property(lists, method, iou_thr, thresh, weighted):
+    """Lists may be empty, every one of them too (ensemble-boxes raises there; no boxes here)."""
+    boxes = [np.array([[x, y, x + w, y + h] for x, y, w, h, _, _ in rows]).reshape(-1, 4) for rows in lists]
+    scores = [np.array([r[4] for r in rows]) for rows in lists]
+    labels = [np.array([r[5] for r in rows], dtype=float) for rows in lists]
+    kw = {"iou_thr": iou_thr, "weights": [1.0 + 0.5 * i for i in range(len(lists))] if weighted else None}
+    if method == "soft_nms":
+        kw["thresh"] = thresh
+    _assert_same(*_nms_both(method, boxes, scores, labels, **kw))
+
+
+@pytest.mark.parametrize("method", ["nms", "soft_nms"])
+def test_nms_many_images_in_small_pair_chunks(method, monkeypatch):
+    """Images fused in one call equal image by image; soft-NMS also when its overlapping pairs are taken a few
+    groups at a time and one group has more pairs than a chunk holds (the buffer grows)."""
+    monkeypatch.setattr(_nms_fast, "PAIR_CHUNK", 16)
+    rng = np.random.default_rng(11)
+    per_image = [_clustered(rng, 4, [0, 3, 25][i % 3], labels=(0, 1)) for i in range(12)]
+    rows = []  # image, list, x1, y1, x2, y2, score, label
+    for i, (b, s, lab) in enumerate(per_image):
+        for m, (bm, sm, lm) in enumerate(zip(b, s, lab, strict=True)):
+            rows += [(i, m, *bb, ss, ll) for bb, ss, ll in zip(bm, sm, lm, strict=True)]
+    a = np.array(rows, dtype=float).reshape(-1, 8)
+    fn = _nms_fast.nms_flat if method == "nms" else _nms_fast.soft_nms_flat
+    fb, fs, fl, fi = fn(a[:, 2:6], a[:, 6], a[:, 7], a[:, 1].astype(int), a[:, 0].astype(int), 4)
+    assert np.all(np.diff(fi) >= 0) and len(np.unique(fi)) > 4
+    for i, (b, s, lab) in enumerate(per_image):
+        ref = _eb(REF[method], b, s, lab)
+        _assert_same(ref, [fb[fi == i], fs[fi == i], fl[fi == i]])
+
+
+def test_fuse_boxes_rejects_bad_options():
     rng = np.random.default_rng(4)
-    frames = [_frame(rng, ["a"], {"a": (100, 100)}) for _ in range(2)]
+    lists = _lists(rng, 2, 2, [(100, 100), (50, 80)], empty=())
+    h, w = np.array([100, 50]), np.array([100, 80])
     with pytest.raises(BadUsage, match="1 weight"):
-        fuse_boxes(frames, weights=[1])
+        fuse_boxes(lists, h, w, weights=[1])
     with pytest.raises(BadUsage, match="positive"):
-        fuse_boxes(frames, weights=[1, 0])
+        fuse_boxes(lists, h, w, weights=[1, 0])
     with pytest.raises(BadUsage, match="impl"):
-        fuse_boxes(frames, impl="turbo")
-    frames[0].at[0, "boxes"] = [{"x1": 1.0, "y1": 1.0, "x2": 5.0, "y2": 5.0, "score": 0.5}]
-    with pytest.raises(BadInput, match="lacks one of"):
-        fuse_boxes(frames)
+        fuse_boxes(lists, h, w, impl="turbo")
+    with pytest.raises(BadUsage, match="sigma"):
+        fuse_boxes(lists, h, w, method="soft_nms", sigma=0)
+    with pytest.raises(BadUsage, match="--method"):
+        fuse_boxes(lists, h, w, method="nmw")
+    nan = Boxes(lists[0].offsets, lists[0].xyxy.copy(), lists[0].score, lists[0].label)
+    nan.xyxy[0, 0] = np.nan
+    for method in ("wbf", "nms", "soft_nms"):
+        with pytest.raises(BadInput, match="NaN"):
+            fuse_boxes([nan, lists[1]], h, w, method=method)

@@ -1,4 +1,7 @@
-"""Prediction tables: `id`, `fold`, per-task values (class probabilities for cls), with what they mean in metadata."""
+"""Prediction tables: `id`, `fold`, per-task values (class probabilities for cls), with what they mean in metadata.
+
+Det boxes never pass through pandas: the `boxes` column is read by pyarrow into a flat `Boxes` container
+(`Predictions.boxes`, one image per row of `df`, which then has no `boxes` column) and written back from it."""
 
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import numpy as np
 
 from kcomp.artifacts._atomic import atomic_write
 from kcomp.artifacts._meta import carried
-from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
+from kcomp.artifacts.boxes import FIELDS, Boxes
+from kcomp.artifacts.tables import STDIO, read_arrow, require_columns, write_table
 from kcomp.errors import BadInput
 
 if TYPE_CHECKING:
@@ -20,7 +24,6 @@ if TYPE_CHECKING:
 KINDS = ("oof", "test")
 # the column holding each task's predicted values
 VALUE_COLUMNS = {"cls": "probs", "det": "boxes", "ink": "map_key", "seg": "map_key"}
-BOX_FIELDS = ("x1", "y1", "x2", "y2", "score", "label")
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Predictions:
     df: pd.DataFrame
     meta: dict[str, Any]
     source: str
+    boxes: Boxes | None = None  # det: image i's boxes are those of df row i
 
     @property
     def kind(self) -> str:
@@ -69,13 +73,24 @@ class Predictions:
         return read_index(p)
 
     def probs(self) -> np.ndarray:
+        if self.boxes is not None:
+            raise BadInput("holds det boxes, not probabilities: boxes are fused with `kcomp wbf`", path=self.source)
         return np.stack(self.df["probs"].to_numpy()).astype(np.float32) if len(self.df) else np.zeros((0, 0))
 
 
 def write_predictions(df: pd.DataFrame, path: str | Path, *, task: str, kind: str, classes: list[str],
-                      **meta: Any) -> str:
+                      boxes: Boxes | None = None, **meta: Any) -> str:
+    """Det: `boxes` (one image per row of `df`), else df's `boxes` column (cells as `Boxes.from_cells` takes)."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
+    if task == "det" or boxes is not None:
+        if boxes is None:
+            boxes = Boxes.from_cells(df["boxes"])
+        if len(boxes) != len(df):
+            raise ValueError(f"{len(boxes)} images of boxes for {len(df)} rows")
+        meta.setdefault("values", "boxes")
+        return write_table(df.drop(columns="boxes", errors="ignore"), path, "predictions",
+                           arrays={"boxes": boxes.to_arrow()}, task=task, kind=kind, classes=classes, **meta)
     meta.setdefault("values", "probabilities")
     if "map" in df.columns:
         maps = zip(df["map_key"], df["map"], strict=True)
@@ -118,20 +133,30 @@ def maps_path(source: str, meta: dict[str, Any]) -> Path:
 
 
 def read_predictions(path: str | Path, *, kind: str | None = None) -> Predictions:
-    df, meta = read_table(path, "predictions")
+    table, meta = read_arrow(path, "predictions")
     where = "<stdin>" if str(path) == STDIO else str(path)
-    if len(df) == 0:
+    if table.num_rows == 0:
         raise BadInput("prediction file has no rows", path=where)
     value_col = VALUE_COLUMNS.get(meta.get("task", ""), "probs")
-    require_columns(df, ["id", value_col], where)
+    missing = [c for c in ("id", value_col) if c not in table.column_names]
+    if missing:
+        raise BadInput(f"missing column(s) {', '.join(missing)}", path=where)
+    boxes = None
+    if value_col == "boxes":
+        try:
+            boxes = Boxes.from_arrow(table.column("boxes"))
+        except BadInput as e:
+            raise BadInput(str(e), path=where) from None
+        table = table.drop_columns(["boxes"])
+    df = table.to_pandas()
     if kind is not None and meta.get("kind") != kind:
         raise BadInput(f"holds {meta.get('kind')} predictions, expected {kind}", path=where)
     dup = df["id"][df["id"].duplicated()]
     if len(dup):
         raise BadInput(f"duplicate id {dup.iloc[0]!r}", path=where)
-    preds = Predictions(df, meta, where)
-    if value_col == "boxes":
-        _check_boxes(df, where)
+    preds = Predictions(df, meta, where, boxes)
+    if boxes is not None:
+        _check_boxes(boxes, df, where)
         return preds
     if value_col == "map_key":
         maps_path(where, meta)
@@ -187,15 +212,33 @@ def aligned(preds: list[Predictions]) -> list[np.ndarray]:
     return out
 
 
-def _check_boxes(df: pd.DataFrame, where: str) -> None:
+def aligned_boxes(preds: list[Predictions]) -> list[Boxes]:
+    """Each det file's boxes in the first file's id order (ids checked by `check_compatible`)."""
+    import pandas as pd
+
+    order = preds[0].df["id"]
+    out = []
+    for p in preds:
+        if p.boxes is None:
+            raise BadInput(f"holds {p.task} predictions, not boxes", path=p.source)
+        pos = pd.Index(p.df["id"]).get_indexer(order)
+        if (pos < 0).any():
+            raise BadInput(f"lacks id {order.iloc[int(np.argmax(pos < 0))]!r} of {preds[0].source}", path=p.source)
+        out.append(p.boxes if (pos == np.arange(len(pos))).all() else p.boxes.take(pos))
+    return out
+
+
+def _check_boxes(boxes: Boxes, df: pd.DataFrame, where: str) -> None:
+    """Every check of a det file's box values, on the flat arrays (the one place for them)."""
     require_columns(df, ["height", "width"], where)
-    for i, boxes in zip(df["id"], df["boxes"], strict=True):
-        for b in boxes:
-            values = [b.get(k) for k in BOX_FIELDS] if isinstance(b, dict) else None
-            if values is None or any(v is None for v in values):
-                raise BadInput(f"id {i!r}: box {b!r} lacks one of {', '.join(BOX_FIELDS)}", path=where)
-            if not np.isfinite(np.asarray(values, dtype=float)).all():
-                raise BadInput(f"id {i!r}: NaN or inf in box {b!r}", path=where)
+    if len(boxes) != len(df):
+        raise BadInput(f"{len(boxes)} box lists for {len(df)} rows", path=where)
+    bad = ~(np.isfinite(boxes.xyxy).all(axis=1) & np.isfinite(boxes.score))
+    if bad.any():
+        k = int(np.argmax(bad))
+        image = int(np.searchsorted(boxes.offsets, k, side="right")) - 1
+        shown = " ".join(f"{f}={v}" for f, v in zip(FIELDS, [*boxes.xyxy[k].tolist(), float(boxes.score[k])]))
+        raise BadInput(f"id {df['id'].iloc[image]!r}: NaN or inf in box {shown}", path=where)
 
 
 def pair_by_runs(oofs: list[Predictions], tests: list[Predictions]) -> tuple[list[Predictions], list[Predictions]]:

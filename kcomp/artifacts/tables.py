@@ -19,12 +19,16 @@ META_KEY = b"kcomp"
 STDIO = "-"
 
 
-def write_table(df: pd.DataFrame, path: str | Path, schema: str, **meta: Any) -> str:
-    """Write `df` with schema metadata atomically (or to stdout for `-`); return what was written."""
+def write_table(df: pd.DataFrame, path: str | Path, schema: str, *, arrays: dict[str, Any] | None = None,
+                **meta: Any) -> str:
+    """Write `df` with schema metadata atomically (or to stdout for `-`); return what was written. `arrays` are
+    pyarrow columns appended as they are (det boxes, built from flat arrays without a Python object per box)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pa.Table.from_pandas(df, preserve_index=False)
+    for name, column in (arrays or {}).items():
+        table = table.append_column(name, column)
     full = make_meta(schema, **meta)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), META_KEY: json.dumps(full).encode()})
     if str(path) == STDIO:
@@ -40,6 +44,12 @@ def write_table(df: pd.DataFrame, path: str | Path, schema: str, **meta: Any) ->
 
 def read_table(path: str | Path, accept: str | tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read a kcomp parquet table, checking it is of an accepted schema; returns (frame, metadata)."""
+    table, meta = read_arrow(path, accept)
+    return table.to_pandas(), meta
+
+
+def read_arrow(path: str | Path, accept: str | tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
+    """`read_table` before pandas: (pyarrow Table, metadata), for columns pandas would turn into Python objects."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -56,7 +66,7 @@ def read_table(path: str | Path, accept: str | tuple[str, ...]) -> tuple[pd.Data
         raise BadInput(f"not a readable parquet file (truncated or corrupt?): {_first_line(e)}", path=where) from e
     raw = (table.schema.metadata or {}).get(META_KEY)
     meta = check_meta(json.loads(raw) if raw else None, accept, where)
-    return table.to_pandas(), meta
+    return table, meta
 
 
 def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], where: str | Path) -> None:

@@ -27,6 +27,7 @@ from kcomp.errors import BadInput, BadUsage
 if TYPE_CHECKING:
     import pandas as pd
 
+    from kcomp.artifacts.boxes import Boxes
     from kcomp.artifacts.predictions import Predictions
 
 STUDY_CLASSES = ("negative", "typical", "indeterminate", "atypical")
@@ -74,34 +75,55 @@ def _opacity_probs(p: Predictions) -> dict[str, float]:
     return dict(zip(p.df["id"].astype(str), p.probs()[:, pos[0]].astype(float), strict=True))
 
 
-def _box(b: Any, h: float, w: float) -> tuple[float, float, float, float]:
-    x1, x2 = sorted((min(max(float(b["x1"]), 0.0), w), min(max(float(b["x2"]), 0.0), w)))
-    y1, y2 = sorted((min(max(float(b["y1"]), 0.0), h), min(max(float(b["y2"]), 0.0), h)))
-    return tuple(round(v, BOX_DECIMALS) for v in (x1, y1, x2, y2))  # type: ignore[return-value]
+def _rounded(v: np.ndarray) -> np.ndarray:
+    """round(v, BOX_DECIMALS) element by element: the correctly rounded decimal (np.round scales by 10**d first,
+    which rounds 0.15 up where round() gives 0.1)."""
+    return np.char.mod(f"%.{BOX_DECIMALS}f", v).astype(np.float64) if len(v) else v
+
+
+def _clipped(boxes: Boxes, heights: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """(n, 4) x1 y1 x2 y2 clipped to each box's image, corners ordered, rounded to BOX_DECIMALS."""
+    img = boxes.image_index()
+    lim = np.stack([widths, heights], axis=1).astype(np.float64)[img]
+    x = np.clip(boxes.xyxy[:, [0, 2]], 0.0, lim[:, [0]])
+    y = np.clip(boxes.xyxy[:, [1, 3]], 0.0, lim[:, [1]])
+    out = np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], axis=1)
+    return _rounded(out.reshape(-1)).reshape(-1, 4)
 
 
 def image_rows(det: Predictions, p_opacity: dict[str, float] | None, none_power: float) -> list[tuple[str, str]]:
-    from kcomp.post.prediction_string import Pred, format_prediction_string
+    """One row per image of the det file, from its flat box arrays (no object per box)."""
+    from kcomp.post.prediction_string import format_prediction_strings
 
-    out = []
-    for r in det.df[["id", "boxes", "height", "width"]].itertuples(index=False):
-        img = str(r.id)
-        boxes = [b for b in r.boxes if float(b["score"]) > 0]
-        if p_opacity is not None:
-            if img not in p_opacity:
-                raise BadInput(f"image {img!r} of {det.source} has no has_opacity prediction")
-            p_op = float(np.clip(p_opacity[img], 0.0, 1.0))
-            factor = p_op ** none_power if none_power else 1.0  # (1 - p_none)^k
-            p_none = 1.0 - p_op
-        else:
-            factor = 1.0
-            p_none = 1.0 - max((float(b["score"]) for b in boxes), default=0.0)
-        clipped = [(float(b["score"]) * factor, _box(b, float(r.height), float(r.width)))
-                   for b in sorted(boxes, key=lambda b: -float(b["score"]))]
-        preds = [Pred("opacity", s, *xyxy) for s, xyxy in clipped if xyxy[2] > xyxy[0] and xyxy[3] > xyxy[1]]
-        preds.append(Pred("none", p_none, 0, 0, 1, 1))
-        out.append((f"{img}_image", format_prediction_string(preds)))
-    return out
+    ids = det.df["id"].astype(str).tolist()
+    n = len(ids)
+    boxes = det.boxes.select(det.boxes.score > 0)
+    img = boxes.image_index()
+    if p_opacity is not None:
+        missing = [i for i in ids if i not in p_opacity]
+        if missing:
+            raise BadInput(f"image {missing[0]!r} of {det.source} has no has_opacity prediction")
+        p_op = [float(np.clip(p_opacity[i], 0.0, 1.0)) for i in ids]
+        factor = np.array([p ** none_power if none_power else 1.0 for p in p_op])  # (1 - p_none)^k
+        p_none = 1.0 - np.array(p_op)
+    else:
+        factor = np.ones(n)
+        best = np.zeros(n)
+        np.maximum.at(best, img, boxes.score)
+        p_none = 1.0 - best
+    order = np.lexsort((-boxes.score, img))  # best first; stable, so equal scores keep the file's order
+    xyxy = _clipped(boxes, det.df["height"].to_numpy(), det.df["width"].to_numpy())[order]
+    img = img[order]
+    conf = boxes.score[order] * factor[img]
+    kept = (xyxy[:, 2] > xyxy[:, 0]) & (xyxy[:, 3] > xyxy[:, 1])
+    group_img = np.concatenate([img[kept], np.arange(n)])  # each image's boxes, then its `none` group
+    values = np.concatenate([np.column_stack([conf[kept], xyxy[kept]]),
+                             np.column_stack([p_none, np.zeros((n, 2)), np.ones((n, 2))])])
+    labels = np.where(np.arange(len(group_img)) < kept.sum(), "opacity", "none")
+    perm = np.argsort(group_img, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(group_img, minlength=n))])
+    texts = format_prediction_strings(labels[perm], values[perm], offsets)
+    return [(f"{i}_image", t) for i, t in zip(ids, texts, strict=True)]
 
 
 def study_rows(study: Predictions, image_ids: list[str], index: Any) -> list[tuple[str, str]]:

@@ -1,15 +1,17 @@
 """Weighted boxes fusion for many images in one pass, reproducing `ensemble_boxes.weighted_boxes_fusion`.
 
-ensemble-boxes loops in Python per box and per image (SIIM top solutions spent ~1 h in it); here the prefilter and
-both sorts are vectorised over all images at once and the greedy clustering runs in one numba kernel. The arithmetic
+ensemble-boxes loops in Python per box and per image (SIIM top solutions spent ~1 h in it); here the prefilter, the
+grouping and both sorts run over all images at once and the greedy clustering in one numba kernel. The arithmetic
 copies the reference step by step so the output is the same to the last bit on numpy >= 2 (NEP 50 casting):
 - a cluster of one keeps its input row (float64); a larger cluster's box, score and weight are the float32 values
   `get_weighted_box` stores (running float32 sums of score*coord, float64 conf and weight sums);
 - matching is against each cluster's current box, IoU in float64, first best index, match only if IoU > iou_thr;
+  clusters whose box does not overlap are skipped where that cannot change the match (`_match`);
 - the final rescaling per conf_type uses numpy's pairwise summation order for the per-model weight sums;
 - both sorts (per label before clustering, per image at the end) are `np.argsort(x)[::-1]`, which orders exact
-  ties by numpy's introsort. Groups without ties have one descending order, so they are sorted all at once; groups
-  with ties are re-sorted by that very `np.argsort` call on the reference's own insertion order.
+  ties by numpy's introsort. Groups without ties have one descending order, so any sort gives it; groups with ties
+  are re-sorted by that very `np.argsort` call on the reference's own insertion order.
+Timings: benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -29,16 +31,21 @@ def weighted_boxes_fusion(boxes_list: Sequence[np.ndarray], scores_list: Sequenc
                           iou_thr: float = 0.55, skip_box_thr: float = 0.0, conf_type: str = "avg",
                           allows_overflow: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Drop-in for one image: same arguments and outputs as `ensemble_boxes.weighted_boxes_fusion`."""
-    boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_list]
-    counts = np.array([len(b) for b in boxes], dtype=np.int64)
-    flat = np.concatenate(boxes) if boxes else np.zeros((0, 4))
-    scores = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for s in scores_list] or [np.zeros(0)])
-    labels = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in labels_list] or [np.zeros(0)])
-    models = np.repeat(np.arange(len(boxes)), counts)
-    fb, fs, fl, _ = wbf_flat(flat, scores, labels, models, np.zeros(len(flat), dtype=np.int64), len(boxes),
+    flat, scores, labels, models = flatten_lists(boxes_list, scores_list, labels_list)
+    fb, fs, fl, _ = wbf_flat(flat, scores, labels, models, np.zeros(len(flat), dtype=np.int64), len(boxes_list),
                              weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr, conf_type=conf_type,
                              allows_overflow=allows_overflow)
     return fb, fs, fl
+
+
+def flatten_lists(boxes_list: Sequence[np.ndarray], scores_list: Sequence[np.ndarray],
+                  labels_list: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One image's box lists (ensemble-boxes' arguments) as flat rows: boxes, scores, labels and list index."""
+    boxes = [np.asarray(b, dtype=np.float64).reshape(-1, 4) for b in boxes_list]
+    flat = np.concatenate(boxes) if boxes else np.zeros((0, 4))
+    scores = np.concatenate([np.asarray(s, dtype=np.float64).reshape(-1) for s in scores_list] or [np.zeros(0)])
+    labels = np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1) for v in labels_list] or [np.zeros(0)])
+    return flat, scores, labels, np.repeat(np.arange(len(boxes)), np.array([len(b) for b in boxes], dtype=np.int64))
 
 
 def wbf_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: np.ndarray, images: np.ndarray,
@@ -53,6 +60,75 @@ def wbf_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: 
     reference's order (score descending)."""
     if conf_type not in CONF_CODES:
         raise BadUsage(f"conf_type {conf_type!r}: choose one of {', '.join(CONF_CODES)}")
+    boxes, scores, labels, models, images, w = check_flat(boxes, scores, labels, models, images, n_models, weights)
+
+    order = np.lexsort((models, images))  # stable: list order kept within (image, model)
+    coords, ws, wt, models, lab, group, group_image = _prefiltered(boxes, scores, labels, models, images, order, w,
+                                                                   float(skip_box_thr))
+    if len(ws) == 0:
+        return np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
+    gstart = np.concatenate([[0], np.cumsum(np.bincount(group))])
+    perm = _descending(ws, group, gstart)
+    args = (coords[perm], ws[perm], wt[perm], models[perm], lab[perm], gstart)
+    fb, fs, fl, fg = _cluster(*args, w, float(w.sum()), float(w.max()), float(iou_thr), CONF_CODES[conf_type],
+                             bool(allows_overflow), bool(iou_thr >= 0 and (ws >= 0).all()))
+    fi = group_image[fg]
+    istart = np.concatenate([[0], np.cumsum(np.unique(fi, return_counts=True)[1])])
+    perm = _descending(fs, np.repeat(np.arange(len(istart) - 1), np.diff(istart)), istart)
+    return fb[perm], fs[perm], fl[perm], fi[perm]
+
+
+@numba.njit(cache=True)
+def _prefiltered(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: np.ndarray, images: np.ndarray,
+                 order: np.ndarray, w: np.ndarray, skip_box_thr: float) -> tuple[np.ndarray, ...]:
+    """Rows taken in `order` (image, then list) through ensemble_boxes.prefilter_boxes: score < skip_box_thr out,
+    corners ordered, clipped to [0, 1], zero area out; the score weighted by its list. Each kept row gets its group:
+    one per (image, int(label)), an image's groups numbered in order of first appearance (the reference's dict
+    order). Returns coords, weighted scores, weights, lists, labels (truncated, as float), group of each kept row,
+    and the image of each group."""
+    n = order.shape[0]
+    coords, ws, wt = np.empty((n, 4)), np.empty(n), np.empty(n)
+    mods, lab, group = np.empty(n, dtype=np.int64), np.empty(n), np.empty(n, dtype=np.int64)
+    group_image = np.empty(n, dtype=np.int64)
+    seen_lab, seen_group = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    k, n_groups, n_seen, image = 0, 0, 0, -1
+    for r in range(n):
+        i = order[r]
+        x1, y1, x2, y2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        if x2 < x1:
+            x1, x2 = x2, x1
+        if y2 < y1:
+            y1, y2 = y2, y1
+        x1, y1 = min(max(x1, 0.0), 1.0), min(max(y1, 0.0), 1.0)
+        x2, y2 = min(max(x2, 0.0), 1.0), min(max(y2, 0.0), 1.0)
+        if scores[i] < skip_box_thr or (x2 - x1) * (y2 - y1) == 0.0:
+            continue
+        if images[i] != image:
+            image, n_seen = images[i], 0
+        label = np.int64(labels[i])  # int() truncation, as the reference keys its dict
+        g = -1
+        for t in range(n_seen):
+            if seen_lab[t] == label:
+                g = seen_group[t]
+                break
+        if g < 0:
+            g = n_groups
+            seen_lab[n_seen], seen_group[n_seen] = label, g
+            group_image[g] = image
+            n_seen += 1
+            n_groups += 1
+        coords[k, 0], coords[k, 1], coords[k, 2], coords[k, 3] = x1, y1, x2, y2
+        wt[k] = w[models[i]]
+        ws[k] = scores[i] * wt[k]
+        mods[k], lab[k], group[k] = models[i], np.float64(label), g
+        k += 1
+    return coords[:k], ws[:k], wt[:k], mods[:k], lab[:k], group[:k], group_image[:n_groups]
+
+
+def check_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: np.ndarray, images: np.ndarray,
+               n_models: int, weights: Sequence[float] | None) -> tuple[np.ndarray, ...]:
+    """The flat inputs as float64/int64 arrays of equal length, finite, with valid list indices, and the weights
+    (ones if None): (boxes, scores, labels, models, images, weights)."""
     w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=np.float64)
     if len(w) != n_models:
         raise BadUsage(f"{len(w)} weight(s) for {n_models} box list(s)")
@@ -70,54 +146,36 @@ def wbf_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: 
         raise BadInput("NaN or inf in boxes, scores or labels")
     if len(models) and (models.min() < 0 or models.max() >= n_models):
         raise BadInput(f"model index outside 0..{n_models - 1}")
-
-    # prefilter, as ensemble_boxes.prefilter_boxes: score < thr out, swap, clip to [0, 1], zero area out
-    order = np.lexsort((models, images))  # stable: list order kept within (image, model)
-    boxes, scores, labels, models, images = (a[order] for a in (boxes, scores, labels, models, images))
-    x1, y1, x2, y2 = boxes.T
-    x1, x2 = np.where(x2 < x1, x2, x1), np.where(x2 < x1, x1, x2)
-    y1, y2 = np.where(y2 < y1, y2, y1), np.where(y2 < y1, y1, y2)
-    coords = np.clip(np.stack([x1, y1, x2, y2], axis=1), 0.0, 1.0)
-    keep = ~(scores < skip_box_thr) & ((coords[:, 2] - coords[:, 0]) * (coords[:, 3] - coords[:, 1]) != 0.0)
-    coords, models, images = coords[keep], models[keep], images[keep]
-    lab = labels[keep].astype(np.int64)  # int() truncation, as the reference keys its dict
-    wt = w[models]
-    ws = scores[keep] * wt
-    if len(ws) == 0:
-        return np.zeros((0, 4)), np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.int64)
-
-    # one group per (image, label); groups of an image in order of first appearance (the reference's dict order)
-    _, lab_code = np.unique(lab, return_inverse=True)
-    key = images * (int(lab_code.max()) + 1) + lab_code
-    _, first, inv = np.unique(key, return_index=True, return_inverse=True)
-    by_first = np.argsort(first)
-    rank = np.empty_like(by_first)
-    rank[by_first] = np.arange(len(by_first))
-    group = rank[inv]
-    group_image = images[first[by_first]]
-    gstart = np.concatenate([[0], np.cumsum(np.bincount(group))])
-    perm = _descending(ws, group, gstart)
-    args = (coords[perm], ws[perm], wt[perm], models[perm], lab[perm].astype(np.float64), gstart)
-    fb, fs, fl, fg = _cluster(*args, w, float(w.sum()), float(w.max()), float(iou_thr), CONF_CODES[conf_type],
-                             bool(allows_overflow))
-    fi = group_image[fg]
-    istart = np.concatenate([[0], np.cumsum(np.unique(fi, return_counts=True)[1])])
-    perm = _descending(fs, np.repeat(np.arange(len(istart) - 1), np.diff(istart)), istart)
-    return fb[perm], fs[perm], fl[perm], fi[perm]
+    return boxes, scores, labels, models, images, w
 
 
 def _descending(values: np.ndarray, group: np.ndarray, start: np.ndarray) -> np.ndarray:
     """Permutation sorting `values` descending within each group (rows grouped in `group` order, group g in
     start[g]:start[g+1] afterwards) exactly as `np.argsort(v)[::-1]` would on that group's rows in given order."""
-    perm = np.lexsort((-values, group))
-    v, g = values[perm], group[perm]
-    tied = np.unique(g[1:][(v[1:] == v[:-1]) & (g[1:] == g[:-1])])
-    if len(tied):
-        given = np.argsort(group, kind="stable")
-        for k in tied.tolist():
-            rows = given[start[k]:start[k + 1]]
-            perm[start[k]:start[k + 1]] = rows[np.argsort(values[rows])[::-1]]
+    given = np.argsort(group, kind="stable")
+    perm, tied = _sort_groups(values, given, start)
+    for k in np.flatnonzero(tied).tolist():
+        rows = given[start[k]:start[k + 1]]
+        perm[start[k]:start[k + 1]] = rows[np.argsort(values[rows])[::-1]]
     return perm
+
+
+@numba.njit(cache=True)
+def _sort_groups(values: np.ndarray, given: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's rows by descending value, and which groups hold equal values (or NaN): only those have more
+    than one descending order, and `_descending` re-sorts them with numpy's own argsort."""
+    perm = np.empty_like(given)
+    tied = np.zeros(start.shape[0] - 1, dtype=np.bool_)
+    for g in range(start.shape[0] - 1):
+        a, b = start[g], start[g + 1]
+        rows = given[a:b]
+        v = values[rows]
+        o = np.argsort(v)
+        for t in range(b - a):
+            perm[a + t] = rows[o[b - a - 1 - t]]
+            if (t > 0 and v[o[t]] == v[o[t - 1]]) or np.isnan(v[o[t]]):
+                tied[g] = True
+    return perm, tied
 
 
 @numba.njit(cache=True)
@@ -172,11 +230,50 @@ def _pairwise_sum(a: np.ndarray, n: int) -> float:
     return vals[0]
 
 
+@numba.njit(cache=True, error_model="numpy")
+def _match(rt: np.ndarray, nc: int, bx1: float, by1: float, bx2: float, by2: float, prune: bool,
+           cand: np.ndarray, ok: np.ndarray) -> tuple[int, float]:
+    """The cluster a box would join, as ensemble-boxes' find_matching_box_fast picks it: the first highest IoU
+    (the first NaN if any) with clusters 0..nc-1, and that IoU. With `prune` (iou_thr >= 0, no NaN box in the
+    group, no negative score) clusters that do not overlap the box are skipped: their IoU is exactly 0, which
+    never matches."""
+    m = 0
+    if prune:  # the overlap test in a loop the compiler vectorises, then the survivors' indices
+        for c in range(nc):
+            ok[c] = (min(rt[2, c], bx2) > max(rt[0, c], bx1)) & (min(rt[3, c], by2) > max(rt[1, c], by1))
+        for c in range(nc):
+            cand[m] = c
+            m += ok[c]
+    else:
+        for c in range(nc):
+            cand[c] = c
+        m = nc
+    area_b = (bx2 - bx1) * (by2 - by1)
+    best, best_iou, best_nan = -1, -np.inf, False
+    for k in range(m):
+        c = cand[k]
+        xa = max(rt[0, c], bx1)
+        ya = max(rt[1, c], by1)
+        xb = min(rt[2, c], bx2)
+        yb = min(rt[3, c], by2)
+        inter = max(xb - xa, 0.0) * max(yb - ya, 0.0)
+        area_a = (rt[2, c] - rt[0, c]) * (rt[3, c] - rt[1, c])
+        iou = inter / (area_a + area_b - inter)
+        if np.isnan(iou):  # np.argmax takes the first NaN; a cluster of zero scores has a NaN box
+            if not best_nan:
+                best, best_iou, best_nan = c, iou, True
+        elif not best_nan and iou > best_iou:
+            best, best_iou = c, iou
+    return best, best_iou
+
+
 @numba.njit(cache=True, error_model="numpy")  # 0/0 is NaN, as in numpy, not ZeroDivisionError
 def _cluster(coords: np.ndarray, ws: np.ndarray, wt: np.ndarray, models: np.ndarray, labels: np.ndarray,
              gstart: np.ndarray, weights: np.ndarray, wsum: float, wmax: float, iou_thr: float, conf: int,
-             overflow: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Greedy clustering of each group's rows (sorted by score), then the reference's conf rescaling.
+             overflow: bool, prune: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy clustering of each group's rows (sorted by score), then the reference's conf rescaling. `prune`
+    (iou_thr >= 0 and no negative score, so cluster boxes are convex combinations of boxes) lets `_match` skip
+    clusters that do not overlap.
 
     Returns fused boxes, scores, labels and group of each cluster, groups in order, clusters in creation order."""
     n = coords.shape[0]
@@ -185,7 +282,7 @@ def _cluster(coords: np.ndarray, ws: np.ndarray, wt: np.ndarray, models: np.ndar
     out_score = np.empty(n)
     out_label = np.empty(n)
     out_group = np.empty(n, dtype=np.int64)
-    rep = np.empty((n, 4))  # each cluster's current box, compared against
+    rt = np.empty((4, n))  # each cluster's current box, compared against: x1, y1, x2, y2 rows (contiguous scans)
     acc = np.empty((n, 4), dtype=np.float32)  # running float32 sum of score * coord
     csum = np.empty(n)  # float64 sum of scores
     cmax = np.empty(n)
@@ -193,28 +290,15 @@ def _cluster(coords: np.ndarray, ws: np.ndarray, wt: np.ndarray, models: np.ndar
     count = np.empty(n, dtype=np.int64)
     first = np.empty(n, dtype=np.int64)
     member = np.empty(n, dtype=np.int64)  # cluster of each row
+    cand, ok = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.bool_)  # scratch of `_match`
     buf = np.empty(n_models)
     k_out = 0
     for g in range(gstart.shape[0] - 1):
         a, b = gstart[g], gstart[g + 1]
-        nc = 0
+        nc, n_nan = 0, 0  # a cluster of zero scores has a NaN box (0 / 0)
         for j in range(a, b):
             bx1, by1, bx2, by2 = coords[j, 0], coords[j, 1], coords[j, 2], coords[j, 3]
-            area_b = (bx2 - bx1) * (by2 - by1)
-            best, best_iou, best_nan = -1, -np.inf, False
-            for c in range(nc):
-                xa = max(rep[c, 0], bx1)
-                ya = max(rep[c, 1], by1)
-                xb = min(rep[c, 2], bx2)
-                yb = min(rep[c, 3], by2)
-                inter = max(xb - xa, 0.0) * max(yb - ya, 0.0)
-                area_a = (rep[c, 2] - rep[c, 0]) * (rep[c, 3] - rep[c, 1])
-                iou = inter / (area_a + area_b - inter)
-                if np.isnan(iou):  # np.argmax takes the first NaN; a cluster of zero scores has a NaN box
-                    if not best_nan:
-                        best, best_iou, best_nan = c, iou, True
-                elif not best_nan and iou > best_iou:
-                    best, best_iou = c, iou
+            best, best_iou = _match(rt, nc, bx1, by1, bx2, by2, prune and n_nan == 0, cand, ok)
             s = ws[j]
             if best >= 0 and not best_iou <= iou_thr:
                 c = best
@@ -222,14 +306,16 @@ def _cluster(coords: np.ndarray, ws: np.ndarray, wt: np.ndarray, models: np.ndar
                 wsum_c[c] += wt[j]
                 cmax[c] = max(cmax[c], s)
                 count[c] += 1
+                was_nan = np.isnan(rt[0, c])
                 for q in range(4):
                     acc[c, q] = np.float32(np.float64(acc[c, q]) + s * coords[j, q])
-                    rep[c, q] = np.float64(np.float32(np.float64(acc[c, q]) / csum[c]))
+                    rt[q, c] = np.float64(np.float32(np.float64(acc[c, q]) / csum[c]))
+                n_nan += int(np.isnan(rt[0, c])) - int(was_nan)
             else:
                 c = nc
                 nc += 1
                 for q in range(4):
-                    rep[c, q] = coords[j, q]
+                    rt[q, c] = coords[j, q]
                     acc[c, q] = np.float32(s * coords[j, q])
                 csum[c] = s
                 cmax[c] = s
@@ -269,7 +355,7 @@ def _cluster(coords: np.ndarray, ws: np.ndarray, wt: np.ndarray, models: np.ndar
             else:
                 score = score * min(n_models, m) / wsum
             for q in range(4):
-                out_box[k_out, q] = rep[c, q]
+                out_box[k_out, q] = rt[q, c]
             out_score[k_out] = score
             out_label[k_out] = labels[first[c]] if m == 1 else np.float64(np.float32(labels[first[c]]))
             out_group[k_out] = g

@@ -9,6 +9,7 @@ and never calls, imports or looks anything up, and the result is then checked fi
 from __future__ import annotations
 
 import ast
+import itertools
 import math
 import re
 from collections.abc import Sequence
@@ -17,7 +18,8 @@ from typing import Any
 
 from kcomp.errors import BadInput
 
-__all__ = ["Pred", "format_prediction_string", "parse_prediction_string", "parse_siim_boxes"]
+__all__ = ["Pred", "format_prediction_string", "format_prediction_strings", "parse_prediction_string",
+           "parse_siim_boxes"]
 
 BOX_KEYS = ("x", "y", "width", "height")
 _NUMBER = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")  # no nan/inf/1_000/hex
@@ -72,6 +74,33 @@ def format_prediction_string(preds: Sequence[Pred], decimals: int = 6) -> str:
                 raise BadInput(f"prediction {k + 1} ({p.label}): {name} is {v}, not a finite number")
         out.append(" ".join([p.label, *(_num(v, decimals) for v in values)]))
     return " ".join(out)
+
+
+def format_prediction_strings(labels: Any, values: Any, offsets: Any, decimals: int = 6) -> list[str]:
+    """Many PredictionStrings from arrays, without a `Pred` per group: string i holds groups offsets[i]:offsets[i+1]
+    (`labels` (n,), `values` (n, 5) conf x1 y1 x2 y2). The text is `format_prediction_string`'s, number for number."""
+    import numpy as np
+
+    if decimals < 0:
+        raise BadInput(f"decimals must be >= 0, got {decimals}")
+    labels = np.asarray(labels, dtype=str)
+    values = np.asarray(values, dtype=np.float64).reshape(-1, len(_VALUE_FIELDS))
+    for label in np.unique(labels).tolist():
+        if label.split() != [label] or _floaty(label):
+            raise BadInput(f"label {label!r} must be one non-numeric token")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        k, f = np.argwhere(bad)[0].tolist()
+        raise BadInput(f"prediction {k + 1} ({labels[k]}): {_VALUE_FIELDS[f]} is {values[k, f]}, not a finite number")
+    text = np.char.mod(f"%.{decimals}f", values)  # printf rounding, as f"{v:.{decimals}f}"
+    if decimals > 0:
+        text = np.char.rstrip(np.char.rstrip(text, "0"), ".")
+    text[text == "-0"] = "0"
+    groups = labels
+    for q in range(text.shape[1]):
+        groups = np.char.add(np.char.add(groups, " "), text[:, q])
+    cells = groups.tolist()
+    return [" ".join(cells[a:b]) for a, b in itertools.pairwise(np.asarray(offsets).tolist())]
 
 
 def parse_prediction_string(text: str, *, where: str = "") -> list[Pred]:

@@ -1,31 +1,32 @@
-"""Box fusion across models, folds and TTA views. Coordinates are normalised per image for fusion and mapped back to
-pixels afterwards. WBF runs by default on `kcomp.post._wbf_fast` (all images in one numba pass, same output as
-ensemble-boxes); `impl="reference"` calls ensemble-boxes image by image, as do NMS and soft-NMS."""
+"""Box fusion across models, folds and TTA views, on `Boxes` containers: every image's boxes in one kernel call.
+
+Coordinates are normalised per image for fusion (ensemble-boxes' convention) and mapped back to pixels afterwards.
+WBF runs on `kcomp.post._wbf_fast`, NMS and soft-NMS on `kcomp.post._nms_fast`; each gives ensemble-boxes' output
+(same boxes, scores and order). `impl="reference"` calls ensemble-boxes image by image instead, for tests and
+benchmarks (benchmarks/RESULTS.md has the timings)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kcomp.errors import BadInput, BadUsage
-
-if TYPE_CHECKING:
-    import pandas as pd
+from kcomp.artifacts.boxes import Boxes
+from kcomp.errors import BadUsage
 
 METHODS = ("wbf", "nms", "soft_nms")
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 IMPLS = ("fast", "reference")
-BOX_KEYS = ("x1", "y1", "x2", "y2", "score", "label")
 
 
-def fuse_boxes(frames: Sequence[pd.DataFrame], *, method: str = "wbf", iou_thr: float = 0.55,
-               skip_box_thr: float = 0.01, weights: Sequence[float] | None = None, conf_type: str = "avg",
-               sigma: float = 0.5, impl: str = "fast") -> pd.DataFrame:
-    """Frames share ids (checked by the caller); returns the first frame's rows with fused `boxes`.
-
-    `impl` picks the WBF code: "fast" (default) or "reference" (ensemble-boxes); both give the same rows."""
+def fuse_boxes(lists: Sequence[Boxes], heights: np.ndarray, widths: np.ndarray, *, method: str = "wbf",
+               iou_thr: float = 0.55, skip_box_thr: float = 0.01, weights: Sequence[float] | None = None,
+               conf_type: str = "avg", sigma: float = 0.5, impl: str = "fast") -> Boxes:
+    """Box lists in pixels of the same images (image i of every list is a heights[i] x widths[i] picture), fused
+    image by image; returns pixels. NMS ignores `skip_box_thr`; soft-NMS drops boxes whose decayed score is not
+    above it."""
     if method not in METHODS:
         raise BadUsage(f"--method {method}: choose one of {', '.join(METHODS)}")
     if conf_type not in CONF_TYPES:
@@ -34,91 +35,78 @@ def fuse_boxes(frames: Sequence[pd.DataFrame], *, method: str = "wbf", iou_thr: 
         raise BadUsage(f"--iou {iou_thr}: must be in (0, 1]")
     if impl not in IMPLS:
         raise BadUsage(f"impl {impl!r}: choose one of {', '.join(IMPLS)}")
-    if weights is not None and len(weights) != len(frames):
-        raise BadUsage(f"{len(weights)} weight(s) for {len(frames)} prediction file(s)")
-    if method == "wbf" and impl == "fast":
-        return _fuse_fast(frames, iou_thr=iou_thr, skip_box_thr=skip_box_thr, weights=weights, conf_type=conf_type)
-    import ensemble_boxes as eb
-
-    out = frames[0].copy()
-    lookups = [f.set_index("id")["boxes"] for f in frames]
-    fused = []
-    for img_id, h, w in zip(out["id"], out["height"], out["width"], strict=True):
-        scale = np.array([w, h, w, h], dtype=np.float64)
-        boxes, scores, labels = [], [], []
-        for lk in lookups:
-            b = list(lk[img_id])
-            arr = np.array([[d["x1"], d["y1"], d["x2"], d["y2"]] for d in b], dtype=np.float64).reshape(-1, 4)
-            boxes.append(np.clip(arr / scale, 0.0, 1.0))
-            scores.append(np.array([d["score"] for d in b], dtype=np.float64))
-            labels.append(np.array([d["label"] for d in b], dtype=np.float64))
-        if method == "wbf":
-            fb, fs, fl = eb.weighted_boxes_fusion(boxes, scores, labels, weights=weights, iou_thr=iou_thr,
-                                                  skip_box_thr=skip_box_thr, conf_type=conf_type)
-        elif method == "nms":
-            fb, fs, fl = eb.nms(boxes, scores, labels, weights=weights, iou_thr=iou_thr)
-        else:
-            fb, fs, fl = eb.soft_nms(boxes, scores, labels, weights=weights, iou_thr=iou_thr, sigma=sigma,
-                                     thresh=skip_box_thr)
-        fused.append(_to_records(np.asarray(fb).reshape(-1, 4) * scale, fs, fl))
-    out["boxes"] = fused
-    return out
+    if weights is not None and len(weights) != len(lists):
+        raise BadUsage(f"{len(weights)} weight(s) for {len(lists)} prediction file(s)")
+    n = len(heights)
+    if any(len(b) != n for b in lists):
+        raise ValueError(f"box lists of {[len(b) for b in lists]} images for {n} image sizes")
+    scale = np.stack([widths, heights, widths, heights], axis=1).astype(np.float64)
+    unit = [Boxes(b.offsets, np.clip(b.xyxy / scale[b.image_index()], 0.0, 1.0), b.score, b.label) for b in lists]
+    kw = {"method": method, "iou_thr": iou_thr, "skip_box_thr": skip_box_thr, "weights": weights,
+          "conf_type": conf_type, "sigma": sigma}
+    fused = fuse_normalised(unit, **kw) if impl == "fast" else _reference(unit, **kw)
+    return Boxes(fused.offsets, fused.xyxy * scale[fused.image_index()], fused.score, fused.label)
 
 
-def _fuse_fast(frames: Sequence[pd.DataFrame], *, iou_thr: float, skip_box_thr: float,
-               weights: Sequence[float] | None, conf_type: str) -> pd.DataFrame:
-    """Every frame's boxes flattened once into arrays, fused for all images in one call, split back per image."""
-    import pandas as pd
+def fuse_normalised(lists: Sequence[Boxes], *, method: str = "wbf", iou_thr: float = 0.55,
+                    skip_box_thr: float = 0.0, weights: Sequence[float] | None = None, conf_type: str = "avg",
+                    sigma: float = 0.5) -> Boxes:
+    """Lists of the same images, normalised [0, 1] coordinates, fused in one kernel call."""
+    n_images = len(lists[0]) if lists else 0
+    model = np.repeat(np.arange(len(lists)), np.array([b.n_boxes for b in lists], dtype=np.int64))
+    cat = Boxes.concat(lists)
+    image = np.concatenate([b.image_index() for b in lists] or [np.zeros(0, np.int64)])
+    return fuse_flat(cat.xyxy, cat.score, cat.label, model, image, len(lists), n_images, method=method,
+                     iou_thr=iou_thr, skip_box_thr=skip_box_thr, weights=weights, conf_type=conf_type, sigma=sigma)
 
+
+def fuse_flat(xyxy: np.ndarray, score: np.ndarray, label: np.ndarray, model: np.ndarray, image: np.ndarray,
+              n_models: int, n_images: int, *, method: str = "wbf", iou_thr: float = 0.55, skip_box_thr: float = 0.0,
+              weights: Sequence[float] | None = None, conf_type: str = "avg", sigma: float = 0.5) -> Boxes:
+    """One row per box with its list (`model`) and image (0..n_images-1); rows of one image and list in their
+    list's order. Returns the fused boxes of every image (in the reference's order within an image)."""
+    from kcomp.post._nms_fast import nms_flat, soft_nms_flat
     from kcomp.post._wbf_fast import wbf_flat
 
-    out = frames[0].copy()
-    n_img = len(out)
-    scale = np.stack([out["width"], out["height"], out["width"], out["height"]], axis=1).astype(np.float64)
-    parts = []
-    for t, f in enumerate(frames):
-        pos = pd.Index(f["id"]).get_indexer(out["id"])
-        if (pos < 0).any():
-            raise BadInput(f"prediction file {t + 1} lacks id {out['id'].iloc[int(np.argmax(pos < 0))]!r}")
-        values, counts = _flatten(f["boxes"].to_numpy()[pos])
-        image = np.repeat(np.arange(n_img), counts)
-        parts.append((values, image, np.full(len(image), t)))
-    values = np.concatenate([p[0] for p in parts])
-    image = np.concatenate([p[1] for p in parts])
-    boxes = np.clip(values[:, :4] / scale[image], 0.0, 1.0)
-    fb, fs, fl, fi = wbf_flat(boxes, values[:, 4], values[:, 5], np.concatenate([p[2] for p in parts]), image,
-                              len(frames), weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr,
-                              conf_type=conf_type)
-    fb = (fb * scale[fi]).tolist()
-    fs, fl = fs.tolist(), fl.astype(np.int64).tolist()
-    ends = np.cumsum(np.bincount(fi, minlength=n_img)).tolist()
-    fused, start = [], 0
-    for end in ends:
-        fused.append([{"x1": b[0], "y1": b[1], "x2": b[2], "y2": b[3], "score": s, "label": lab}
-                      for b, s, lab in zip(fb[start:end], fs[start:end], fl[start:end])])
-        start = end
-    out["boxes"] = fused
-    return out
+    args = (xyxy, score, label, model, image, n_models)
+    if method == "wbf":
+        fb, fs, fl, fi = wbf_flat(*args, weights=weights, iou_thr=iou_thr, skip_box_thr=skip_box_thr,
+                                  conf_type=conf_type)
+    elif method == "nms":
+        fb, fs, fl, fi = nms_flat(*args, weights=weights, iou_thr=iou_thr)
+    else:
+        fb, fs, fl, fi = soft_nms_flat(*args, weights=weights, iou_thr=iou_thr, sigma=sigma, thresh=skip_box_thr)
+    return Boxes.from_flat(fi, n_images, fb, fs, fl)
 
 
-def _flatten(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Lists of box dicts (one per image) -> (N,6) float64 x1,y1,x2,y2,score,label and boxes per image, converted
-    by pyarrow in C (a third faster than a Python loop over 1M dicts)."""
-    import pyarrow as pa
+def _reference(lists: Sequence[Boxes], *, method: str, iou_thr: float, skip_box_thr: float,
+               weights: Sequence[float] | None, conf_type: str, sigma: float) -> Boxes:
+    """ensemble-boxes image by image (its warnings, printed on stdout, are swallowed). It raises on an image
+    without a box of positive area for NMS and soft-NMS, which gets no boxes here, as on the fast path."""
+    import ensemble_boxes as eb
 
-    typ = pa.list_(pa.struct([(k, pa.float64()) for k in BOX_KEYS]))
-    try:
-        arr = pa.array([[] if c is None else c for c in cells], type=typ)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
-        raise BadInput(f"boxes must be lists of {{{', '.join(BOX_KEYS)}}} dicts of numbers: {e}") from None
-    flat = arr.flatten()
-    cols = [flat.field(k) for k in BOX_KEYS]
-    if any(c.null_count for c in cols):
-        raise BadInput(f"a box lacks one of {', '.join(BOX_KEYS)}")
-    values = np.stack([c.to_numpy(zero_copy_only=False) for c in cols], axis=1) if len(flat) else np.zeros((0, 6))
-    return values, np.diff(arr.offsets.to_numpy())
+    n_images = len(lists[0]) if lists else 0
+    out = []
+    for i in range(n_images):
+        parts = [b.image(i) for b in lists]
+        boxes = [p.xyxy for p in parts]
+        scores = [p.score for p in parts]
+        labels = [p.label.astype(np.float64) for p in parts]
+        with contextlib.redirect_stdout(io.StringIO()):
+            if method == "wbf":
+                r = eb.weighted_boxes_fusion(boxes, scores, labels, weights=weights, iou_thr=iou_thr,
+                                             skip_box_thr=skip_box_thr, conf_type=conf_type)
+            elif not _any_area(boxes):
+                r = (np.zeros((0, 4)), np.zeros(0), np.zeros(0))
+            elif method == "nms":
+                r = eb.nms(boxes, scores, labels, weights=weights, iou_thr=iou_thr)
+            else:
+                r = eb.soft_nms(boxes, scores, labels, weights=weights, iou_thr=iou_thr, sigma=sigma,
+                                thresh=skip_box_thr)
+        out.append(np.column_stack([np.asarray(r[0], np.float64).reshape(-1, 4), r[1], r[2]]))
+    return Boxes.from_rows(out)
 
 
-def _to_records(boxes: np.ndarray, scores: Any, labels: Any) -> list[dict[str, float | int]]:
-    return [{"x1": float(b[0]), "y1": float(b[1]), "x2": float(b[2]), "y2": float(b[3]), "score": float(s),
-             "label": int(lab)} for b, s, lab in zip(boxes, scores, labels, strict=True)]
+def _any_area(boxes: list[np.ndarray]) -> bool:
+    b = np.clip(np.concatenate(boxes), 0.0, 1.0) if boxes else np.zeros((0, 4))
+    return bool(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) != 0).any())

@@ -13,6 +13,7 @@ from kcomp.report import _plot
 from kcomp.report.section import Image, Section
 
 if TYPE_CHECKING:
+    from kcomp.artifacts.boxes import Boxes
     from kcomp.artifacts.predictions import Predictions
 
 SMALL_MULTIPLES = 8  # up to this many classes get one histogram panel each
@@ -139,9 +140,8 @@ def _confusion(target: np.ndarray, pred: np.ndarray, classes: list[str], path: P
 # --------------------------------------------------------------------------------------------------------- det
 
 def _det(preds: Predictions, out_dir: Path, prefix: str, section: Section, n: int) -> None:
-    df = preds.df
-    counts = np.array([len(b) for b in df["boxes"]])
-    scores = np.array([b["score"] for bs in df["boxes"] for b in bs], dtype=np.float64)
+    df, boxes = preds.df, preds.boxes
+    counts, scores = boxes.counts(), boxes.score
     section.rows.append({"images": len(df), "boxes": int(counts.sum()),
                          "images_with_boxes": int((counts > 0).sum()),
                          f"boxes_score_ge_{BOX_MIN_SCORE}": int((scores >= BOX_MIN_SCORE).sum())})
@@ -169,7 +169,7 @@ def _det(preds: Predictions, out_dir: Path, prefix: str, section: Section, n: in
             raise BadInput(f"id {rid!r} is not in the index {table.source}", path=preds.source)
         row = by_id.loc[rid]
         truth = row["boxes"] if "boxes" in by_id.columns and preds.kind == "oof" else None
-        img = _draw_boxes(table.file(row["path"]), df["boxes"].iloc[i], truth, int(df["height"].iloc[i]),
+        img = _draw_boxes(table.file(row["path"]), boxes.image(i), truth, int(df["height"].iloc[i]),
                           int(df["width"].iloc[i]), preds.classes)
         path = sub / f"{_plot.slug(rid)}.png"
         _write_png(path, img)
@@ -177,9 +177,10 @@ def _det(preds: Predictions, out_dir: Path, prefix: str, section: Section, n: in
                                    f", score >= {BOX_MIN_SCORE})")
         section.images.append(Image(f"{sub.name}/{path.name}", f"{rid}: {what} boxes"))
 
-def _draw_boxes(image: Path, boxes: Any, truth: Any, height: int, width: int, classes: list[str]) -> np.ndarray:
-    """The image (possibly a smaller cached copy) with boxes given in ORIGINAL pixels (height x width) scaled onto
-    it, then the whole scaled to at most BOX_SIDE px."""
+def _draw_boxes(image: Path, boxes: Boxes, truth: Any, height: int, width: int, classes: list[str]) -> np.ndarray:
+    """The image (possibly a smaller cached copy) with one image's predicted `boxes` and its true boxes (index
+    records), both in ORIGINAL pixels (height x width), scaled onto it, then the whole scaled to at most BOX_SIDE
+    px."""
     import cv2
 
     from kcomp.data.images import read_rgb
@@ -193,17 +194,18 @@ def _draw_boxes(image: Path, boxes: Any, truth: Any, height: int, width: int, cl
     thick = max(1, round(max(img.shape[:2]) / 300))
     scale = max(0.4, max(img.shape[:2]) / 1200)
 
-    def rect(b: Any, colour: tuple[int, int, int]) -> tuple[int, int]:
-        p1 = (round(float(b["x1"]) * sx), round(float(b["y1"]) * sy))
-        cv2.rectangle(img, p1, (round(float(b["x2"]) * sx), round(float(b["y2"]) * sy)), colour, thick)
+    def rect(xyxy: Any, colour: tuple[int, int, int]) -> tuple[int, int]:
+        x1, y1, x2, y2 = (float(v) for v in xyxy)
+        p1 = (round(x1 * sx), round(y1 * sy))
+        cv2.rectangle(img, p1, (round(x2 * sx), round(y2 * sy)), colour, thick)
         return p1
 
     for b in truth if truth is not None else []:
-        rect(b, TRUTH_RGB)
-    kept = sorted((b for b in boxes if b["score"] >= BOX_MIN_SCORE), key=lambda b: -b["score"])[:BOX_MAX]
-    for b in kept:
-        x, y = rect(b, PRED_RGB)
-        cv2.putText(img, f"{_label(b['label'], classes)} {b['score']:.2f}", (x + 2, max(y - 4, 10)),
+        rect([b["x1"], b["y1"], b["x2"], b["y2"]], TRUTH_RGB)
+    shown = np.flatnonzero(boxes.score >= BOX_MIN_SCORE)
+    for k in shown[np.argsort(-boxes.score[shown], kind="stable")][:BOX_MAX]:
+        x, y = rect(boxes.xyxy[k], PRED_RGB)
+        cv2.putText(img, f"{_label(boxes.label[k], classes)} {boxes.score[k]:.2f}", (x + 2, max(y - 4, 10)),
                     cv2.FONT_HERSHEY_SIMPLEX, scale, PRED_RGB, max(1, thick // 2), cv2.LINE_AA)
     return img
 

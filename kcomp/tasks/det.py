@@ -5,11 +5,12 @@ Index rows carry `boxes` (list of {x1, y1, x2, y2, label} in ORIGINAL pixels; em
 - effdet trains on yxyx boxes in input pixels with 1-based classes (`DetDataset` builds them, `DetLoss` eats them);
 - everything the task passes around internally (`predict`, `targets_array`, `predict_rows`, `average`) is xyxy in
   normalised [0, 1] image coordinates with 0-based labels: ensemble-boxes needs them, IoU does not change under a
-  per-axis scaling, and an image's original size is only needed at the end;
+  per-axis scaling, and an image's original size is only needed at the end. Fused boxes travel as one `Boxes`
+  container for all images (flat arrays), not as a Python object per box;
 - prediction files (`frame`) hold boxes in ORIGINAL pixels, scaled back with each row's width and height.
-TTA: the flip views' boxes are mapped back exactly (`kcomp.infer.box_tta`) and fused per image with weighted boxes
-fusion (what competitors did); several folds/runs are fused the same way (`average`). `kcomp wbf` can fuse the
-resulting files further with other settings.
+TTA: the flip views' boxes are mapped back exactly (`kcomp.infer.box_tta`) and fused with weighted boxes fusion
+(what competitors did), every image in one kernel call; several folds/runs are fused the same way (`average`).
+`kcomp wbf` can fuse the resulting files further with other settings.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kcomp.tasks import TASKS
 if TYPE_CHECKING:
     import pandas as pd
 
+    from kcomp.artifacts.boxes import Boxes
     from kcomp.artifacts.index import IndexTable
 
 FUSE_IOU = 0.55  # IoU at which TTA views' / models' boxes are fused
@@ -108,22 +110,37 @@ class DetTask:
             out.append(torch.cat([boxes, det[v, ..., 4:6], view], -1))
         return torch.cat(out, 1)
 
-    def fuse_views(self, preds: np.ndarray) -> list[np.ndarray]:
-        """Per image, the (k, 6) boxes of its TTA views fused by WBF (one view: its boxes, padding dropped)."""
-        return [_fuse([img[img[:, VIEW_COL] == v, :6] for v in np.unique(img[:, VIEW_COL])])
-                for img in preds]
+    def fuse_views(self, preds: np.ndarray) -> Boxes:
+        """`predict`'s (N, V*K, 7) rows as each image's boxes, its TTA views fused by WBF (one view: its boxes).
+        Padding (score <= 0 or label < 0) and boxes without area are dropped first."""
+        from kcomp.artifacts.boxes import Boxes
+
+        n = len(preds)
+        if n == 0:
+            return Boxes.empty(0)
+        rows = preds.reshape(-1, 7)
+        ok = (rows[:, 4] > 0) & (rows[:, 5] >= 0) & (rows[:, 2] > rows[:, 0]) & (rows[:, 3] > rows[:, 1])
+        image = np.repeat(np.arange(n), preds.shape[1])[ok]
+        rows = rows[ok].astype(np.float64)
+        if len(np.unique(preds[..., VIEW_COL])) <= 1:
+            return Boxes.from_flat(image, n, rows[:, :4], rows[:, 4], rows[:, 5])
+        from kcomp.post.wbf import fuse_flat
+
+        return _as_float32(fuse_flat(np.clip(rows[:, :4], 0, 1), rows[:, 4], rows[:, 5],
+                                     rows[:, VIEW_COL].astype(np.int64), image, int(preds[..., VIEW_COL].max()) + 1,
+                                     n, iou_thr=FUSE_IOU, skip_box_thr=FUSE_SKIP))
 
     def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
         from kcomp.metrics import get_metric
 
-        return float(get_metric(metric).fn(list(targets), self.fuse_views(preds)))
+        return float(get_metric(metric).fn(list(targets), self.fuse_views(preds).rows()))
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> list[list[np.ndarray]]:
-        """Per model, per row, (k, 6) [x1, y1, x2, y2, score, label] normalised to [0, 1], TTA views fused. All
-        models predict each batch as it is read (boxes are small; decoding full-size radiographs is not)."""
+                     labels: Sequence[str]) -> list[Boxes]:
+        """Per model, the rows' boxes normalised to [0, 1], TTA views fused. All models predict each batch as it
+        is read (boxes are small; decoding full-size radiographs is not)."""
         from kcomp.infer.predict import inference_loader, predict_loader, shared_label
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
@@ -131,42 +148,45 @@ class DetTask:
         return [self.fuse_views(p) for p in predict_loader(list(models), dl, self, tta=tta, device=device,
                                                            dtype=dtype, label=shared_label(labels))]
 
-    def average(self, preds: Iterable[list[np.ndarray]]) -> list[np.ndarray]:
-        """Several models' boxes fused image by image with WBF (equal weights); boxes are small, so the models'
-        lists are all kept for the fusion."""
+    def average(self, preds: Iterable[Boxes]) -> Boxes:
+        """Several models' boxes fused with WBF (equal weights), every image in one call; boxes are small, so the
+        models' boxes are all kept for the fusion."""
         preds = list(preds)
         if len(preds) == 1:
             return preds[0]
-        return [_fuse([p[i] for p in preds]) for i in range(len(preds[0]))]
+        from kcomp.post.wbf import fuse_normalised
 
-    def frame(self, rows: pd.DataFrame, preds: list[np.ndarray], setup: dict[str, Any], *, with_targets: bool
+        return _as_float32(fuse_normalised(preds, iou_thr=FUSE_IOU, skip_box_thr=FUSE_SKIP))
+
+    def frame(self, rows: pd.DataFrame, preds: Boxes, setup: dict[str, Any], *, with_targets: bool
               ) -> pd.DataFrame:
-        """`boxes` as {x1, y1, x2, y2, score, label} records in ORIGINAL pixels, best first."""
+        """`boxes`: per row a (k, 6) [x1, y1, x2, y2, score, label] array in ORIGINAL pixels, best first (what
+        `write_predictions` and `oof_score` take; one object per image, none per box)."""
         import pandas as pd
 
+        from kcomp.artifacts.boxes import Boxes
+
         heights, widths = rows["height"].to_numpy(), rows["width"].to_numpy()
-        boxes = []
-        for p, h, w in zip(preds, heights, widths, strict=True):
-            px = p[:, :4] * np.array([w, h, w, h], dtype=np.float64)
-            boxes.append([{"x1": float(b[0]), "y1": float(b[1]), "x2": float(b[2]), "y2": float(b[3]),
-                           "score": float(s), "label": int(lab)}
-                          for b, s, lab in zip(px, p[:, 4], p[:, 5], strict=True)])
-        return pd.DataFrame({"id": rows["id"].to_numpy(), "boxes": boxes, "height": heights, "width": widths})
+        scale = np.stack([widths, heights, widths, heights], axis=1).astype(np.float64)
+        px = Boxes(preds.offsets, preds.xyxy * scale[preds.image_index()], preds.score, preds.label)
+        return pd.DataFrame({"id": rows["id"].to_numpy(), "boxes": px.column(), "height": heights, "width": widths})
 
     def oof_score(self, metric: str, frame: pd.DataFrame, table: IndexTable) -> float:
-        """The metric of the frame's boxes against the index's, both in original pixels."""
+        """The metric of the frame's boxes (per row a (k, 6) array, as `frame` makes) against the index's, both in
+        original pixels."""
         from kcomp.metrics import get_metric
 
         setup = {"classes": _classes(table)}
         rows = table.df.set_index("id").loc[frame["id"]].reset_index()
-        return float(get_metric(metric).fn(self.truth(rows, setup), [_records(b) for b in frame["boxes"]]))
+        return float(get_metric(metric).fn(self.truth(rows, setup), list(frame["boxes"])))
 
     def tune_thresholds(self, preds: Any, **options: Any) -> dict[str, Any]:
         """mAP ranks boxes by score, so no score threshold can raise it: record the OOF score and say so."""
         table = preds.index("needed for the true boxes")
         metric = preds.meta.get("metric") or self.default_metric
+        frame = preds.df.assign(boxes=preds.boxes.column())
         return {"task": self.name, "method": "none", "classes": {c: None for c in preds.classes},
-                "metric": metric, "score": self.oof_score(metric, preds.df, table), "oof": preds.source,
+                "metric": metric, "score": self.oof_score(metric, frame, table), "oof": preds.source,
                 "note": "mAP ranks boxes by score; no threshold raises it, so every box is submitted"}
 
 
@@ -178,23 +198,9 @@ def _classes(table: IndexTable) -> list[str]:
     return list(classes)
 
 
-def _records(boxes: Any) -> np.ndarray:
-    """A prediction file's box records -> (k, 6) [x1, y1, x2, y2, score, label]."""
-    rows = [[b["x1"], b["y1"], b["x2"], b["y2"], b["score"], b["label"]] for b in boxes]
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+def _as_float32(boxes: Boxes) -> Boxes:
+    """Fused coordinates and scores rounded to float32, as the task has always handed them on."""
+    from kcomp.artifacts.boxes import Boxes
 
-
-def _fuse(parts: list[np.ndarray]) -> np.ndarray:
-    """WBF of several (k, 6) normalised box sets of one image; padding (score <= 0 or label < 0) and boxes that
-    clipping flattened to zero area are dropped."""
-    parts = [p[(p[:, 4] > 0) & (p[:, 5] >= 0) & (p[:, 2] > p[:, 0]) & (p[:, 3] > p[:, 1])] for p in parts]
-    if len(parts) == 1:
-        return parts[0].astype(np.float32)
-    if not any(len(p) for p in parts):
-        return np.zeros((0, 6), np.float32)
-    from kcomp.post._wbf_fast import weighted_boxes_fusion
-
-    boxes, scores, labels = weighted_boxes_fusion(
-        [np.clip(p[:, :4], 0, 1) for p in parts], [p[:, 4] for p in parts], [p[:, 5] for p in parts],
-        iou_thr=FUSE_IOU, skip_box_thr=FUSE_SKIP, conf_type="avg")
-    return np.column_stack([np.asarray(boxes).reshape(-1, 4), scores, labels]).astype(np.float32)
+    return Boxes(boxes.offsets, boxes.xyxy.astype(np.float32).astype(np.float64),
+                 boxes.score.astype(np.float32).astype(np.float64), boxes.label)

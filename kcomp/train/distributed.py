@@ -168,8 +168,9 @@ def shard_range(n: int) -> tuple[int, int]:
 
 
 def concat(parts: Sequence[Any]) -> Any:
-    """Join per-rank predictions in rank order: arrays along the first axis, lists end to end. Empty shares (more
-    ranks than rows) are skipped; None marks a rank that had no rows."""
+    """Join per-rank predictions in rank order: arrays along the first axis, lists end to end, containers with a
+    `concat` classmethod (det `Boxes`) by it. Empty shares (more ranks than rows) are skipped; None marks a rank
+    that had no rows."""
     import numpy as np
 
     kept = [p for p in parts if p is not None and len(p) > 0]
@@ -177,6 +178,8 @@ def concat(parts: Sequence[Any]) -> Any:
         return next((p for p in parts if p is not None), None)
     if isinstance(kept[0], np.ndarray):
         return kept[0] if len(kept) == 1 else np.concatenate(kept, axis=0)
+    if hasattr(kept[0], "concat"):
+        return type(kept[0]).concat(kept)
     return [item for p in kept for item in p]
 
 
