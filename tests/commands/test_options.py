@@ -162,15 +162,19 @@ def det_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two box prediction files of the same three images."""
     import numpy as np
 
+    import pandas as pd
+
     from kcomp.artifacts.predictions import write_predictions
-    from tests.test_wbf import _frame
 
     root = tmp_path_factory.mktemp("det")
     rng = np.random.default_rng(0)
-    ids = ["a", "b", "c"]
     for k in range(2):
-        write_predictions(_frame(rng, ids, {i: (64, 80) for i in ids}), root / f"det{k}.parquet", task="det",
-                          kind="test", classes=["x", "y"], values="boxes")
+        boxes = [[{"x1": float(x), "y1": float(y), "x2": float(x + 10), "y2": float(y + 12), "score": float(s),
+                   "label": int(lab)} for x, y, s, lab in zip(rng.uniform(0, 60, n), rng.uniform(0, 50, n),
+                                                              rng.uniform(0, 1, n), rng.integers(0, 2, n))]
+                 for n in (3, 0, 5)]
+        df = pd.DataFrame({"id": ["a", "b", "c"], "fold": -1, "height": 64, "width": 80, "boxes": boxes})
+        write_predictions(df, root / f"det{k}.parquet", task="det", kind="test", classes=["x", "y"], values="boxes")
     return {"root": root, "det0": root / "det0.parquet", "det1": root / "det1.parquet"}
 
 
