@@ -18,6 +18,8 @@ SCHEMAS: dict[str, int] = {
     "checkpoint": 1,
     "metrics": 1,
     "run-config": 1,
+    "label-issues": 1,
+    "pseudo": 1,
 }
 
 
