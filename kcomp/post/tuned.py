@@ -10,6 +10,7 @@ from kcomp.errors import BadInput
 
 SEG_DEFAULTS = {"threshold": 0.5, "min_size": 0, "top": 0.0}
 INK_DEFAULT_THRESHOLD = 0.5
+_LOGGED: set[str] = set()
 
 
 def seg_settings(thresholds: dict[str, Any] | None, classes: list[str], size: tuple[int, int]
@@ -53,7 +54,10 @@ def _area_scale(tuned: Any, size: tuple[int, int]) -> float:
     if (th, tw) == tuple(size):
         return 1.0
     scale = size[0] * size[1] / max(1, th * tw)
-    console.log(f"thresholds were tuned on {th}x{tw} maps; min sizes scaled by {scale:.3g} to {size[0]}x{size[1]}")
+    message = f"thresholds were tuned on {th}x{tw} maps; min sizes scaled by {scale:.3g} to {size[0]}x{size[1]}"
+    if message not in _LOGGED:  # once, not once per map
+        _LOGGED.add(message)
+        console.log(message)
     return scale
 
 

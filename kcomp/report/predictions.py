@@ -50,9 +50,12 @@ def report_predictions(path: str, out_dir: Path, prefix: str, n_previews: int, *
     elif preds.task not in ("seg", "ink"):
         section.notes.append(f"no pictures for task {preds.task!r}")
     if preds.task in ("seg", "ink"):
+        several = len((tuned or {}).get(preds.task, [])) > 1
         section.notes.append(f"masks drawn at the settings of {thr_path}" if thr_path else
-                             "masks drawn at probability 0.5 (give the thresholds file among the inputs to draw "
-                             "them at its settings)")
+                             "masks drawn at probability 0.5: " + ("none of the thresholds files among the inputs "
+                                                                  "was tuned on this file" if several else
+                                                                  "give the thresholds file among the inputs to "
+                                                                  "draw them at its settings"))
     if worst and preds.kind == "oof":
         from kcomp.report.worst import report_worst
 

@@ -68,10 +68,13 @@ def _seg(preds: Predictions, thresholds: Any) -> dict[str, Any]:
     setup = get_task("seg").setup(table, {})
     by_id = table.df.set_index("id", drop=False)
     dice = np.zeros((len(preds.df), len(preds.classes)))
+    by_size: dict[tuple[int, ...], Any] = {}
     with preds.maps() as maps:
         for i, (rid, key) in enumerate(zip(preds.df["id"], preds.df["map_key"].astype(str), strict=True)):
             m = maps[key]
-            settings = seg_settings(thresholds, preds.classes, m.shape[1:]) if thresholds else None
+            if thresholds and m.shape[1:] not in by_size:
+                by_size[m.shape[1:]] = seg_settings(thresholds, preds.classes, m.shape[1:])
+            settings = by_size.get(m.shape[1:])
             truth = truth_masks(by_id.loc[rid], setup, m.shape[1:])
             for c, name in enumerate(preds.classes):
                 pred = postprocess(m[c], *settings[name]) if settings else m[c] >= 128

@@ -141,8 +141,7 @@ class _Seg:
                     rles[c].append(encode(full, order=order))
         for c, name in enumerate(p.classes):
             rows[mask_column(name)] = rles[c]
-        if "labels" in rows.columns or len(p.classes) > 1:
-            rows["labels"] = [[int(bool(rles[c][i])) for c in range(len(p.classes))] for i in range(len(rows))]
+        rows["labels"] = [[int(bool(rles[c][i])) for c in range(len(p.classes))] for i in range(len(rows))]
         return rows
 
 
