@@ -113,3 +113,18 @@ def existing(path: str, what: str = "file") -> Path:
     if path != "-" and not p.exists():
         raise BadInput(f"{what} not found", path=p)
     return p
+
+
+def not_an_input(output: str, *inputs: str | Path) -> None:
+    """`-o` must not name a file the command reads: the output replaces it only after the input was read, but a
+    failure half way (or a typo in a Makefile) would lose the input."""
+    from kcomp.errors import BadUsage
+
+    if output == "-":
+        return
+    if Path(output).is_dir():
+        raise BadUsage(f"-o {output}: is a directory; give a file name")
+    out = Path(output).resolve()
+    for p in inputs:
+        if str(p) != "-" and Path(p).resolve() == out:
+            raise BadUsage(f"-o {output}: is also an input; write the output elsewhere")

@@ -1,4 +1,4 @@
-"""The `kcomp` command: registers the ten subcommands, the read-only `report` and `pack`; nothing heavy is imported
+"""The `kcomp` command: registers the subcommands, the read-only `report` and `pack`; nothing heavy is imported
 until one of them runs."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import typer
 from typer.core import TyperGroup
 
 from kcomp import __version__
-from kcomp.commands import (_common, ensemble, oof, pack, prep, report, split, stack, submit, train, tta,
-                            tune_threshold, wbf)
+from kcomp.commands import (_common, clean, ensemble, oof, pack, prep, pseudo, report, split, stack, submit,
+                            train, tta, tune_threshold, wbf)
 
 
 class _Root(TyperGroup):
@@ -35,7 +35,7 @@ app = typer.Typer(
     help="Composable commands from a Kaggle-style vision competition's raw data to a submission CSV.\n\n"
          "raw -> prep -> index -> split -> folds -> train -> run -> oof/tta -> predictions -> "
          "wbf/ensemble/stack -> tune-threshold -> submit -> CSV. Every arrow is a file; `report` draws runs, "
-         "predictions and thresholds.",
+         "predictions and thresholds; `clean` and `pseudo` turn OOF and test predictions back into training data.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
@@ -59,7 +59,8 @@ def main(
     _common.set_global(debug, quiet)
 
 
-for module in (prep, split, train, oof, tune_threshold, tta, wbf, ensemble, stack, submit, report, pack):
+for module in (prep, split, train, oof, tune_threshold, tta, wbf, ensemble, stack, submit, clean, pseudo, report,
+               pack):
     module.register(app)
 
 

@@ -158,7 +158,11 @@ COMMANDS: dict[str, dict[str, Spec]] = {
     "tune-threshold": {"downscale": Int(1, 4096, only=("ink",)), "thresholds": Text(only=("seg",)),
                        "min_sizes": Text(only=("seg",)), "tops": Text(only=("seg",))},
     "submit": {"thresholds": Text(), "sample": Text(), "none_power": Float(0)},
-    "report": {"previews": Int(0)},
+    "report": {"previews": Int(0), "worst": Int(0)},
+    "clean": {"filter_by": Choice(lazy("kcomp.post.label_issues", "FILTERS"), what="cleanlab filter"),
+              "quality": Choice(lazy("kcomp.post.label_issues", "QUALITY"), what="label quality score")},
+    "pseudo": {"min_conf": Float(0, 1), "top_frac": Float(0, 1, low_open=True), "soft": Flag(),
+               "thresholds": Text(), "min_score": Float(0, 1)},
     "pack": {"none_power": Float(0), "test_images": Int(1, 10**9), "time_limit": Text(), "half": Flag()},
 }
 # Elements of the comma-separated list options.

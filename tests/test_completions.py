@@ -16,11 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 COMPLETIONS = ROOT / "completions"
 GEN = ROOT / "tools" / "gen_completions.py"
-COMMANDS = ["prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "pack",
-            "report"]
+COMMANDS = ["prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit",
+            "clean", "pseudo", "pack", "report"]
 # What a completion request or --help must not import (seconds of start-up each).
 HEAVY = ["torch", "torchvision", "timm", "pandas", "pyarrow", "albumentations", "sklearn", "scipy", "cv2",
-         "segmentation_models_pytorch", "effdet", "matplotlib", "numpy", "numba", "pydicom"]
+         "segmentation_models_pytorch", "effdet", "matplotlib", "numpy", "numba", "pydicom", "cleanlab"]
 # --help also stays clear of rich (kcomp.console imports it on first use) and of pydantic (typer imports it to
 # coerce an option value that is not a bool; the root group's unset flags are False, see commands/main.py).
 HELP_HEAVY = [*HEAVY, "rich", "pydantic"]

@@ -68,7 +68,7 @@ def test_report_of_a_run_its_predictions_and_thresholds(demo_run: dict[str, Path
     thr = tmp_path / "thr.json"
     write_json(thr, "thresholds", get_task("cls").tune_thresholds(read_predictions(demo_run["oof"])))
     out = tmp_path / "report"
-    summary = _report(demo_run["run"], demo_run["oof"], demo_run["test"], thr, "-o", out)
+    summary = _report(demo_run["run"], demo_run["oof"], demo_run["test"], thr, "-o", out, "--worst", "0")
 
     names = {Path(p).name for p in summary["written"]}
     assert names == {"run_loss.png", "run_metric.png", "run_lr.png", "oof_probs.png", "oof_confusion.png",
@@ -324,6 +324,8 @@ JSON_CALLS = {
     "stack": ("stack", "{oof}", "{oof}", "--test", "{test}", "{test}", "-o", "{tmp}/st.parquet", "--oof-output",
               "{tmp}/so.parquet", "--folds", "2"),
     "report": ("report", "{run}", "-o", "{tmp}/rep"),
+    "clean": ("clean", "{oof}", "-o", "{tmp}/issues.parquet"),
+    "pseudo": ("pseudo", "{test}", "-o", "{tmp}/pseudo.parquet"),
 }
 
 

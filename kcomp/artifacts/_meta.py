@@ -19,6 +19,8 @@ SCHEMAS: dict[str, int] = {
     "metrics": 1,
     "run-config": 1,
     "package": 1,
+    "label-issues": 1,
+    "pseudo": 1,
 }
 
 

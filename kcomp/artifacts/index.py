@@ -69,12 +69,19 @@ def write_index(df: pd.DataFrame, path: str | Path, *, root: Path, competition: 
 def write_folds(table: IndexTable, folds: Any, path: str | Path, **extra: Any) -> str:
     df = table.df.copy()
     df["fold"] = folds
-    meta = carried(table.meta, "root")
+    meta = rebased_meta(table, path)
     meta["index_command"] = table.meta.get("command")
-    if "image_cache" in meta:  # rebased like the root: folds are often written beside other files than the index
+    return write_table(df, path, "folds", **{**meta, **extra})
+
+
+def rebased_meta(table: IndexTable, path: str | Path) -> dict[str, Any]:
+    """The metadata a table derived from `table` and written to `path` carries: the root and the image cache
+    rebased for `path`'s own location (derived tables are often written beside other files than the index)."""
+    meta = carried(table.meta, "root")
+    if "image_cache" in meta:
         cache = meta["image_cache"]
         meta["image_cache"] = {**cache, "path": _root_for(path, table.relative_file(cache["path"]))}
-    return write_table(df, path, "folds", root=_root_for(path, table.root), **{**meta, **extra})
+    return {**meta, "root": _root_for(path, table.root)}
 
 
 def read_index(path: str | Path, accept: str | tuple[str, ...] = ("index", "folds")) -> IndexTable:

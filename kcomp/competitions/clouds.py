@@ -37,7 +37,6 @@ RLE_ORDER = "column"
 ID_COLUMN = "Image_Label"
 RLE_COLUMN = "EncodedPixels"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-DEFAULTS = {"threshold": 0.5, "min_size": 0, "top": 0.0}
 
 
 def split_label(label: str, where: str) -> tuple[str, str]:
@@ -150,41 +149,9 @@ def class_settings(thresholds: dict[str, Any] | None, size: tuple[int, int] = SU
                    ) -> dict[str, tuple[float, int, float]]:
     """class -> (threshold, min_size, top) from THRESHOLDS.json (`classes.<name>`), defaults 0.5/0/0. Min sizes
     tuned on maps of another size (the file's `size`) are scaled by the area ratio to `size`."""
-    if not thresholds:
-        return {c: (DEFAULTS["threshold"], DEFAULTS["min_size"], DEFAULTS["top"]) for c in CLASSES}
-    per = thresholds.get("classes")
-    if not isinstance(per, dict):
-        raise BadInput("thresholds: no per-class settings (`classes`); made by `kcomp tune-threshold` on seg OOF?")
-    unknown = sorted(set(per) - set(CLASSES))
-    if unknown:
-        raise BadInput(f"thresholds: unknown class {unknown[0]!r}; expected {', '.join(CLASSES)}")
-    scale = 1.0
-    tuned = thresholds.get("size")
-    if tuned:
-        try:
-            th, tw = (int(v) for v in tuned)
-        except (TypeError, ValueError):
-            raise BadInput(f"thresholds: size {tuned!r} is not [height, width]") from None
-        if (th, tw) != tuple(size):
-            scale = size[0] * size[1] / max(1, th * tw)
-            console.log(f"clouds: thresholds were tuned on {th}x{tw} maps; min sizes scaled by {scale:.3g} to "
-                        f"{size[0]}x{size[1]}")
-    out = {}
-    for c in CLASSES:
-        s = per.get(c) or {}
-        if not isinstance(s, dict):
-            raise BadInput(f"thresholds: class {c}: expected an object with threshold/min_size/top, got {s!r}")
-        try:
-            thr = float(s.get("threshold", DEFAULTS["threshold"]))
-            min_size = int(s.get("min_size", DEFAULTS["min_size"]) or 0)
-            top = float(s.get("top", DEFAULTS["top"]) or 0.0)
-        except (TypeError, ValueError):
-            raise BadInput(f"thresholds: class {c}: threshold, min_size and top must be numbers, got {s!r}") from None
-        if not 0 < thr < 1 or min_size < 0 or not 0 <= top < 1:
-            raise BadInput(f"thresholds: class {c}: threshold {thr} must be in (0, 1), min_size {min_size} >= 0 "
-                           f"and top {top} in [0, 1)")
-        out[c] = (thr, round(min_size * scale), top)
-    return out
+    from kcomp.post.tuned import seg_settings
+
+    return seg_settings(thresholds, CLASSES, size)
 
 
 def resize_maps(m: np.ndarray, size: tuple[int, int]) -> np.ndarray:

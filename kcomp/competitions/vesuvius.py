@@ -38,7 +38,6 @@ SPLIT_DIRS = ("train", "test")
 LAYER_DIR = "surface_volume"
 MASK = "mask.png"
 LABELS = "inklabels.png"
-DEFAULT_THRESHOLD = 0.5
 
 
 def natural_key(name: str) -> list[Any]:
@@ -199,20 +198,9 @@ def load_maps(preds: Predictions) -> dict[str, np.ndarray]:
 
 def ink_thresholds(thresholds: dict[str, Any] | None) -> tuple[float, int]:
     """(threshold, min_size) from THRESHOLDS.json: top-level keys, or under classes/ink."""
-    if not thresholds:
-        return DEFAULT_THRESHOLD, 0
-    t = thresholds
-    per_class = t.get("classes")
-    if "threshold" not in t and isinstance(per_class, dict) and isinstance(per_class.get("ink"), dict):
-        t = per_class["ink"]
-    try:
-        thr = float(t.get("threshold", DEFAULT_THRESHOLD))
-        min_size = int(t.get("min_size", 0) or 0)
-    except (TypeError, ValueError):
-        raise BadInput(f"thresholds: expected a number for threshold and min_size, got {t!r}") from None
-    if not 0.0 <= thr <= 1.0 or min_size < 0:
-        raise BadInput(f"thresholds: threshold {thr} must be in [0, 1] and min_size {min_size} >= 0")
-    return thr, min_size
+    from kcomp.post.tuned import ink_settings
+
+    return ink_settings(thresholds)
 
 
 def submit_ink(preds: list[Predictions], *, thresholds: dict[str, Any] | None) -> pd.DataFrame:

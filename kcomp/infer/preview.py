@@ -1,12 +1,15 @@
 """Overlay previews of dense predictions, to look at before submitting: PNGs drawn with OpenCV (no matplotlib).
 
-seg: the image at the map's size, each class's mask at probability 0.5 as a translucent fill with an outline, and a
-legend beside it naming the classes with the share of the image each covers. ink: the probability map as a heat
-overlay on the papyrus mask, scaled to at most 1024 px.
+seg: the image at the map's size, each class's mask as a translucent fill with an outline, and a legend beside it
+naming the classes with the share of the image each covers; for OOF predictions the true masks drawn the same way on
+a copy to the right, with each class's Dice. ink: the probability map as a heat overlay on the papyrus mask, scaled
+to at most 1024 px, the predicted ink outlined in red and (OOF) the true ink in green. Masks are binarised at the
+settings of a thresholds file when one is given (what `submit` would draw), else at probability 0.5.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,19 +24,23 @@ if TYPE_CHECKING:
 PALETTE = [(255, 99, 71), (50, 205, 50), (30, 144, 255), (255, 215, 0), (186, 85, 211), (0, 206, 209)]
 ALPHA = 0.4
 INK_MAX_SIDE = 1024
+PRED_RGB, TRUTH_RGB = (255, 64, 64), (64, 220, 64)  # ink outlines, as the det previews draw boxes
 
 
-def write_previews(preds: Predictions, out_dir: Path, n: int = 8) -> list[str]:
-    """PNG overlays of the first `n` ids of seg or ink predictions into `out_dir`; returns the paths written."""
+def write_previews(preds: Predictions, out_dir: Path, n: int = 8, *, thresholds: dict[str, Any] | None = None,
+                   ids: Sequence[Any] | None = None) -> list[str]:
+    """PNG overlays of the first `n` ids (or of `ids`) of seg or ink predictions into `out_dir`, binarised at the
+    settings of `thresholds` (a thresholds file's body; 0.5 without one), with the true masks beside the predicted
+    ones for OOF predictions; returns the paths written."""
     if preds.task not in ("seg", "ink"):
         raise BadUsage(f"previews are for seg and ink predictions; {preds.source} holds {preds.task}")
     if n < 1:
         raise BadUsage(f"--preview-count {n}: must be at least 1")
     table = preds.index("needed to find the images")
     by_id = table.df.set_index("id")
-    out_dir = Path(out_dir)
-    rows = preds.df.head(n)
+    rows = preds.df.head(n) if ids is None else preds.df.set_index("id", drop=False).loc[list(ids)]
     names = _file_names([str(i) for i in rows["id"]])
+    truth = _Truth(table, preds) if preds.kind == "oof" else None
     written = []
     with preds.maps() as maps:
         for i, key, name in zip(rows["id"], rows["map_key"].astype(str), names, strict=True):
@@ -41,10 +48,38 @@ def write_previews(preds: Predictions, out_dir: Path, n: int = 8) -> list[str]:
                 raise BadInput(f"id {i!r} is not in the index {table.source}", path=preds.source)
             row = by_id.loc[i]
             m = maps[key]
-            img = _seg_overlay(table.file(row["path"]), m, preds.classes) if preds.task == "seg" else \
-                _ink_overlay(table, row, m)
+            if preds.task == "seg":
+                img = _seg_overlay(table.file(row["path"]), m, preds.classes, thresholds,
+                                   truth.seg(i, row, m.shape[1:]) if truth else None)
+            else:
+                img = _ink_overlay(table, row, m, thresholds, truth.ink(row) if truth else None)
             written.append(_write_png(out_dir / name, img))
     return written
+
+
+class _Truth:
+    """The true masks of OOF rows, from the index the predictions name."""
+
+    def __init__(self, table: Any, preds: Predictions) -> None:
+        self.table = table
+        self.setup = None
+        if preds.task == "seg":
+            from kcomp.tasks import get_task
+
+            self.setup = get_task("seg").setup(table, {})
+
+    def seg(self, rid: Any, row: Any, size: Sequence[int]) -> np.ndarray:
+        from kcomp.tasks.seg import truth_masks
+
+        return truth_masks({**row.to_dict(), "id": rid}, self.setup, size).astype(bool)
+
+    def ink(self, row: Any) -> np.ndarray | None:
+        from kcomp.data.layers import read_png_mask
+
+        if not row.get("inklabels"):
+            return None
+        h, w = int(row["height"]), int(row["width"])
+        return read_png_mask(self.table.file(row["inklabels"]), (h, w))[int(row.get("y0", 0)):int(row.get("y1", h))]
 
 
 def _file_names(ids: list[str]) -> list[str]:
@@ -64,44 +99,75 @@ def _colour(c: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def _seg_overlay(path: Path, maps: np.ndarray, classes: list[str]) -> np.ndarray:
-    """RGB uint8 image (map size) with every class's mask (prob >= 0.5) filled and outlined, plus a legend."""
+def _seg_overlay(path: Path, maps: np.ndarray, classes: list[str], thresholds: dict[str, Any] | None,
+                 truth: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 image (map size) with every class's mask (after the thresholds' post-processing) filled and
+    outlined; with `truth`, the true masks drawn the same way on a second copy to its right; plus a legend."""
     import cv2
     import numpy as np
 
     from kcomp.data.images import read_rgb
+    from kcomp.post.seg_threshold import postprocess
+    from kcomp.post.tuned import seg_settings
 
     if maps.ndim != 3:
         raise BadInput(f"seg map has shape {maps.shape}; expected (classes, height, width)", path=str(path))
     _, h, w = maps.shape
+    names = list(classes or map(str, range(len(maps))))
+    settings = seg_settings(thresholds, names, (h, w)) if thresholds else None
+    masks = np.stack([postprocess(m, *settings[c]) if settings else m >= 128 for m, c in zip(maps, names,
+                                                                                           strict=True)])
     img = read_rgb(path, min(h, w))
-    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
-    masks = maps >= 128
+    img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+    out = draw_masks(img, masks)
+    labels = [f"{name} {100 * float(m.mean()):.0f}%" for name, m in zip(names, masks, strict=False)]
+    if truth is not None:
+        from kcomp.metrics._segmentation import dice_empty_one
+
+        gap = np.full((h, max(4, w // 60), 3), 24, np.uint8)
+        out = np.concatenate([out, gap, draw_masks(img, truth)], axis=1)
+        labels = [f"{name} {100 * float(p.mean()):.0f}% / true {100 * float(t.mean()):.0f}%, dice "
+                  f"{dice_empty_one(p, t):.2f}" for name, p, t in zip(names, masks, truth, strict=False)]
+    header = "predicted at " + ("probability 0.5" if settings is None else "the tuned thresholds")
+    header = f"left: {header}, right: true" if truth is not None else header
+    return _legend(out, labels, [_colour(c) for c in range(len(labels))], header=header)
+
+
+def draw_masks(img: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """A copy of RGB `img` with each boolean mask filled translucently and outlined in its class colour."""
+    import cv2
+    import numpy as np
+
+    h, w = img.shape[:2]
+    out = img.astype(np.float32)
     for c, m in enumerate(masks):
         if m.any():
-            img[m] = img[m] * (1 - ALPHA) + np.asarray(_colour(c), np.float32) * ALPHA
-    out = np.ascontiguousarray(img.clip(0, 255).astype(np.uint8))
+            out[m] = out[m] * (1 - ALPHA) + np.asarray(_colour(c), np.float32) * ALPHA
+    out = np.ascontiguousarray(out.clip(0, 255).astype(np.uint8))
     for c, m in enumerate(masks):
         contours, _ = cv2.findContours(m.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, _colour(c), max(1, min(h, w) // 200))
-    labels = [f"{name} {100 * float(m.mean()):.0f}%" for name, m in zip(classes or map(str, range(len(masks))),
-                                                                         masks, strict=False)]
-    return _legend(out, labels, [_colour(c) for c in range(len(labels))])
+    return out
 
 
-def _legend(img: np.ndarray, labels: list[str], colours: list[tuple[int, int, int]]) -> np.ndarray:
-    """The image with a dark panel on its right listing the labels, each after a swatch of its colour (a panel
-    beside the image, not over it, so no prediction is hidden)."""
+def _legend(img: np.ndarray, labels: list[str], colours: list[tuple[int, int, int]], header: str = "") -> np.ndarray:
+    """The image with a dark panel on its right listing the labels, each after a swatch of its colour, under an
+    optional header line (a panel beside the image, not over it, so no prediction is hidden)."""
     import cv2
     import numpy as np
 
     h = img.shape[0]
     scale = max(0.3, min(0.8, h / 700))
     thick = max(1, round(scale * 1.5))
-    line = max(14, int(40 * scale))
-    text_w = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t in labels)
-    panel = np.full((max(h, line * len(labels) + 12), line + text_w + 16, 3), 24, np.uint8)
-    for k, (text, colour) in enumerate(zip(labels, colours, strict=True)):
+    texts = labels + ([header] if header else [])
+    line = max(10, min(max(14, int(40 * scale)), (h - 12) // len(texts)))  # the image's height when it fits
+    text_w = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t in texts)
+    first = 1 if header else 0
+    panel = np.full((max(h, line * (len(labels) + first) + 12), line + text_w + 16, 3), 24, np.uint8)
+    if header:
+        cv2.putText(panel, header, (6, 6 + 3 * line // 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (200, 200, 200), thick,
+                    cv2.LINE_AA)
+    for k, (text, colour) in enumerate(zip(labels, colours, strict=True), start=first):
         y = 6 + k * line
         cv2.rectangle(panel, (6, y + line // 4), (6 + line // 2, y + 3 * line // 4), colour, -1)
         cv2.putText(panel, text, (line, y + 3 * line // 4), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
@@ -112,12 +178,16 @@ def _legend(img: np.ndarray, labels: list[str], colours: list[tuple[int, int, in
     return canvas
 
 
-def _ink_overlay(table: Any, row: Any, prob: np.ndarray) -> np.ndarray:
-    """The ink probability as a heat map (inferno, opacity growing with probability) over the papyrus mask."""
+def _ink_overlay(table: Any, row: Any, prob: np.ndarray, thresholds: dict[str, Any] | None = None,
+                 truth: np.ndarray | None = None) -> np.ndarray:
+    """The ink probability as a heat map (inferno, opacity growing with probability) over the papyrus mask, with the
+    predicted ink at the thresholds' settings outlined in red and, for OOF, the true ink in green."""
     import cv2
     import numpy as np
 
     from kcomp.data.layers import read_png_mask
+    from kcomp.post.ink_threshold import postprocess
+    from kcomp.post.tuned import ink_settings
 
     if prob.ndim != 2:
         raise BadInput(f"ink map has shape {prob.shape}; expected (height, width)")
@@ -127,6 +197,7 @@ def _ink_overlay(table: Any, row: Any, prob: np.ndarray) -> np.ndarray:
     if mask.shape != prob.shape:
         raise BadInput(f"ink map is {prob.shape[0]}x{prob.shape[1]}, its fragment rows {y0}..{y1} are "
                        f"{mask.shape[0]}x{mask.shape[1]}")
+    thr, min_size = ink_settings(thresholds)
     f = min(1.0, INK_MAX_SIDE / max(prob.shape))
     size = (max(1, round(prob.shape[1] * f)), max(1, round(prob.shape[0] * f)))
     p = cv2.resize(prob, size, interpolation=cv2.INTER_AREA)
@@ -135,7 +206,19 @@ def _ink_overlay(table: Any, row: Any, prob: np.ndarray) -> np.ndarray:
     heat = cv2.cvtColor(cv2.applyColorMap(p, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB).astype(np.float32)
     a = (0.15 + 0.75 * p.astype(np.float32) / 255.0)[..., None]
     out = np.ascontiguousarray((base * (1 - a) + heat * a).clip(0, 255).astype(np.uint8))
-    return _legend(out, [f"ink (max {p.max() / 255:.2f})"], [(252, 255, 164)])
+    outlines = [(postprocess(prob, mask, thr, min_size), PRED_RGB)]
+    labels = [f"ink (max {p.max() / 255:.2f})", f"predicted at {thr:.2f}" + (f", min size {min_size}" if min_size
+                                                                          else "")]
+    if truth is not None:
+        from kcomp.metrics._segmentation import fbeta_pixels
+
+        outlines.append((truth, TRUTH_RGB))
+        labels.append(f"true ink (F0.5 {fbeta_pixels(outlines[0][0], truth, mask):.2f})")
+    for binary, colour in outlines:
+        small = cv2.resize(binary.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(small, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour, max(1, min(size) // 300))
+    return _legend(out, labels, [(252, 255, 164), PRED_RGB, TRUTH_RGB][:len(labels)])
 
 
 def _write_png(path: Path, rgb: np.ndarray) -> str:

@@ -35,9 +35,11 @@ def _schema(path: Path) -> str | None:
     return schema.get("name") if isinstance(schema, dict) else None
 
 
-def build_report(inputs: list[str], out_dir: Path, *, previews: int = 4) -> tuple[list[Section], list[str]]:
+def build_report(inputs: list[str], out_dir: Path, *, previews: int = 4, worst: int = 8
+                 ) -> tuple[list[Section], list[str]]:
     """Sections for `inputs` with their PNGs under `out_dir`, plus out_dir/index.html; returns (sections, the
-    files written)."""
+    files written). Two or more runs get a leaderboard first; OOF predictions a gallery of their `worst` rows."""
+    from kcomp.report.leaderboard import leaderboard
     from kcomp.report.page import write_page
     from kcomp.report.predictions import report_predictions
     from kcomp.report.run import report_run
@@ -47,22 +49,41 @@ def build_report(inputs: list[str], out_dir: Path, *, previews: int = 4) -> tupl
         raise BadUsage("give at least one run directory, predictions file or thresholds file")
     if previews < 0:
         raise BadUsage(f"--previews {previews}: must be >= 0")
+    if worst < 0:
+        raise BadUsage(f"--worst {worst}: must be >= 0")
     if str(out_dir) == "-" or (out_dir.exists() and not out_dir.is_dir()):
         raise BadUsage(f"-o {out_dir}: give a directory for the PNGs and index.html")
     kinds = [kind_of(Path(text)) for text in inputs]  # every input exists and is readable as what, before writing
     out_dir.mkdir(parents=True, exist_ok=True)
-    sections = []
+    sections, runs = [], []
+    tuned = _thresholds_by_task(inputs, kinds)
     for text, kind, prefix in zip(inputs, kinds, _prefixes(inputs), strict=True):
         path = Path(text)
         if kind == "run":
-            sections.append(report_run(path if path.is_dir() else path.parent, out_dir, prefix))
+            run = path if path.is_dir() else path.parent
+            sections.append(report_run(run, out_dir, prefix))
+            runs.append((run, sections[-1]))
         elif kind == "thresholds":
             sections.append(report_thresholds(text, out_dir, prefix))
         else:
-            sections.append(report_predictions(text, out_dir, prefix, previews))
+            sections += report_predictions(text, out_dir, prefix, previews, worst=worst, tuned=tuned)
+    if len(runs) > 1:
+        sections.insert(0, leaderboard(runs))
     page = write_page(sections, out_dir)
     written = [str(out_dir / im.path) for s in sections for im in s.images] + [page]
     return sections, written
+
+
+def _thresholds_by_task(inputs: list[str], kinds: list[str]) -> dict[str, list[tuple[str, dict]]]:
+    """task -> the thresholds files among the inputs (path, body), for drawing predictions at their settings."""
+    from kcomp.artifacts import read_json
+
+    out: dict[str, list[tuple[str, dict]]] = {}
+    for text, kind in zip(inputs, kinds, strict=True):
+        if kind == "thresholds":
+            body = read_json(text, "thresholds")
+            out.setdefault(str(body.get("task")), []).append((text, body))
+    return out
 
 
 def _prefixes(inputs: list[str]) -> list[str]:

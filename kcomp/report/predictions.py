@@ -1,5 +1,6 @@
 """A predictions file: cls -> class-probability histograms (+ confusion matrix for OOF with targets);
-seg/ink -> overlay previews (`kcomp.infer.preview`); det -> boxes drawn over a few images."""
+seg/ink -> overlay previews (`kcomp.infer.preview`, at a thresholds file's settings when one is given, with the
+truth for OOF); det -> boxes drawn over a few images. OOF predictions also get their worst rows (`worst`)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,11 @@ BOX_SIDE = 800  # previews are scaled so the longer side is at most this
 PRED_RGB, TRUTH_RGB = (255, 64, 64), (64, 220, 64)
 
 
-def report_predictions(path: str, out_dir: Path, prefix: str, n_previews: int) -> Section:
+def report_predictions(path: str, out_dir: Path, prefix: str, n_previews: int, *, worst: int = 0,
+                       tuned: dict[str, list[tuple[str, dict]]] | None = None) -> list[Section]:
+    """The predictions' section, then (OOF, `worst` > 0) the gallery of its worst rows. seg/ink are drawn at the
+    settings of the thresholds file among `tuned` (task -> [(path, body)]) that was tuned on this file, else of
+    the only one of its task."""
     from kcomp.artifacts.predictions import read_predictions
 
     preds = read_predictions(path)
@@ -32,6 +37,7 @@ def report_predictions(path: str, out_dir: Path, prefix: str, n_previews: int) -
     section.facts.update(task=preds.task, kind=preds.kind, rows=len(preds.df), classes=preds.classes or None,
                          metric=meta.get("metric"), score=meta.get("score"), runs=meta.get("runs"))
     section.facts = {k: v for k, v in section.facts.items() if v is not None}
+    thr_path, thresholds = _paired(preds, (tuned or {}).get(preds.task, []))
     if preds.task == "cls":
         _cls(preds, out_dir, prefix, section)
     elif preds.task == "det":
@@ -40,11 +46,31 @@ def report_predictions(path: str, out_dir: Path, prefix: str, n_previews: int) -
         from kcomp.infer.preview import write_previews
 
         sub = out_dir / f"{prefix}previews"
-        for p in write_previews(preds, sub, n=n_previews):
+        for p in write_previews(preds, sub, n=n_previews, thresholds=thresholds):
             section.images.append(Image(f"{sub.name}/{Path(p).name}", f"{preds.task} overlay: {Path(p).stem}"))
     elif preds.task not in ("seg", "ink"):
         section.notes.append(f"no pictures for task {preds.task!r}")
-    return section
+    if preds.task in ("seg", "ink"):
+        several = len((tuned or {}).get(preds.task, [])) > 1
+        section.notes.append(f"masks drawn at the settings of {thr_path}" if thr_path else
+                             "masks drawn at probability 0.5: " + ("none of the thresholds files among the inputs "
+                                                                  "was tuned on this file" if several else
+                                                                  "give the thresholds file among the inputs to "
+                                                                  "draw them at its settings"))
+    if worst and preds.kind == "oof":
+        from kcomp.report.worst import report_worst
+
+        return [section, report_worst(preds, out_dir, prefix, worst, thresholds)]
+    return [section]
+
+
+def _paired(preds: Predictions, candidates: list[tuple[str, dict]]) -> tuple[str | None, dict | None]:
+    """The thresholds file tuned on these predictions (its `oof` is this file), else the only one of the task."""
+    here = Path(preds.source).resolve()
+    for path, body in candidates:
+        if body.get("oof") and Path(str(body["oof"])).resolve() == here:
+            return path, body
+    return candidates[0] if len(candidates) == 1 else (None, None)
 
 
 # --------------------------------------------------------------------------------------------------------- cls

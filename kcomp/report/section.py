@@ -14,7 +14,7 @@ class Image:
 
 @dataclass
 class Section:
-    kind: str  # run | predictions | thresholds
+    kind: str  # run | predictions | thresholds | leaderboard | worst
     title: str
     source: str
     facts: dict[str, Any] = field(default_factory=dict)

@@ -225,3 +225,55 @@ def build_loss(name: str, *, smoothing: float = 0.0, t1: float = 0.8, t2: float 
     if isinstance(taylor_n, bool) or not isinstance(taylor_n, int) or taylor_n < 1:
         raise BadUsage(f"taylor order must be an integer >= 1, got {taylor_n!r}")
     return functools.partial(taylor_cross_entropy, n=taylor_n, smoothing=smoothing)
+
+
+# --- Distillation from a teacher's out-of-fold probabilities (Hinton, Vinyals, Dean 2015, arXiv:1503.02531) ---------
+
+
+def distillation_loss(logits: Tensor, target: Tensor, teacher: Tensor, *, label_loss: LossFn, alpha: float,
+                      temperature: float = 1.0) -> Tensor:
+    """``(1 - alpha) * label_loss(logits, target) + alpha * T^2 * CE(teacher_T, softmax(logits / T))``.
+
+    ``teacher`` holds the teacher's probabilities ``(N, C)``; at temperature T they are softened to
+    ``teacher^(1/T)`` renormalised (the softmax of its log-probabilities over T). T^2 keeps the soft term's gradient
+    scale independent of T. At alpha=1 and T=1 this is exactly the cross-entropy to the teacher's probabilities, at
+    alpha=0 exactly ``label_loss``.
+    """
+    if alpha == 0.0:
+        return label_loss(logits, target)
+    x = logits.float()
+    q = teacher.float()
+    if temperature != 1.0:
+        q = torch.softmax(q.clamp_min(1e-12).log() / temperature, dim=-1)
+        x = x / temperature
+    soft = -(q * F.log_softmax(x, dim=-1)).sum(-1).mean() * (temperature * temperature)
+    if alpha == 1.0:
+        return soft
+    return (1.0 - alpha) * label_loss(logits, target) + alpha * soft
+
+
+def build_distillation(label_loss: LossFn, *, alpha: float, temperature: float = 1.0) -> LossFn:
+    """``loss(logits, packed)`` for the training loop, ``packed`` being ``(N, 2C)``: the label targets (one-hot or
+    soft, C columns) then the teacher's probabilities (C columns), as `pack_teacher` builds them. Batch mixing
+    (mixup/cutmix) mixes the packed rows as one, so the label and teacher halves stay paired."""
+    if not 0.0 <= alpha <= 1.0:
+        raise BadUsage(f"--distill-alpha {alpha}: must be in [0, 1]")
+    if not temperature > 0.0:
+        raise BadUsage(f"--distill-temperature {temperature}: must be > 0")
+
+    def loss(logits: Tensor, packed: Tensor) -> Tensor:
+        c = logits.shape[-1]
+        if packed.ndim != 2 or packed.shape[1] != 2 * c:
+            raise ValueError(f"distillation targets must be (N, {2 * c}) [labels | teacher], got "
+                             f"{tuple(packed.shape)}")
+        return distillation_loss(logits, packed[:, :c], packed[:, c:], label_loss=label_loss, alpha=alpha,
+                                 temperature=temperature)
+
+    return loss
+
+
+def pack_teacher(target: Tensor, teacher: Tensor) -> Tensor:
+    """``(N, 2C)`` float32 [one-hot or soft label targets | teacher probabilities] for `build_distillation`."""
+    if teacher.ndim != 2:
+        raise ValueError(f"teacher probabilities must be (N, C), got shape {tuple(teacher.shape)}")
+    return torch.cat([soft_targets(target, teacher.shape[1]), teacher.float()], dim=1)

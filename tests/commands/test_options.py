@@ -529,6 +529,7 @@ BASE = {
     "stack": STACK,
     "submit": SUBMIT,
     "report": ("report", "{oof}", "-o", "{out}/report"),
+    "pseudo": ("pseudo", "{test}", "-o", "{out}/pseudo.parquet"),
     "pack": ("pack", "{test}", "{run}", "--comp", "demo", "-o", "{out}/pkg"),
 }
 WITH = {

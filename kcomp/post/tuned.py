@@ -1,0 +1,79 @@
+"""The post-processing a thresholds file (`kcomp tune-threshold`) chose, read back for whatever applies it: `submit`,
+`pseudo` and the report's overlays all binarise maps exactly as the file says (defaults 0.5 / 0 / 0 without one)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kcomp import console
+from kcomp.errors import BadInput
+
+SEG_DEFAULTS = {"threshold": 0.5, "min_size": 0, "top": 0.0}
+INK_DEFAULT_THRESHOLD = 0.5
+_LOGGED: set[str] = set()
+
+
+def seg_settings(thresholds: dict[str, Any] | None, classes: list[str], size: tuple[int, int]
+                 ) -> dict[str, tuple[float, int, float]]:
+    """class -> (threshold, min_size, top) from `classes.<name>` of a seg thresholds file. Min sizes tuned on maps
+    of another size (the file's `size`) are scaled by the area ratio to `size`."""
+    if not thresholds:
+        return {c: (SEG_DEFAULTS["threshold"], SEG_DEFAULTS["min_size"], SEG_DEFAULTS["top"]) for c in classes}
+    per = thresholds.get("classes")
+    if not isinstance(per, dict):
+        raise BadInput("thresholds: no per-class settings (`classes`); made by `kcomp tune-threshold` on seg OOF?")
+    unknown = sorted(set(per) - set(classes))
+    if unknown:
+        raise BadInput(f"thresholds: unknown class {unknown[0]!r}; expected {', '.join(classes)}")
+    scale = _area_scale(thresholds.get("size"), size)
+    out = {}
+    for c in classes:
+        s = per.get(c) or {}
+        if not isinstance(s, dict):
+            raise BadInput(f"thresholds: class {c}: expected an object with threshold/min_size/top, got {s!r}")
+        try:
+            thr = float(s.get("threshold", SEG_DEFAULTS["threshold"]))
+            min_size = int(s.get("min_size", SEG_DEFAULTS["min_size"]) or 0)
+            top = float(s.get("top", SEG_DEFAULTS["top"]) or 0.0)
+        except (TypeError, ValueError):
+            raise BadInput(f"thresholds: class {c}: threshold, min_size and top must be numbers, got {s!r}") from None
+        if not 0 < thr < 1 or min_size < 0 or not 0 <= top < 1:
+            raise BadInput(f"thresholds: class {c}: threshold {thr} must be in (0, 1), min_size {min_size} >= 0 "
+                           f"and top {top} in [0, 1)")
+        out[c] = (thr, round(min_size * scale), top)
+    return out
+
+
+def _area_scale(tuned: Any, size: tuple[int, int]) -> float:
+    if not tuned:
+        return 1.0
+    try:
+        th, tw = (int(v) for v in tuned)
+    except (TypeError, ValueError):
+        raise BadInput(f"thresholds: size {tuned!r} is not [height, width]") from None
+    if (th, tw) == tuple(size):
+        return 1.0
+    scale = size[0] * size[1] / max(1, th * tw)
+    message = f"thresholds were tuned on {th}x{tw} maps; min sizes scaled by {scale:.3g} to {size[0]}x{size[1]}"
+    if message not in _LOGGED:  # once, not once per map
+        _LOGGED.add(message)
+        console.log(message)
+    return scale
+
+
+def ink_settings(thresholds: dict[str, Any] | None) -> tuple[float, int]:
+    """(threshold, min_size) of an ink thresholds file: top-level keys, or under classes/ink."""
+    if not thresholds:
+        return INK_DEFAULT_THRESHOLD, 0
+    t = thresholds
+    per_class = t.get("classes")
+    if "threshold" not in t and isinstance(per_class, dict) and isinstance(per_class.get("ink"), dict):
+        t = per_class["ink"]
+    try:
+        thr = float(t.get("threshold", INK_DEFAULT_THRESHOLD))
+        min_size = int(t.get("min_size", 0) or 0)
+    except (TypeError, ValueError):
+        raise BadInput(f"thresholds: expected a number for threshold and min_size, got {t!r}") from None
+    if not 0.0 <= thr <= 1.0 or min_size < 0:
+        raise BadInput(f"thresholds: threshold {thr} must be in [0, 1] and min_size {min_size} >= 0")
+    return thr, min_size
