@@ -195,7 +195,7 @@ def _det_image(preds: Predictions, table: Any, by_id: Any, rid: Any, path: Path)
 
     i = int(np.flatnonzero(preds.df["id"].to_numpy() == rid)[0])
     row = by_id.loc[rid]
-    img = _draw_boxes(table.file(row["path"]), preds.df["boxes"].iloc[i], row["boxes"],
+    img = _draw_boxes(table.file(row["path"]), preds.boxes.image(i), row["boxes"],
                       int(preds.df["height"].iloc[i]), int(preds.df["width"].iloc[i]), preds.classes)
     _write_png(path, img)
 

@@ -218,10 +218,9 @@ def _write_png(path: Path, img: np.ndarray) -> None:
 # ------------------------------------------------------------------------------------------------------------ det
 
 def det_boxes(p: Predictions) -> list[np.ndarray]:
-    """Each row's predicted boxes as a (k, 6) array [x1, y1, x2, y2, score, label] in original pixels (the one
-    place this module reads the det predictions' box column)."""
-    return [np.asarray([[b["x1"], b["y1"], b["x2"], b["y2"], b["score"], b["label"]] for b in boxes],
-                       np.float64).reshape(-1, 6) for boxes in p.df["boxes"]]
+    """Each row's predicted boxes as a (k, 6) array [x1, y1, x2, y2, score, label] in original pixels, from the
+    flat `Boxes` columns the reader built (no Python object per box)."""
+    return p.boxes.rows()
 
 
 class _Det:
