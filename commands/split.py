@@ -25,7 +25,7 @@ def command(
     import numpy as np
 
     from kcomp.artifacts import read_index, write_folds
-    from kcomp.split import assign_folds, resolve_strategy
+    from kcomp.data.split import assign_folds, resolve_strategy
 
     table = read_index(index, "index")
     used, label, group = resolve_strategy(table.df, strategy, label_col, group_col)

@@ -37,7 +37,7 @@ def command(
 
     from kcomp.artifacts.predictions import read_predictions, write_predictions
     from kcomp.errors import BadUsage
-    from kcomp.infer.runs import predict_test
+    from kcomp.runs.predict import predict_test
 
     indexes = [r for r in runs if Path(r).is_file()]
     if len(indexes) > 1:
@@ -55,7 +55,7 @@ def command(
     written = [write_predictions(df, output, **meta)]
     log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta} view(s)")
     if preview:
-        from kcomp.infer.preview import write_previews
+        from kcomp.report.preview import write_previews
 
         pngs = write_previews(read_predictions(written[0]), Path(preview), n=preview_count)
         log(f"tta: {len(pngs)} preview(s) in {preview}")

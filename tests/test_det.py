@@ -16,7 +16,7 @@ from kcomp.artifacts.index import write_index
 from kcomp.infer.box_tta import flip_boxes, unflip_boxes, xyxy_to_yxyx, yxyx_to_xyxy
 from kcomp.infer.tta import flips
 from kcomp.tasks import get_task
-from kcomp.train import config
+from kcomp.runs import config
 from tests.conftest import run_cli
 
 SIZE = 128

@@ -58,7 +58,7 @@ def test_models_built_onto_saved_weights_predict_as_loaded_ones(task_name, cfg, 
     with no tensor left on meta (constants such as the normalisation buffers included)."""
     from kcomp.models._factory import build_with_weights
     from kcomp.tasks import get_task
-    from kcomp.train import config
+    from kcomp.runs import config
 
     task = get_task(task_name)
     full = config.resolve(task=task_name, **cfg)

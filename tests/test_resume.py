@@ -93,7 +93,7 @@ def test_resume_with_other_options_is_refused(demo_run, tmp_path):
 
 
 def test_options_added_by_a_newer_kcomp_do_not_block_resume():
-    from kcomp.train import config
+    from kcomp.runs import config
 
     old = config.resolve(task="cls", folds="f.parquet")
     del old["neg_fraction"]

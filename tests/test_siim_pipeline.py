@@ -13,7 +13,7 @@ import pytest
 
 from kcomp.artifacts.index import write_index
 from kcomp.artifacts.predictions import write_predictions
-from kcomp.post.prediction_string import parse_prediction_string
+from kcomp.formats.prediction_string import parse_prediction_string
 from tests.conftest import run_chain, run_cli
 from tests.siim_fixture import make_siim_layout
 

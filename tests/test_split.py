@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.split import STRATEGIES, assign_folds, resolve_strategy
+from kcomp.data.split import STRATEGIES, assign_folds, resolve_strategy
 
 
 def make_index(n_train=60, n_test=10, *, label=False, labels=False, group=False, n_classes=3, seed=0):

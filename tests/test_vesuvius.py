@@ -287,7 +287,7 @@ def _write_preds(path: Path, index: Path, maps: dict[str, np.ndarray]) -> Path:
 
 def test_submit_thresholds_filters_masks_and_encodes(vesuvius_index: Path, vesuvius_raw: Path, tmp_path: Path):
     from kcomp.artifacts.predictions import read_predictions
-    from kcomp.post.rle import decode
+    from kcomp.formats.rle import decode
 
     prob = _test_map((64, 72))
     preds = read_predictions(_write_preds(tmp_path / "test.parquet", vesuvius_index, {"a": prob}))

@@ -93,7 +93,7 @@ def prep_clouds(raw: Path | None, out: Path, *, size: int | None = None, workers
 
     from kcomp.artifacts.index import write_index
     from kcomp.data.image_cache import add_image_cache
-    from kcomp.post.rle import check as check_rle
+    from kcomp.formats.rle import check as check_rle
 
     if raw is None:
         raise BadUsage(f"prep {COMPETITION} needs RAW_DIR (the unpacked competition download)")
@@ -203,7 +203,7 @@ def submit_clouds(preds: list[Predictions], *, thresholds: dict[str, Any] | None
     import numpy as np
     import pandas as pd
 
-    from kcomp.post.rle import encode
+    from kcomp.formats.rle import encode
     from kcomp.post.seg_threshold import postprocess
     from kcomp.artifacts.predictions import one_test_file
 

@@ -120,7 +120,7 @@ def read_study_labels(path: Path) -> dict[str, str]:
 def read_image_labels(path: Path, images: dict[str, dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
     """image id -> boxes [{x1,y1,x2,y2,label}] in original pixels, checked against the files under train/."""
     from kcomp.artifacts.submission import read_csv
-    from kcomp.post.prediction_string import parse_siim_boxes
+    from kcomp.formats.prediction_string import parse_siim_boxes
 
     df = read_csv(path, ["id", "boxes", "label", "StudyInstanceUID"])
     _unique(list(df["id"]), path)

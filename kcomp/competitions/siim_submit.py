@@ -81,7 +81,7 @@ def _box(b: Any, h: float, w: float) -> tuple[float, float, float, float]:
 
 
 def image_rows(det: Predictions, p_opacity: dict[str, float] | None, none_power: float) -> list[tuple[str, str]]:
-    from kcomp.post.prediction_string import Pred, format_prediction_string
+    from kcomp.formats.prediction_string import Pred, format_prediction_string
 
     out = []
     for r in det.df[["id", "boxes", "height", "width"]].itertuples(index=False):
@@ -105,7 +105,7 @@ def image_rows(det: Predictions, p_opacity: dict[str, float] | None, none_power:
 
 
 def study_rows(study: Predictions, image_ids: list[str], index: Any) -> list[tuple[str, str]]:
-    from kcomp.post.prediction_string import Pred, format_prediction_string
+    from kcomp.formats.prediction_string import Pred, format_prediction_string
 
     df = index.df
     if "study_id" not in df.columns:

@@ -221,7 +221,7 @@ def submit_ink(preds: list[Predictions], *, thresholds: dict[str, Any] | None) -
 
     from kcomp.data.layers import read_png_mask
     from kcomp.post.ink_threshold import postprocess
-    from kcomp.post.rle import encode
+    from kcomp.formats.rle import encode
     from kcomp.artifacts.predictions import one_test_file
 
     p = one_test_file(preds, TASK)

@@ -1,5 +1,5 @@
 """A predictions file: cls -> class-probability histograms (+ confusion matrix for OOF with targets);
-seg/ink -> overlay previews (`kcomp.infer.preview`); det -> boxes drawn over a few images."""
+seg/ink -> overlay previews (`kcomp.report.preview`); det -> boxes drawn over a few images."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def report_predictions(path: str, out_dir: Path, prefix: str, n_previews: int) -
     elif preds.task == "det":
         _det(preds, out_dir, prefix, section, n_previews)
     elif preds.task in ("seg", "ink") and n_previews:
-        from kcomp.infer.preview import write_previews
+        from kcomp.report.preview import write_previews
 
         sub = out_dir / f"{prefix}previews"
         for p in write_previews(preds, sub, n=n_previews):

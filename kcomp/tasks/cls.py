@@ -79,7 +79,7 @@ class ClsTask:
                                 drop_rate=cfg["drop_rate"], drop_path_rate=cfg["drop_path"])
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
-        from kcomp.train.losses import build_loss
+        from kcomp.models.losses import build_loss
 
         return build_loss(cfg["loss"], smoothing=cfg["smoothing"], t1=cfg["t1"], t2=cfg["t2"],
                           taylor_n=cfg["taylor_n"])

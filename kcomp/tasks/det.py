@@ -83,7 +83,8 @@ class DetTask:
         return create_det_model(cfg["model"], len(setup["classes"]), int(cfg["img_size"]), weights=weights)
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
-        from kcomp.models.det import DetLoss, det_config
+        from kcomp.models.det import det_config
+        from kcomp.models.losses import DetLoss
 
         return DetLoss(det_config(cfg["model"], len(setup["classes"]), int(cfg["img_size"])))
 

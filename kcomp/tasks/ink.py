@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kcomp.errors import BadInput
 from kcomp.tasks import TASKS
@@ -89,16 +88,9 @@ class InkTask:
         return model
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
-        smoothing = cfg["smoothing"]
+        from kcomp.models.losses import masked_bce
 
-        def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            valid = target != IGNORE
-            t = target.float().clamp(max=1)
-            t = t * (1 - smoothing) + 0.5 * smoothing
-            loss = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
-            return (loss * valid).sum() / valid.sum().clamp_min(1)
-
-        return masked_bce
+        return masked_bce(smoothing=cfg["smoothing"], ignore=IGNORE)
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """8x TTA = {identity, flip W, flip H, flip HW} x {depth flip}; spatial flips are inverted exactly.

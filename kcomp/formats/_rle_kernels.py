@@ -1,4 +1,4 @@
-"""The numba kernels of kcomp.post.rle, compiled on first call and cached on disk (next to this module).
+"""The numba kernels of kcomp.formats.rle, compiled on first call and cached on disk (next to this module).
 
 Kept apart from rle.py, which holds the public API and its validation: rle.py imports this module (and with it
 numba, ~0.2 s) only when it first encodes or decodes, calls the kernels through `kernels()` and names any fault
@@ -466,7 +466,7 @@ def _sample_columns(values: np.ndarray, h: int, ys: np.ndarray, xs: np.ndarray,
 def kernels() -> SimpleNamespace:
     """The kernels above by the names rle.py calls them (each compiles on its first call)."""
     if sys.byteorder != "little":  # _scan reads pixel 8q+i from byte i of word q
-        raise RuntimeError("kcomp.post.rle needs a little-endian machine")
+        raise RuntimeError("kcomp.formats.rle needs a little-endian machine")
     return SimpleNamespace(scan=_scan, column_major=_column_major, format=_format, parse=_parse_bytes,
                            fill_rows=_fill_rows, fill_columns=_fill_columns, fill_text=_fill_text,
                            nearest=_nearest, runs_fit=_runs_fit, sample_rows=_sample_rows,

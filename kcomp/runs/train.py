@@ -27,10 +27,10 @@ from kcomp.data.datasets import SeededSampler
 from kcomp.errors import BadInput, BadUsage, Interrupted
 from kcomp.infer.predict import loader_workers, predict_loader
 from kcomp.tasks import get_task
-from kcomp.train import config as config_mod
-from kcomp.train import distributed
-from kcomp.train import tensorboard
-from kcomp.train.device import amp_dtype, resolve_device, rng_state, seed_everything, set_rng_state, step_generator
+from kcomp.runs import config as config_mod
+from kcomp.runtime import distributed
+from kcomp.runs import tensorboard
+from kcomp.runtime.device import amp_dtype, resolve_device, rng_state, seed_everything, set_rng_state, step_generator
 
 
 @dataclass
@@ -155,7 +155,7 @@ def _train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[s
     from timm.utils import ModelEmaV3
 
     from kcomp.metrics import get_metric
-    from kcomp.train.mix import mix_batch
+    from kcomp.data.mix import mix_batch
 
     device = distributed.local_device(resolve_device(cfg["device"]))
     world, main = distributed.replica()[0], distributed.is_main()

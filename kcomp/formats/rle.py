@@ -236,8 +236,8 @@ def _runs(values: np.ndarray, n: int, h: int, w: int, at: str) -> None:
 
 @functools.cache
 def _kernels() -> SimpleNamespace:
-    """The numba kernels of kcomp.post._rle_kernels, imported on first use: importing numba takes ~0.2 s, which
+    """The numba kernels of kcomp.formats._rle_kernels, imported on first use: importing numba takes ~0.2 s, which
     importers of this module should not pay before they encode or decode anything."""
-    from kcomp.post._rle_kernels import kernels
+    from kcomp.formats._rle_kernels import kernels
 
     return kernels()

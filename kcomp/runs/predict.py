@@ -16,8 +16,8 @@ from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput
 from kcomp.models._factory import build_with_weights
 from kcomp.tasks import get_task
-from kcomp.train import distributed
-from kcomp.train.device import amp_dtype, resolve_device
+from kcomp.runtime import distributed
+from kcomp.runtime.device import amp_dtype, resolve_device
 
 
 @dataclass
