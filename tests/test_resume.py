@@ -99,3 +99,44 @@ def test_options_added_by_a_newer_kcomp_do_not_block_resume():
     del old["neg_fraction"]
     assert config.differences(old, config.resolve(task="cls", folds="f.parquet")) == []
     assert config.differences(old, config.resolve(task="cls", folds="f.parquet", neg_fraction=0.5)) == ["neg_fraction"]
+
+
+# What last.pt held when run directories were first written (kcomp 0.1.0): a run directory from then must resume.
+RELEASED_META = ("kcomp_version", "schema", "command")
+RELEASED_STATE = ("task", "config", "setup", "fold", "model", "ema", "optimizer", "scheduler", "scaler", "rng",
+                  "history", "position")
+RELEASED_POSITION = ("epoch", "batch", "step", "best", "best_epoch", "loss_count", "loss_sum", "world_size")
+_STOP_AFTER_FIRST_EPOCH = """
+import sys
+from kcomp.runs import tensorboard
+
+def stop(*args, **kwargs):  # called once an epoch's last.pt and metrics are written
+    raise KeyboardInterrupt
+
+tensorboard.log_epoch = stop
+from kcomp.commands.main import run
+sys.argv = ["kcomp", "--quiet", *sys.argv[1:]]
+run()
+"""
+
+
+def test_a_last_pt_in_the_released_layout_resumes_bit_identically(demo_run, tmp_path):
+    from kcomp.artifacts._meta import make_meta
+
+    args = [*TRAIN[:TRAIN.index("--save-every")], "--folds", str(demo_run["folds"]), "--fold", "0", "--workers", "0"]
+    ref, run = tmp_path / "ref", tmp_path / "run"
+    assert run_cli(*args, "-o", ref).code == 0
+    stopped = subprocess.run([sys.executable, "-c", _STOP_AFTER_FIRST_EPOCH, *args, "-o", str(run)],
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 130, stopped.stderr
+    last = run / "fold0" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    meta = tuple(make_meta("checkpoint"))
+    assert set(RELEASED_META) <= set(meta)
+    assert tuple(k for k in ck if k not in meta) == RELEASED_STATE  # the writer keeps the layout, order included
+    assert tuple(ck["position"]) == RELEASED_POSITION and ck["position"]["epoch"] == 1
+    torch.save({k: ck[k] for k in RELEASED_META + RELEASED_STATE}, last)  # exactly the released keys
+    r = run_cli(*args, "-o", run)
+    assert r.code == 0, r.stderr
+    a, b = _weights(ref), _weights(run)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
