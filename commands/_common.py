@@ -6,7 +6,6 @@ import json
 import signal
 import sys
 import traceback
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -73,12 +72,3 @@ def _fail(e: BaseException | None, code: int, prefix: str = "error") -> None:
     if code == 1 and not STATE["debug"]:
         sys.stderr.write("kcomp: re-run with --debug for the traceback\n")
     raise SystemExit(code)
-
-
-def existing(path: str, what: str = "file") -> Path:
-    from kcomp.errors import BadInput
-
-    p = Path(path)
-    if path != "-" and not p.exists():
-        raise BadInput(f"{what} not found", path=p)
-    return p

@@ -14,7 +14,7 @@ def command(
     competition: Annotated[str, typer.Argument(help="Competition preset (listed above).")],
     raw_dir: Annotated[Path | None, typer.Argument(help="The unpacked competition download.")] = None,
     output: Output = ...,
-    seed: Annotated[int, typer.Option(help="Seed for presets that generate data (demo).")] = 0,
+    seed: Annotated[int | None, typer.Option(help="demo: seed of the generated data [default: 0].")] = None,
     split_fragment: Annotated[str | None, typer.Option(
         help="vesuvius: cut these train fragments (comma-separated names, e.g. 2) into top/bottom halves "
              "holding similar papyrus, indexed as 2a/2b, so folds can be made per half.")] = None,
@@ -30,11 +30,14 @@ def command(
         help="siim-covid19: leave unreadable DICOM files out of the index (logged) instead of failing.")] = False,
     as_json: Json = False,
 ) -> None:
-    from kcomp.competitions import get_competition
+    from kcomp.competitions import check_options, get_competition
 
     comp = get_competition(competition)
-    written = comp.prep(raw_dir, Path(output), seed=seed, split_fragment=split_fragment, size=size, bits=bits,
-                        workers=workers, skip_bad=skip_bad)
+    given = {"seed": seed, "split_fragment": split_fragment, "size": size, "bits": bits, "workers": workers,
+             "skip_bad": skip_bad or None}
+    options = {k: v for k, v in given.items() if v is not None}
+    check_options(comp, competition, "prep", options)
+    written = comp.prep(raw_dir, Path(output), **options)
     emit(written, {"competition": competition}, as_json)
 
 

@@ -237,8 +237,8 @@ class Clouds:
     task = TASK
     id_column = ID_COLUMN
 
-    def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        return prep_clouds(raw, Path(out), size=options.get("size"), workers=options.get("workers"))
+    def prep(self, raw: Path | None, out: Path, *, size: int | None = None, workers: int | None = None) -> list[str]:
+        return prep_clouds(raw, Path(out), size=size, workers=workers)
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None) -> Any:
         return submit_clouds(preds, thresholds=thresholds)

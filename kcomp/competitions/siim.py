@@ -328,9 +328,9 @@ class SiimCovid19:
     task = TASK
     id_column = "id"
 
-    def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        return prep_siim(raw, Path(out), size=options.get("size"), bits=options.get("bits"),
-                         workers=options.get("workers"), skip_bad=bool(options.get("skip_bad")))
+    def prep(self, raw: Path | None, out: Path, *, size: int | None = None, bits: int | None = None,
+             workers: int | None = None, skip_bad: bool = False) -> list[str]:
+        return prep_siim(raw, Path(out), size=size, bits=bits, workers=workers, skip_bad=bool(skip_bad))
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None, **options: Any) -> Any:
         from kcomp.competitions.siim_submit import submit_siim

@@ -16,6 +16,7 @@ import torch
 
 from kcomp.errors import BadInput
 from kcomp.tasks import TASKS
+from kcomp.tasks.base import Task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -27,12 +28,13 @@ IGNORE = 2
 
 
 @TASKS.register("ink")
-class InkTask:
+class InkTask(Task[list[np.ndarray]]):
     """2.5D/3D ink detection on layer-stack patches; F0.5 inside the papyrus mask"""
 
     name = "ink"
     default_metric = "f05"
     supports_mix = False
+    one_model_at_a_time = True
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
         from kcomp.models.ink import parse_layers, select_layers
@@ -111,11 +113,6 @@ class InkTask:
         spatial = min(tta, 4)
         back = unflip(list(probs[:spatial])) + (unflip(list(probs[spatial:])) if tta == 8 else [])
         return torch.stack(back).mean(0)
-
-    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
-        from kcomp.metrics import get_metric
-
-        return float(get_metric(metric).fn(targets, preds))
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,

@@ -20,6 +20,7 @@ import torch
 
 from kcomp.errors import BadInput, BadUsage
 from kcomp.tasks import TASKS
+from kcomp.tasks.base import Task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,12 +37,13 @@ def mask_column(name: str) -> str:
 
 
 @TASKS.register("seg")
-class SegTask:
+class SegTask(Task[list[np.ndarray]]):
     """Multi-label segmentation (smp); sigmoid per class, mean Dice (empty/empty = 1) by default"""
 
     name = "seg"
     default_metric = "dice"
     supports_mix = False
+    one_model_at_a_time = True
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
         classes = table.classes
@@ -97,11 +99,6 @@ class SegTask:
         probs = probs.view(len(views), x.shape[0], *probs.shape[1:])
         return torch.stack(unflip(list(probs))).mean(0)
 
-    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
-        from kcomp.metrics import get_metric
-
-        return float(get_metric(metric).fn(targets, preds))
-
     # ------------------------------------------------------------------------------------------------ oof/tta
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
@@ -112,8 +109,8 @@ class SegTask:
         on a host thread while the model runs the next batch. One model at a time: 5 folds of 3,700 Clouds test
         maps would not fit in memory together."""
         from kcomp import console
-        from kcomp.runtime.host_stage import HostStage
         from kcomp.infer.predict import inference_loader
+        from kcomp.runtime.host_stage import HostStage
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
