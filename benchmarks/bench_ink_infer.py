@@ -93,8 +93,8 @@ def model_only(run: Path, tiles: int, batch: int, tta: int, device: torch.device
     from kcomp.artifacts import paths
     from kcomp.artifacts.checkpoint import load_checkpoint
     from kcomp.runs.predict import open_run
-    from kcomp.tasks import get_task
     from kcomp.runtime.device import amp_dtype
+    from kcomp.tasks import get_task
 
     r = open_run(run)
     task = get_task("ink")

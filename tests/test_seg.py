@@ -12,11 +12,11 @@ import torch
 
 from kcomp.data.seg_dataset import SegDataset, sample_mask, seg_train_transform
 from kcomp.errors import BadInput, BadUsage
-from kcomp.models.seg import create_seg_model, load_encoder_weights
 from kcomp.formats.rle import check as check_rle
 from kcomp.formats.rle import decode, encode
-from kcomp.tasks import get_task
 from kcomp.models.losses import SEG_LOSSES, build_seg_loss
+from kcomp.models.seg import create_seg_model, load_encoder_weights
+from kcomp.tasks import get_task
 from kcomp.tasks.seg import output_sizes, to_uint8_map
 
 ARCHS = ["unet", "fpn", "pspnet", "linknet", "unetplusplus", "deeplabv3plus"]

@@ -1,8 +1,9 @@
 """Multi-label segmentation data: RGB images with one RLE mask per class, read at the model's input size.
 
-Masks stay RLE strings in the index and are sampled per item at the input size straight from the runs (~25 us for
-a 1400x2100 Clouds mask at 384x384, no full-size array), so nothing is cached and DataLoader workers stay small.
-`prep` checks every RLE by parsing its numbers only (`kcomp.formats.rle.check`), without filling a full-size mask.
+Masks stay RLE strings in the index and are sampled per item at the input size straight from the runs (no full-size
+array; microseconds a Clouds mask, `bench_rle.py`'s decode_resized lines), so nothing is cached and DataLoader workers
+stay small. `prep` checks every RLE by parsing its numbers only (`kcomp.formats.rle.check`), without filling a full-size
+mask.
 """
 
 from __future__ import annotations

@@ -53,23 +53,7 @@ def wbf_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: 
     reference's order (score descending)."""
     if conf_type not in CONF_CODES:
         raise BadUsage(f"conf_type {conf_type!r}: choose one of {', '.join(CONF_CODES)}")
-    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=np.float64)
-    if len(w) != n_models:
-        raise BadUsage(f"{len(w)} weight(s) for {n_models} box list(s)")
-    if not (np.isfinite(w).all() and (w > 0).all()):
-        raise BadUsage(f"weights must be positive numbers, got {w.tolist()}")
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.float64)
-    models = np.asarray(models, dtype=np.int64)
-    images = np.asarray(images, dtype=np.int64)
-    if not (len(boxes) == len(scores) == len(labels) == len(models) == len(images)):
-        raise BadInput(f"boxes {len(boxes)}, scores {len(scores)}, labels {len(labels)}, models {len(models)} and "
-                       f"images {len(images)} rows differ")
-    if not (np.isfinite(boxes).all() and np.isfinite(scores).all() and np.isfinite(labels).all()):
-        raise BadInput("NaN or inf in boxes, scores or labels")
-    if len(models) and (models.min() < 0 or models.max() >= n_models):
-        raise BadInput(f"model index outside 0..{n_models - 1}")
+    w, boxes, scores, labels, models, images = _checked(weights, n_models, boxes, scores, labels, models, images)
 
     # prefilter, as ensemble_boxes.prefilter_boxes: score < thr out, swap, clip to [0, 1], zero area out
     order = np.lexsort((models, images))  # stable: list order kept within (image, model)
@@ -104,6 +88,29 @@ def wbf_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: 
     istart = np.concatenate([[0], np.cumsum(np.unique(fi, return_counts=True)[1])])
     perm = _descending(fs, np.repeat(np.arange(len(istart) - 1), np.diff(istart)), istart)
     return fb[perm], fs[perm], fl[perm], fi[perm]
+
+
+def _checked(weights: Sequence[float] | None, n_models: int, boxes: np.ndarray, scores: np.ndarray,
+             labels: np.ndarray, models: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, ...]:
+    """`wbf_flat`'s inputs as float64/int64 arrays of equal length, weights positive and model indices in range."""
+    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(w) != n_models:
+        raise BadUsage(f"{len(w)} weight(s) for {n_models} box list(s)")
+    if not (np.isfinite(w).all() and (w > 0).all()):
+        raise BadUsage(f"weights must be positive numbers, got {w.tolist()}")
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels, dtype=np.float64)
+    models = np.asarray(models, dtype=np.int64)
+    images = np.asarray(images, dtype=np.int64)
+    if not (len(boxes) == len(scores) == len(labels) == len(models) == len(images)):
+        raise BadInput(f"boxes {len(boxes)}, scores {len(scores)}, labels {len(labels)}, models {len(models)} and "
+                       f"images {len(images)} rows differ")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all() and np.isfinite(labels).all()):
+        raise BadInput("NaN or inf in boxes, scores or labels")
+    if len(models) and (models.min() < 0 or models.max() >= n_models):
+        raise BadInput(f"model index outside 0..{n_models - 1}")
+    return w, boxes, scores, labels, models, images
 
 
 def _descending(values: np.ndarray, group: np.ndarray, start: np.ndarray) -> np.ndarray:
