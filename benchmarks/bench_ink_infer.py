@@ -1,6 +1,6 @@
 """Ink sliding-window inference (`oof`/`tta`) against the model-only limit, side by side in one process.
 
-Ours: `kcomp.infer.runs.predict_test` over one test fragment of a miniature Vesuvius layout (65 uint16 layers),
+Ours: `kcomp.runs.predict.predict_test` over one test fragment of a miniature Vesuvius layout (65 uint16 layers),
 end to end (index, mask PNG, model build and weights, tile reading, blending, uint8 map); tiles/s = the sliding
 windows of the fragment / seconds. Limit: the same model, weights, batch size, precision, channels_last and TTA
 setting (`InkTask.predict`, views batched into one forward) on resident synthetic float16 tiles of the same shape
@@ -92,9 +92,9 @@ def model_only(run: Path, tiles: int, batch: int, tta: int, device: torch.device
     would make."""
     from kcomp.artifacts import paths
     from kcomp.artifacts.checkpoint import load_checkpoint
-    from kcomp.infer.runs import open_run
+    from kcomp.runs.predict import open_run
+    from kcomp.runtime.device import amp_dtype
     from kcomp.tasks import get_task
-    from kcomp.train.device import amp_dtype
 
     r = open_run(run)
     task = get_task("ink")
@@ -123,7 +123,7 @@ def model_only(run: Path, tiles: int, batch: int, tta: int, device: torch.device
 
 def ours(run: Path, index: Path, tiles: int, opts: object) -> tuple[float, float, dict[str, np.ndarray]]:
     """(tiles/s, CPU s/tile incl. the DataLoader workers, maps) of `predict_test` end to end."""
-    from kcomp.infer.runs import predict_test
+    from kcomp.runs.predict import predict_test
 
     t0, c0 = time.perf_counter(), cpu_seconds()
     frame, _ = predict_test([run], opts, index=index)  # type: ignore[arg-type]
@@ -149,7 +149,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from kcomp.console import set_quiet
-    from kcomp.train.device import resolve_device
+    from kcomp.runtime.device import resolve_device
 
     set_quiet(True)
     with tempfile.TemporaryDirectory(prefix="kcomp-bench-ink-infer-") as tmp:
@@ -165,8 +165,8 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, work: Path) -> list[str]:
-    from kcomp.infer.runs import PredictOptions
-    from kcomp.train.device import resolve_device
+    from kcomp.runs.predict import PredictOptions
+    from kcomp.runtime.device import resolve_device
 
     device = resolve_device(args.device)
     ttas = [int(t) for t in args.tta.split(",")]

@@ -1,7 +1,7 @@
 """Training and inference throughput of kcomp's loops against the model-only limit, side by side in one run.
 
-cls: `kcomp.train.loop.train` on real JPEG files (Cassava-like layout, 800x600) through 2 DataLoader workers, then
-`kcomp.infer.runs.predict_test` over the layout's test files; each twice, once decoding the JPEGs and once reading
+cls: `kcomp.runs.train.train` on real JPEG files (Cassava-like layout, 800x600) through 2 DataLoader workers, then
+`kcomp.runs.predict.predict_test` over the layout's test files; each twice, once decoding the JPEGs and once reading
 `prep --size`'s decoded-image cache, and once more from the JPEGs for a 5-fold run, whose folds predict each batch
 together (limit: 5 forward passes an image). seg: `predict_test` of a U-Net over a Clouds-like layout (1400x2100
 JPEGs), maps written at the 350x525 submission size, again from the JPEGs and from the cache. Limit: the same model,
@@ -36,9 +36,9 @@ from _results import alternate, append_section
 def model_only_train(model: torch.nn.Module, batch: int, size: int, steps: int, device: torch.device,
                      classes: int) -> float:
     """img/s of forward+backward+AdamW step on a resident uint8 batch (what the loop could reach at best)."""
-    from kcomp.train.loop import _optimizer
+    from kcomp.runs._fold import build_optimizer
 
-    opt = _optimizer(model, {"lr": 1e-3, "weight_decay": 0.05})
+    opt = build_optimizer(model, {"lr": 1e-3, "weight_decay": 0.05})
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,), device=device)
@@ -78,7 +78,7 @@ def kcomp_cli(*args: object) -> None:
 
 
 def infer_rate(run: Path, workers: int, device: str) -> tuple[float, int]:
-    from kcomp.infer.runs import PredictOptions, predict_test
+    from kcomp.runs.predict import PredictOptions, predict_test
 
     t0 = time.perf_counter()
     frame, _ = predict_test([run], PredictOptions(device=device, workers=workers))
@@ -97,7 +97,7 @@ def plain_train(files: list[Path], size: int, batch: int, workers: int, device: 
 
     from kcomp.data.images import _reduced_flag
     from kcomp.models import create_cls_model
-    from kcomp.train.loop import _optimizer
+    from kcomp.runs._fold import build_optimizer
 
     tf = A.Compose([A.RandomResizedCrop(size=(size, size), scale=(0.3, 1.0)), A.HorizontalFlip(), A.VerticalFlip()])
 
@@ -111,7 +111,7 @@ def plain_train(files: list[Path], size: int, batch: int, workers: int, device: 
 
     torch.manual_seed(0)
     model = create_cls_model(model_name, 5).to(device).to(memory_format=torch.channels_last).train()
-    opt, loss_fn = _optimizer(model, {"lr": 1e-3, "weight_decay": 0.05}), torch.nn.CrossEntropyLoss()
+    opt, loss_fn = build_optimizer(model, {"lr": 1e-3, "weight_decay": 0.05}), torch.nn.CrossEntropyLoss()
     dl = DataLoader(Jpegs(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                     persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                     pin_memory=device.type == "cuda")
@@ -168,8 +168,8 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
     from kcomp.artifacts import paths
     from kcomp.competitions.demo import make_cls_layout
     from kcomp.models import create_cls_model
-    from kcomp.train import config
-    from kcomp.train.loop import train
+    from kcomp.runs import config
+    from kcomp.runs.train import train
 
     bs, size = args.batch_size, args.img_size
     raw = make_cls_layout(tmp / "raw", n_train=args.images, n_test=args.test_images, size=(600, 800), seed=0)
@@ -239,8 +239,8 @@ def bench_seg(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
     from tests.clouds_fixture import make_clouds_layout
 
     from kcomp.models.seg import create_seg_model
-    from kcomp.train import config
-    from kcomp.train.loop import train
+    from kcomp.runs import config
+    from kcomp.runs.train import train
 
     bs, size = args.seg_batch_size, args.seg_img_size
     layout = make_clouds_layout(tmp / "clouds", n_train=10, n_test=args.seg_images, seed=0)
@@ -288,7 +288,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from kcomp.console import set_quiet
-    from kcomp.train.device import resolve_device
+    from kcomp.runtime.device import resolve_device
 
     set_quiet(True)
     if args.threads:

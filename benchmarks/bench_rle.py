@@ -1,4 +1,4 @@
-"""Benchmark kcomp.post.rle against the RLE kernels every Kaggle notebook copies, on Clouds and Vesuvius workloads.
+"""Benchmark kcomp.formats.rle against the RLE kernels every Kaggle notebook copies, on Clouds and Vesuvius workloads.
 
 Run: python benchmarks/bench_rle.py [--repeats 7] [--clouds-images 400] [--no-write]
 Prints `rle encode|decode|decode_resized <case>: ours X ms, reference Y ms, ratio Z` lines plus the one-off numba
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 from _results import append_section
 
-from kcomp.post.rle import decode, decode_resized, encode
+from kcomp.formats.rle import decode, decode_resized, encode
 
 NOTE = ("Reference = the notebook kernels `mask2rle` (`img.T.flatten()` for column order, `np.concatenate([[0], "
         "pixels, [0]])`, `np.where(...)`, `' '.join(str(x) ...)`) and `rle2mask` (split, slice-fill loop, "
@@ -234,7 +234,7 @@ def bench_resized(name: str, masks: list[np.ndarray], order: str, size: tuple[in
 def compile_times() -> tuple[float, float]:
     """First encode, decode (both layouts) and decode_resized (both orders) in a fresh process, numba import
     included: with an empty numba cache (compiles every kernel) and with the on-disk cache (loads them)."""
-    code = ("import time; t = time.perf_counter(); import numpy as np; from kcomp.post.rle import *; "
+    code = ("import time; t = time.perf_counter(); import numpy as np; from kcomp.formats.rle import *; "
             "m = np.eye(9, 12, dtype=np.uint8); [(decode(encode(m, o), m.shape, o), decode(encode(m, o), m.shape, o, "
             "c_contiguous=True), decode_resized(encode(m, o), m.shape, (5, 7), o)) for o in ('row', 'column')]; "
             "print(time.perf_counter() - t)")

@@ -36,7 +36,7 @@ def exponent(sizes: list[float], times: list[float]) -> float:
 def rle_vs_area() -> tuple[str, str, list[float], list[float]]:
     from bench_rle import smooth_field
 
-    from kcomp.post.rle import decode, encode
+    from kcomp.formats.rle import decode, encode
 
     rng = np.random.default_rng(0)
     sizes, times = [], []

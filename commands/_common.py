@@ -106,15 +106,6 @@ def _fail(e: BaseException | None, code: int, prefix: str = "error") -> None:
     raise SystemExit(code)
 
 
-def existing(path: str, what: str = "file") -> Path:
-    from kcomp.errors import BadInput
-
-    p = Path(path)
-    if path != "-" and not p.exists():
-        raise BadInput(f"{what} not found", path=p)
-    return p
-
-
 def not_an_input(output: str, *inputs: str | Path) -> None:
     """`-o` must not name a file the command reads: the output replaces it only after the input was read, but a
     failure half way (or a typo in a Makefile) would lose the input."""

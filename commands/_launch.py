@@ -23,7 +23,7 @@ MasterPort = Annotated[int | None, typer.Option(help="Rendezvous port on --maste
 
 def check_launch(gpus: int, nodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:
     """Refuse impossible launcher option values before the command does anything, launching or not."""
-    from kcomp.train.launch import check_options
+    from kcomp.runtime.launch import check_options
 
     check_options(gpus, nodes, node_rank, master_addr, master_port)
 
@@ -32,11 +32,11 @@ def relaunch_if_asked(gpus: int, nodes: int, node_rank: int, master_addr: str | 
                       device: str) -> None:
     """With --gpus > 1 or --nodes > 1, outside torchrun: run this same command line under torchrun and leave with
     its exit code. Under torchrun (re-launched, or started by the user's own torchrun/srun) it returns at once."""
-    from kcomp.train import distributed
+    from kcomp.runtime import distributed
 
     if distributed.under_torchrun() or (gpus <= 1 and nodes <= 1):
         return
-    from kcomp.train import launch
+    from kcomp.runtime import launch
 
     launch.check(gpus, nodes, node_rank, master_addr, device)
     raise SystemExit(launch.relaunch_under_torchrun(sys.argv[1:], gpus=gpus, nodes=nodes, node_rank=node_rank,
@@ -45,13 +45,13 @@ def relaunch_if_asked(gpus: int, nodes: int, node_rank: int, master_addr: str | 
 
 def is_main() -> bool:
     """Under torchrun only rank 0 prints paths and summaries; other ranks exit quietly."""
-    from kcomp.train import distributed
+    from kcomp.runtime import distributed
 
     return distributed.is_main()
 
 
 def under_torchrun() -> bool:
-    from kcomp.train import distributed
+    from kcomp.runtime import distributed
 
     return distributed.under_torchrun()
 
@@ -72,7 +72,7 @@ def parallel_folds(folds: str, fold: str, gpus: int, device: str, as_json: bool)
     output `--fold all` prints; a failed or interrupted fold's exit code is this command's."""
     from kcomp.commands._common import emit, log
     from kcomp.errors import BadUsage
-    from kcomp.train.launch import train_folds_in_parallel
+    from kcomp.runtime.launch import train_folds_in_parallel
 
     if fold != "all":
         raise BadUsage(f"--parallel-folds trains several folds at once; use --fold all, not --fold {fold}")

@@ -18,7 +18,8 @@ class _Root(TyperGroup):
 
     typer 0.29 coerces every option value that is not already a bool through a pydantic TypeAdapter, and the root's
     options are processed before a subcommand runs: its unset `--help`, `--install-completion` and `--show-completion`
-    (None) cost `kcomp train --help` the ~70 ms pydantic import. Their callbacks act only on a true value.
+    (None) cost `kcomp train --help` the pydantic import (start-up in benchmarks/RESULTS.md). Their callbacks act only
+    on a true value.
     """
 
     def get_params(self, ctx: Any) -> list[Any]:

@@ -20,7 +20,7 @@ OutSize = Annotated[str | None, typer.Option(help="seg: HxW of the stored probab
 def predict_options(tta: int, device: str, batch_size: int | None, workers: int, checkpoints: str,
                     out_size: str | None) -> Any:
     """The options `oof` and `tta` share, parsed once."""
-    from kcomp.infer.runs import PredictOptions
+    from kcomp.runs.predict import PredictOptions
 
     return PredictOptions(tta=tta, device=device, batch_size=batch_size, workers=workers, checkpoints=checkpoints,
                           out_size=_size(out_size) if out_size else None)
@@ -59,7 +59,7 @@ def command(
     Writes PRED (predictions parquet with `target`) and prints the CV score on stderr (`--json`: stdout)."""
     from kcomp import options
     from kcomp.artifacts.predictions import write_predictions
-    from kcomp.infer.runs import predict_oof
+    from kcomp.runs.predict import predict_oof
 
     opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
     check_launch(gpus, nodes, node_rank, master_addr, master_port)

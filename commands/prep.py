@@ -14,7 +14,7 @@ def command(
     competition: Annotated[str, typer.Argument(help="Competition preset (listed above).")],
     raw_dir: Annotated[Path | None, typer.Argument(help="The unpacked competition download.")] = None,
     output: Output = ...,
-    seed: Annotated[int | None, typer.Option(help="Seed for presets that generate data (demo) [default: 0].")] = None,
+    seed: Annotated[int | None, typer.Option(help="demo: seed of the generated data [default: 0].")] = None,
     split_fragment: Annotated[str | None, typer.Option(
         help="vesuvius: cut these train fragments (comma-separated names, e.g. 2) into top/bottom halves "
              "holding similar papyrus, indexed as 2a/2b, so folds can be made per half.")] = None,
@@ -31,16 +31,16 @@ def command(
     as_json: Json = False,
 ) -> None:
     from kcomp import options
-    from kcomp.competitions import get_competition
+    from kcomp.competitions import check_options, get_competition
 
     given = {"seed": seed, "split_fragment": split_fragment, "size": size, "bits": bits, "workers": workers,
              "skip_bad": skip_bad}
     options.check(given, options.COMMANDS["prep"])
     comp = get_competition(competition)
-    options.refuse_unused(given, comp.prep_options, ("competition", competition))
+    given = {k: v for k, v in given.items() if v is not None and v is not False}
+    check_options(comp, competition, "prep", given)
     options.validated("prep")
-    written = comp.prep(raw_dir, Path(output), seed=seed, split_fragment=split_fragment, size=size, bits=bits,
-                        workers=workers, skip_bad=skip_bad)
+    written = comp.prep(raw_dir, Path(output), **given)
     emit(written, {"competition": competition}, as_json)
 
 

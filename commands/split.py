@@ -26,7 +26,7 @@ def command(
 
     from kcomp import options
     from kcomp.artifacts import read_index, write_folds
-    from kcomp.split import assign_folds, resolve_strategy
+    from kcomp.data.split import assign_folds, resolve_strategy
 
     options.check({"folds": folds, "strategy": strategy, "seed": seed, "label_col": label_col,
                    "group_col": group_col}, options.COMMANDS["split"])

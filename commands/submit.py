@@ -28,12 +28,12 @@ def command(
     from kcomp.artifacts import read_json
     from kcomp.artifacts.predictions import read_predictions
     from kcomp.artifacts.submission import align_to_sample, write_submission
-    from kcomp.competitions import get_competition
+    from kcomp.competitions import check_options, get_competition
 
     options.check({"thresholds": thresholds, "sample": sample, "none_power": none_power}, options.COMMANDS["submit"])
     comp = get_competition(competition)
     preset = {k: v for k, v in {"none_power": none_power}.items() if v is not None}
-    _check_options(comp, competition, preset)
+    check_options(comp, competition, "submit", preset)
     files = [read_predictions(p) for p in preds]
     thr = read_json(thresholds, "thresholds") if thresholds else None
     options.validated("submit")
@@ -46,20 +46,6 @@ def command(
         log("submit: no sample_submission.csv found; rows are not checked (pass --sample)")
     emit(write_submission(sub, output), {"rows": len(sub), "sample": str(sample_path) if sample_path else None},
          as_json)
-
-
-def _check_options(comp: object, name: str, options: dict) -> None:
-    """Preset-specific options reach only presets whose `submit` takes them; elsewhere they are a usage error."""
-    import inspect
-
-    from kcomp.errors import BadUsage
-
-    params = inspect.signature(comp.submit).parameters  # type: ignore[attr-defined]
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    for key in options:
-        if key not in params:
-            raise BadUsage(f"--{key.replace('_', '-')} does not apply to {name}")
 
 
 def _find_sample(files: list) -> Path | None:

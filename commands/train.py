@@ -85,8 +85,8 @@ def command(
     N folds at once instead (docs/cluster.md)."""
     from pathlib import Path
 
-    from kcomp.train import config
-    from kcomp.train.loop import fold_scores, train
+    from kcomp.runs import config
+    from kcomp.runs.train import fold_scores, train
 
     cfg = config.resolve(
         task=task, folds=str(Path(folds).resolve()), target=target, model=model, img_size=img_size, epochs=epochs,

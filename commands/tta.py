@@ -39,7 +39,7 @@ def command(
     from kcomp import options
     from kcomp.artifacts.predictions import read_predictions, write_predictions
     from kcomp.errors import BadUsage
-    from kcomp.infer.runs import predict_test
+    from kcomp.runs.predict import predict_test
 
     indexes = [r for r in runs if Path(r).is_file()]
     if len(indexes) > 1:
@@ -53,7 +53,7 @@ def command(
     shown = options.check({"preview": preview, "preview_count": preview_count}, options.COMMANDS["tta"])
     check_launch(gpus, nodes, node_rank, master_addr, master_port)
     if preview:  # known from the run's config, before predicting anything
-        from kcomp.infer.runs import open_run
+        from kcomp.runs.predict import open_run
 
         task = open_run(dirs[0]).cfg["task"]
         if task not in ("seg", "ink"):
@@ -66,7 +66,7 @@ def command(
     written = [write_predictions(df, output, **meta)]
     log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta} view(s)")
     if preview:
-        from kcomp.infer.preview import write_previews
+        from kcomp.report.preview import write_previews
 
         pngs = write_previews(read_predictions(written[0]), Path(preview), n=shown["preview_count"])
         log(f"tta: {len(pngs)} preview(s) in {preview}")

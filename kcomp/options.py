@@ -3,7 +3,7 @@
 A command's options are a mapping name -> value (None = not given). `check` refuses, in one line naming the option
 and the value, a value out of its range (NaN and infinities always; integers past what they feed, e.g. numpy
 seeds >= 2**32), a choice that does not exist, and an option given where it means nothing (`--mixup` for a seg
-run, `--t1` without `--loss bi_tempered`). Tables: `kcomp.train.config.SPECS` for `train`, `COMMANDS` below for
+run, `--t1` without `--loss bi_tempered`). Tables: `kcomp.runs.config.SPECS` for `train`, `COMMANDS` below for
 the others, `LAUNCH` for the multi-GPU options of train/oof/tta. Each entry maps one-to-one onto a field of a
 typed options dataclass, should the tables become those.
 
@@ -114,7 +114,7 @@ BATCH = Int(1, MAX_BATCH)
 TTA = Choice((1, 2, 4, 8), kind=int)
 DEVICE = Text(pattern=r"auto|cpu|cuda(:\d+)?", what="auto, cpu, cuda or cuda:N")
 
-# The multi-GPU options of train, oof and tta (kcomp.train.launch re-runs the command under torchrun).
+# The multi-GPU options of train, oof and tta (kcomp.runtime.launch re-runs the command under torchrun).
 LAUNCH: dict[str, Spec] = {
     "gpus": Int(1, 1024),
     "nodes": Int(1, 65536),
@@ -135,11 +135,11 @@ def lazy(module: str, name: str) -> Callable[[], Sequence[Any]]:
     return get
 
 
-# Every command but train (kcomp.train.config.SPECS) and the options oof/tta share (kcomp.infer.runs.PREDICT).
+# Every command but train (kcomp.runs.config.SPECS) and the options oof/tta share (kcomp.runs.predict.PREDICT).
 COMMANDS: dict[str, dict[str, Spec]] = {
     "prep": {"seed": SEED, "size": Int(16, 4096), "bits": Choice((8, 16), kind=int), "workers": WORKERS,
              "split_fragment": Text(), "skip_bad": Flag()},
-    "split": {"folds": Int(2), "strategy": Choice(lazy("kcomp.split", "STRATEGIES"), what="split strategy"),
+    "split": {"folds": Int(2), "strategy": Choice(lazy("kcomp.data.split", "STRATEGIES"), what="split strategy"),
               "seed": SEED, "label_col": Text(), "group_col": Text()},
     "tta": {"preview": Text(),
             "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
@@ -201,15 +201,6 @@ def check(values: Mapping[str, Any], specs: Mapping[str, Spec], *, given: Iterab
         if spec.needs is not None and not spec.needs[1](full):
             raise BadUsage(f"{_shown(name, value)} applies only with {spec.needs[0]}")
     return full
-
-
-def refuse_unused(values: Mapping[str, Any], accepted: Iterable[str], context: tuple[str, str]) -> None:
-    """A given option that the chosen preset (competition, ...) does not read is an error, not ignored."""
-    accepted = set(accepted)
-    for name, value in values.items():
-        if is_given(value) and name not in accepted:
-            raise BadUsage(f"{flag(name)} does not apply to {context[0]} {context[1]}"
-                           + (f" (it reads {', '.join(map(flag, sorted(accepted)))})" if accepted else ""))
 
 
 def parse_list(name: str, text: str, spec: Spec) -> list[Any]:

@@ -85,7 +85,7 @@ def make_clouds_layout(root: Path, *, n_train: int = 24, n_test: int = 6, size: 
     """Write root/{train.csv, train_images/, test_images/, sample_submission.csv} and root/../<name>_truth.csv."""
     import cv2
 
-    from kcomp.post.rle import encode
+    from kcomp.formats.rle import encode
 
     rng = np.random.default_rng(seed)
     raw = Path(root)
@@ -118,8 +118,8 @@ def mean_dice(pred: dict[str, str], truth: dict[str, str], full: tuple[int, int]
     """Kaggle's score: mean over the truth's (image, class) pairs of Dice (empty/empty = 1), predictions given at
     `at`, truths (full size) brought to `at` by nearest-neighbour sampling."""
     from kcomp.data.seg_dataset import sample_mask
+    from kcomp.formats.rle import decode
     from kcomp.metrics._segmentation import dice_empty_one
-    from kcomp.post.rle import decode
 
     scores = [dice_empty_one(decode(pred[k], at, "column"), sample_mask(v, full, at, "column"))
               for k, v in truth.items()]

@@ -16,7 +16,7 @@ from kcomp.artifacts.predictions import Predictions, read_predictions, write_pre
 from kcomp.competitions import get_competition
 from kcomp.competitions.clouds import CLASSES, class_settings
 from kcomp.errors import BadInput, BadUsage
-from kcomp.post.rle import decode
+from kcomp.formats.rle import decode
 from kcomp.tasks import get_task
 from kcomp.tasks.seg import truth_masks
 from tests.clouds_fixture import CloudsLayout, empty_baseline, make_clouds_layout, mean_dice
@@ -242,7 +242,7 @@ def test_oof_score_and_tuning_reach_one_on_perfect_maps(index: Path, tmp_path: P
 def test_previews_draw_each_image_with_its_masks(index: Path, tmp_path: Path):
     import cv2
 
-    from kcomp.infer.preview import write_previews
+    from kcomp.report.preview import write_previews
 
     ids = list(read_index(index).rows("train")["id"])[:3]
     preds = _write(tmp_path / "p.parquet", index, "oof", ids, _truth_maps(index, ids, (70, 105)))
@@ -256,7 +256,7 @@ def test_previews_draw_each_image_with_its_masks(index: Path, tmp_path: Path):
 def test_ink_previews_are_heat_maps_over_the_papyrus(tmp_path: Path):
     import cv2
 
-    from kcomp.infer.preview import write_previews
+    from kcomp.report.preview import write_previews
     from tests.vesuvius_fixture import make_vesuvius_layout
 
     raw = make_vesuvius_layout(tmp_path / "raw", n_layers=2, seed=0)
@@ -274,7 +274,7 @@ def test_ink_previews_are_heat_maps_over_the_papyrus(tmp_path: Path):
 
 
 def test_previews_are_for_dense_predictions(tmp_path: Path):
-    from kcomp.infer.preview import write_previews
+    from kcomp.report.preview import write_previews
 
     df = pd.DataFrame({"id": ["a"], "fold": [-1], "probs": [[0.2, 0.8]]})
     write_predictions(df, tmp_path / "cls.parquet", task="cls", kind="test", classes=["x", "y"])

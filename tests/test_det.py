@@ -15,8 +15,8 @@ from kcomp.artifacts import read_index
 from kcomp.artifacts.index import write_index
 from kcomp.infer.box_tta import flip_boxes, unflip_boxes, xyxy_to_yxyx, yxyx_to_xyxy
 from kcomp.infer.tta import flips
+from kcomp.runs import config
 from kcomp.tasks import get_task
-from kcomp.train import config
 from tests.conftest import run_cli
 
 SIZE = 128

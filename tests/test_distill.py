@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from kcomp.artifacts.predictions import read_predictions, write_predictions
 from kcomp.data.teacher import teacher_probs
 from kcomp.errors import BadInput, BadUsage
-from kcomp.train.losses import (
+from kcomp.models.losses import (
     LOSSES,
     build_distillation,
     build_loss,
     distillation_loss,
     pack_teacher,
 )
-from kcomp.train.mix import mix_batch
+from kcomp.data.mix import mix_batch
 
 N, C = 16, 5
 

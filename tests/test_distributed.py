@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kcomp.train import distributed, launch
+from kcomp.runtime import distributed, launch
 from tests.conftest import run_cli
 
 BASE = ["train", "cls", "--img-size", "32", "--epochs", "2", "--workers", "0", "--device", "cpu",

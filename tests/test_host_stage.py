@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kcomp.infer.host_stage import HostStage
+from kcomp.runtime.host_stage import HostStage
 
 
 def test_results_keep_submission_order_and_values() -> None:

@@ -135,7 +135,7 @@ def test_vesuvius_raw_to_submission(vesuvius_raw, tmp_path):
     assert maps["a"].dtype == np.uint8 and maps["a"].shape == (64, 72)
     sub = pd.read_csv(tmp_path / "sub.csv", keep_default_na=False)
     assert list(sub.columns) == ["Id", "Predicted"] and list(sub["Id"].astype(str)) == ["a"]
-    from kcomp.post.rle import decode
+    from kcomp.formats.rle import decode
 
     decoded = decode(sub["Predicted"][0], (64, 72), order="row")
     assert decoded.shape == (64, 72)

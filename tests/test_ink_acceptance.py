@@ -38,7 +38,7 @@ def test_issue_chain_on_a_65_layer_layout(tmp_path: Path):
     outs = run_chain(steps, tmp_path, timeout=1800)
     oof = json.loads(outs["oof"])
     assert oof["score"] > 0  # F0.5; predicting no ink anywhere scores 0
-    from kcomp.post.rle import decode
+    from kcomp.formats.rle import decode
 
     sample = pd.read_csv(raw / "sample_submission.csv", keep_default_na=False)
     sub = pd.read_csv(tmp_path / "sub.csv", keep_default_na=False)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kcomp.errors import BadUsage
-from kcomp.train.losses import (
+from kcomp.models.losses import (
     LOSSES,
     bi_tempered_logistic_loss,
     build_loss,

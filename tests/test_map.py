@@ -9,9 +9,9 @@ import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve
 
 from kcomp.errors import BadInput
+from kcomp.formats.prediction_string import Pred, format_prediction_string
 from kcomp.metrics import get_metric
 from kcomp.metrics._detection import average_precision, map50, siim_map, siim_map_from_frames, voc_ap
-from kcomp.post.prediction_string import Pred, format_prediction_string
 
 # --- independent reference: the devkit's voc_eval.py, followed line by line -------------------------------------
 

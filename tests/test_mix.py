@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kcomp.train.mix import mix_batch, one_hot
+from kcomp.data.mix import mix_batch, one_hot
 
 N, K = 4, 6
 LABELS = torch.tensor([0, 1, 2, 3])  # distinct from their flipped partners, so each row's lam is readable

@@ -57,8 +57,8 @@ def test_models_built_onto_saved_weights_predict_as_loaded_ones(task_name, cfg, 
     """`oof`/`tta` build on the meta device and assign the checkpoint; outputs must equal a plain build + load,
     with no tensor left on meta (constants such as the normalisation buffers included)."""
     from kcomp.models._factory import build_with_weights
+    from kcomp.runs import config
     from kcomp.tasks import get_task
-    from kcomp.train import config
 
     task = get_task(task_name)
     full = config.resolve(task=task_name, **cfg)

@@ -1,4 +1,4 @@
-"""kcomp.post.prediction_string: SIIM PredictionString groups and the train_image_level.csv `boxes` literal."""
+"""kcomp.formats.prediction_string: SIIM PredictionString groups and the train_image_level.csv `boxes` literal."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kcomp.errors import BadInput
-from kcomp.post.prediction_string import (
+from kcomp.formats.prediction_string import (
     Pred,
     format_prediction_string,
     format_prediction_strings,

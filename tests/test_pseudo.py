@@ -84,7 +84,7 @@ def test_pseudo_options_and_inputs_are_checked(demo_run: dict[str, Path], tmp_pa
 
 def test_pseudo_rows_train_in_every_fold_and_validate_in_none(demo_run: dict[str, Path], tmp_path: Path) -> None:
     from kcomp.tasks import get_task
-    from kcomp.train.config import resolve
+    from kcomp.runs.config import resolve
 
     make_pseudo([str(demo_run["test"])], str(tmp_path / "pseudo.parquet"), min_conf=0.0)
     pseudo = read_pseudo(tmp_path / "pseudo.parquet")
@@ -166,7 +166,7 @@ def test_seg_pseudo_masks_are_rle_columns_at_the_thresholds_settings(tmp_path: P
     from kcomp.artifacts import write_json
     from kcomp.competitions import get_competition
     from kcomp.data.seg_dataset import sample_mask
-    from kcomp.post.rle import decode
+    from kcomp.formats.rle import decode
     from tests.clouds_fixture import CLASSES, make_clouds_layout
 
     size = (140, 210)

@@ -266,7 +266,7 @@ def test_seg_previews_come_from_the_preview_module(tmp_path: Path) -> None:
     images = [im["path"] for im in summary["sections"][0]["images"]]
     assert images == ["previews/x1.png", "previews/x2.png"]
     assert sorted(_check_page(out)) == sorted(images * 2)  # each image is shown and linked
-    img = _png(out / "previews" / "x1.png")  # its layout is kcomp.infer.preview's (tested there)
+    img = _png(out / "previews" / "x1.png")  # its layout is kcomp.report.preview's (tested there)
     assert img.shape[0] >= 30 and img.shape[1] >= 45 and img.std() > 0
 
 
@@ -375,7 +375,7 @@ def test_tensorboard_writer_is_optional(tmp_path: Path, monkeypatch: pytest.Monk
     import importlib.util
     import types
 
-    from kcomp.train import tensorboard
+    from kcomp.runs import tensorboard
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -405,7 +405,7 @@ def test_tensorboard_event_files_when_installed(tmp_path: Path) -> None:
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from kcomp.train import tensorboard
+    from kcomp.runs import tensorboard
 
     for epoch, acc in ((1, 0.5), (2, 0.75)):
         tensorboard.log_epoch(tmp_path, 0, {"epoch": epoch, "lr": 0.01, "train_loss": 1.0, "val_accuracy": acc})

@@ -50,11 +50,21 @@ def _kill_and_resume(args: list[str], run: Path, kills: int, seed: int) -> int:
         return killed
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(demo_run, tmp_path_factory) -> Path:
+    """TRAIN on fold 0 reading in-process, never interrupted: the reference of this module's resumed runs."""
+    run = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert run_cli(*TRAIN, "--folds", str(demo_run["folds"]), "--fold", "0", "--workers", "0", "-o", run).code == 0
+    return run
+
+
 @pytest.mark.parametrize("workers", ["0", "2"])
-def test_sigkill_resume_is_bit_identical(demo_run, tmp_path, workers):
+def test_sigkill_resume_is_bit_identical(demo_run, uninterrupted, tmp_path, workers):
     folds = ["--folds", str(demo_run["folds"]), "--fold", "0", "--workers", workers]
-    ref = tmp_path / "ref"
-    assert run_cli(*TRAIN, *folds, "-o", ref).code == 0
+    ref = uninterrupted
+    if workers != "0":
+        ref = tmp_path / "ref"
+        assert run_cli(*TRAIN, *folds, "-o", ref).code == 0
     resumed = tmp_path / "resumed"
     killed = _kill_and_resume([*TRAIN, *folds, "-o", str(resumed)], resumed, kills=5, seed=int(workers))
     assert killed == 5  # two parametrisations: 10 interruptions in all
@@ -93,9 +103,50 @@ def test_resume_with_other_options_is_refused(demo_run, tmp_path):
 
 
 def test_options_added_by_a_newer_kcomp_do_not_block_resume():
-    from kcomp.train import config
+    from kcomp.runs import config
 
     old = config.resolve(task="cls", folds="f.parquet")
     del old["smoothing"]
     assert config.differences(old, config.resolve(task="cls", folds="f.parquet")) == []
     assert config.differences(old, config.resolve(task="cls", folds="f.parquet", smoothing=0.1)) == ["smoothing"]
+
+
+# What last.pt held when run directories were first written (kcomp 0.1.0): a run directory from then must resume.
+RELEASED_META = ("kcomp_version", "schema", "command")
+RELEASED_STATE = ("task", "config", "setup", "fold", "model", "ema", "optimizer", "scheduler", "scaler", "rng",
+                  "history", "position")
+RELEASED_POSITION = ("epoch", "batch", "step", "best", "best_epoch", "loss_count", "loss_sum", "world_size")
+_STOP_AFTER_FIRST_EPOCH = """
+import sys
+from kcomp.runs import tensorboard
+
+def stop(*args, **kwargs):  # called once an epoch's last.pt and metrics are written
+    raise KeyboardInterrupt
+
+tensorboard.log_epoch = stop
+from kcomp.commands.main import run
+sys.argv = ["kcomp", "--quiet", *sys.argv[1:]]
+run()
+"""
+
+
+def test_a_last_pt_in_the_released_layout_resumes_bit_identically(demo_run, uninterrupted, tmp_path):
+    from kcomp.artifacts._meta import make_meta
+
+    # the reference's options but --save-every, which saves more often and changes nothing else
+    args = [*TRAIN[:TRAIN.index("--save-every")], "--folds", str(demo_run["folds"]), "--fold", "0", "--workers", "0"]
+    run = tmp_path / "run"
+    stopped = subprocess.run([sys.executable, "-c", _STOP_AFTER_FIRST_EPOCH, *args, "-o", str(run)],
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 130, stopped.stderr
+    last = run / "fold0" / "last.pt"
+    ck = torch.load(last, weights_only=True)
+    meta = tuple(make_meta("checkpoint"))
+    assert set(RELEASED_META) <= set(meta)
+    assert tuple(k for k in ck if k not in meta) == RELEASED_STATE  # the writer keeps the layout, order included
+    assert tuple(ck["position"]) == RELEASED_POSITION and ck["position"]["epoch"] == 1
+    torch.save({k: ck[k] for k in RELEASED_META + RELEASED_STATE}, last)  # exactly the released keys
+    r = run_cli(*args, "-o", run)
+    assert r.code == 0, r.stderr
+    a, b = _weights(uninterrupted), _weights(run)
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []

@@ -1,4 +1,4 @@
-"""kcomp.post.rle: Kaggle RLE in row-major (Vesuvius) and column-major (Understanding Clouds) pixel order, decoded at
+"""kcomp.formats.rle: Kaggle RLE in row-major (Vesuvius) and column-major (Understanding Clouds) pixel order, decoded at
 full size (the notebook kernel's values and memory layout) or sampled at another size (cv2 INTER_NEAREST_EXACT)."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.post import rle
-from kcomp.post.rle import decode, decode_resized, encode
+from kcomp.formats import rle
+from kcomp.formats.rle import decode, decode_resized, encode
 
 
 def mask2rle(img, order="row"):  # the kernel every Kaggle notebook copies (Clouds: column order, img.T)
@@ -409,6 +409,6 @@ def test_bad_arguments() -> None:
 
 def test_importing_the_module_does_not_import_numba() -> None:
     """Competition presets import it on the CLI start-up path; numba loads on the first encode/decode."""
-    code = "import sys, kcomp.post.rle; print('numba' in sys.modules)"
+    code = "import sys, kcomp.formats.rle; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

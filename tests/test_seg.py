@@ -12,11 +12,12 @@ import torch
 
 from kcomp.data.seg_dataset import SegDataset, sample_mask, seg_train_transform
 from kcomp.errors import BadInput, BadUsage
+from kcomp.formats.rle import check as check_rle
+from kcomp.formats.rle import decode, encode
+from kcomp.models.losses import SEG_LOSSES, build_seg_loss
 from kcomp.models.seg import create_seg_model, load_encoder_weights
-from kcomp.post.rle import check as check_rle
-from kcomp.post.rle import decode, encode
 from kcomp.tasks import get_task
-from kcomp.tasks.seg import LOSSES, build_seg_loss, output_sizes, to_uint8_map
+from kcomp.tasks.seg import output_sizes, to_uint8_map
 
 ARCHS = ["unet", "fpn", "pspnet", "linknet", "unetplusplus", "deeplabv3plus"]
 
@@ -208,7 +209,7 @@ def test_same_seed_same_item_and_no_targets(tmp_path: Path):
 # ------------------------------------------------------------------------------------------------------ losses
 
 
-@pytest.mark.parametrize("name", LOSSES)
+@pytest.mark.parametrize("name", SEG_LOSSES)
 def test_losses_are_finite_differentiable_and_prefer_the_truth(name: str):
     torch.manual_seed(0)
     target = (torch.rand(2, 4, 16, 16) > 0.7).to(torch.uint8)
@@ -253,7 +254,7 @@ def test_output_size_from_option_then_index_then_a_quarter():
 
 
 def test_seg_gets_its_own_default_batch_size():
-    from kcomp.train import config
+    from kcomp.runs import config
 
     assert config.resolve(task="seg")["batch_size"] == 8
     assert config.resolve(task="seg", batch_size=3)["batch_size"] == 3

@@ -13,7 +13,7 @@ import pytest
 
 from kcomp.artifacts.index import write_index
 from kcomp.artifacts.predictions import write_predictions
-from kcomp.post.prediction_string import parse_prediction_string
+from kcomp.formats.prediction_string import parse_prediction_string
 from tests.conftest import run_chain, run_cli
 from tests.siim_fixture import make_siim_layout
 
@@ -146,7 +146,7 @@ def test_submit_with_a_has_opacity_file_and_none_power(tmp_path):
 def _image_row_one_box_at_a_time(boxes, h, w, p_op, power):
     """What an image row means, box by box with `Pred`s: positive scores, best first (ties in file order), each
     box clipped to the image and rounded to 1 decimal, empty ones dropped, then `none`."""
-    from kcomp.post.prediction_string import Pred, format_prediction_string
+    from kcomp.formats.prediction_string import Pred, format_prediction_string
 
     boxes = sorted([b for b in boxes if b[4] > 0], key=lambda b: -b[4])
     factor = 1.0 if p_op is None or not power else p_op ** power

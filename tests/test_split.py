@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kcomp.data.split import STRATEGIES, assign_folds, resolve_strategy
 from kcomp.errors import BadInput, BadUsage
-from kcomp.split import STRATEGIES, assign_folds, resolve_strategy
 
 
 def make_index(n_train=60, n_test=10, *, label=False, labels=False, group=False, n_classes=3, seed=0):
@@ -109,7 +109,8 @@ def test_multilabel_balances_positives_better_than_kfold():
     folds = assign_folds(df, n_folds=n_folds, strategy="multilabel", seed=0)
     check_partition(df, folds, n_folds)
     ml_dev = _max_deviation(folds, y, n_folds)
-    kf_devs = [_max_deviation(assign_folds(df, n_folds=n_folds, strategy="kfold", seed=s), y, n_folds) for s in range(5)]
+    kf_devs = [_max_deviation(assign_folds(df, n_folds=n_folds, strategy="kfold", seed=s), y, n_folds)
+               for s in range(5)]
     assert ml_dev <= 1.5, ml_dev
     assert ml_dev < min(kf_devs), (ml_dev, kf_devs)
 

@@ -46,7 +46,7 @@ def test_a_runs_folds_predict_each_test_batch_together(demo_run, monkeypatch, ch
     import torch
 
     from kcomp.data.datasets import ImageDataset
-    from kcomp.infer.runs import PredictOptions, _weights, open_run, predict_test
+    from kcomp.runs.predict import PredictOptions, _weights, open_run, predict_test
     from kcomp.tasks import get_task
 
     reads: Counter = Counter()

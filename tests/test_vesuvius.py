@@ -16,7 +16,7 @@ import tifffile
 
 from kcomp.artifacts.index import read_index
 from kcomp.competitions import get_competition
-from kcomp.competitions.vesuvius import balanced_cut, find_fragments
+from kcomp.competitions.vesuvius import balanced_cut, find_fragments, prep_vesuvius
 from kcomp.data.layers import LayerStack, read_png_mask
 from kcomp.errors import BadInput, BadUsage
 from tests.conftest import run_cli
@@ -89,7 +89,7 @@ def test_split_fragment_options(vesuvius_raw: Path, tmp_path: Path):
     comp = get_competition("vesuvius")
     comp.prep(vesuvius_raw, tmp_path / "d", split_fragment="1, 2")
     assert list(read_index(tmp_path / "d" / "index.parquet").df["id"]) == ["1a", "1b", "2a", "2b", "a"]
-    comp.prep(vesuvius_raw, tmp_path / "e", split_fragments={"2": 40})
+    prep_vesuvius(vesuvius_raw, tmp_path / "e", split_fragments={"2": 40})  # the library takes cut rows too
     df = read_index(tmp_path / "e" / "index.parquet").df
     assert list(zip(df["id"], df["y0"], df["y1"], strict=True))[1:3] == [("2a", 0, 40), ("2b", 40, 128)]
     for bad in ("a", "7", "2,,1"):
@@ -287,7 +287,7 @@ def _write_preds(path: Path, index: Path, maps: dict[str, np.ndarray]) -> Path:
 
 def test_submit_thresholds_filters_masks_and_encodes(vesuvius_index: Path, vesuvius_raw: Path, tmp_path: Path):
     from kcomp.artifacts.predictions import read_predictions
-    from kcomp.post.rle import decode
+    from kcomp.formats.rle import decode
 
     prob = _test_map((64, 72))
     preds = read_predictions(_write_preds(tmp_path / "test.parquet", vesuvius_index, {"a": prob}))

@@ -77,7 +77,7 @@ def clouds_oof(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_clouds_oof_overlays_draw_truth_and_prediction_at_the_tuned_settings(clouds_oof: dict) -> None:
-    from kcomp.infer.preview import _colour
+    from kcomp.report.preview import _colour
     from kcomp.post.seg_threshold import postprocess
 
     out = clouds_oof["tmp"] / "report"
@@ -180,7 +180,7 @@ def test_ink_overlay_outlines_prediction_and_truth(tmp_path: Path) -> None:
     from kcomp.artifacts import write_json
     from kcomp.competitions import get_competition
     from kcomp.data.layers import read_png_mask
-    from kcomp.infer.preview import PRED_RGB, TRUTH_RGB
+    from kcomp.report.preview import PRED_RGB, TRUTH_RGB
     from kcomp.metrics._segmentation import fbeta_pixels
     from kcomp.report.build import build_report
     from tests.vesuvius_fixture import make_vesuvius_layout

@@ -24,7 +24,8 @@ def read_csv(path: str | Path, columns: list[str] | tuple[str, ...]) -> pd.DataF
     try:
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise BadInput(f"not a readable CSV: {str(e).splitlines()[0] if str(e) else type(e).__name__}", path=p) from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BadInput(f"not a readable CSV: {first}", path=p) from None
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise BadInput(f"missing column(s) {', '.join(missing)} (has {', '.join(df.columns)})", path=p)

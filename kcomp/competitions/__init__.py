@@ -1,6 +1,7 @@
 """Competition presets: each only translates raw layout -> index (`prep`) and predictions -> submission (`submit`).
 
-Adding one: write a module with a class decorated `@register_competition("name")` and add it to `_MODULES`.
+Adding one: write a module with a class decorated `@register_competition("name")` and add it to `_MODULES`. Its
+`prep` and `submit` declare the options they take as keyword parameters; the commands refuse the others for it.
 Modules must not import heavy libraries at top level: every `kcomp` start-up (`--help` too) imports them to list
 presets.
 """
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
 class Competition(Protocol):
     task: str
     id_column: str
-    prep_options: tuple[str, ...]  # the options of `kcomp prep` its `prep` reads (size, workers, ...)
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        """Write `out/index.parquet` (+ caches); return the paths written."""
+        """Write `out/index.parquet` (+ caches); return the paths written. `options`: the keyword parameters the
+        preset declares (size, workers, seed ...)."""
 
     def submit(self, preds: list[Predictions], *, thresholds: dict[str, Any] | None) -> pd.DataFrame:
         """Submission rows (any order; `submit` aligns them with the sample)."""
@@ -57,3 +58,19 @@ def list_competitions() -> list[str]:
 def describe() -> str:
     _load()
     return COMPETITIONS.describe()
+
+
+def check_options(comp: Competition, name: str, step: str, options: dict[str, Any]) -> None:
+    """Options that apply to some presets only (`prep --bits`, `submit --none-power`) reach a preset's `prep` or
+    `submit` only when it declares them as keyword parameters; given to any other preset they are a usage error
+    naming the option and the preset, not silently ignored."""
+    import inspect
+
+    from kcomp.errors import BadUsage
+
+    params = inspect.signature(getattr(comp, step)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    for key in options:
+        if key not in params:
+            raise BadUsage(f"--{key.replace('_', '-')} does not apply to {name}")

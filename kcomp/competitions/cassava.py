@@ -20,11 +20,9 @@ class Cassava:
     task = "cls"
     id_column = "image_id"
     kaggle_slug = "cassava-leaf-disease-classification"  # /kaggle/input/<slug> in a notebook (`kcomp pack`)
-    prep_options = ("size", "workers")  # the `kcomp prep` options it reads; others are refused
 
-    def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        return prep_cls_layout(raw, out, competition="cassava", size=options.get("size"),
-                               workers=options.get("workers"))
+    def prep(self, raw: Path | None, out: Path, *, size: int | None = None, workers: int | None = None) -> list[str]:
+        return prep_cls_layout(raw, out, competition="cassava", size=size, workers=workers)
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None) -> Any:
         return submit_argmax(preds)

@@ -92,7 +92,7 @@ def prep_clouds(raw: Path | None, out: Path, *, size: int | None = None, workers
 
     from kcomp.artifacts.index import write_index
     from kcomp.data.image_cache import add_image_cache
-    from kcomp.post.rle import check as check_rle
+    from kcomp.formats.rle import check as check_rle
 
     if raw is None:
         raise BadUsage(f"prep {COMPETITION} needs RAW_DIR (the unpacked competition download)")
@@ -170,7 +170,7 @@ def submit_clouds(preds: list[Predictions], *, thresholds: dict[str, Any] | None
     import numpy as np
     import pandas as pd
 
-    from kcomp.post.rle import encode
+    from kcomp.formats.rle import encode
     from kcomp.post.seg_threshold import postprocess
     from kcomp.artifacts.predictions import one_test_file
 
@@ -204,10 +204,9 @@ class Clouds:
     task = TASK
     id_column = ID_COLUMN
     kaggle_slug = "understanding_cloud_organization"  # /kaggle/input/<slug> in a notebook (`kcomp pack`)
-    prep_options = ("size", "workers")  # the `kcomp prep` options it reads; others are refused
 
-    def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        return prep_clouds(raw, Path(out), size=options.get("size"), workers=options.get("workers"))
+    def prep(self, raw: Path | None, out: Path, *, size: int | None = None, workers: int | None = None) -> list[str]:
+        return prep_clouds(raw, Path(out), size=size, workers=workers)
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None) -> Any:
         return submit_clouds(preds, thresholds=thresholds)

@@ -78,16 +78,15 @@ class Demo:
 
     task = "cls"
     id_column = "image_id"
-    prep_options = ("seed", "size", "workers")  # the `kcomp prep` options it reads; others are refused
 
-    def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
+    def prep(self, raw: Path | None, out: Path, *, seed: int | None = None, size: int | None = None,
+             workers: int | None = None) -> list[str]:
         if raw is None:
             raw = out / "raw"
         if not (raw / "train.csv").exists():
             console.log(f"demo: generating a synthetic competition in {raw}")
-            make_cls_layout(raw, seed=int(options.get("seed") or 0))
-        return prep_cls_layout(raw, out, competition="demo", size=options.get("size"),
-                               workers=options.get("workers"))
+            make_cls_layout(raw, seed=int(seed or 0))
+        return prep_cls_layout(raw, out, competition="demo", size=size, workers=workers)
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None) -> Any:
         return submit_argmax(preds)

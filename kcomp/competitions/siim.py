@@ -120,7 +120,7 @@ def read_study_labels(path: Path) -> dict[str, str]:
 def read_image_labels(path: Path, images: dict[str, dict[str, str]]) -> dict[str, list[dict[str, Any]]]:
     """image id -> boxes [{x1,y1,x2,y2,label}] in original pixels, checked against the files under train/."""
     from kcomp.artifacts.submission import read_csv
-    from kcomp.post.prediction_string import parse_siim_boxes
+    from kcomp.formats.prediction_string import parse_siim_boxes
 
     df = read_csv(path, ["id", "boxes", "label", "StudyInstanceUID"])
     _unique(list(df["id"]), path)
@@ -328,11 +328,10 @@ class SiimCovid19:
     task = TASK
     id_column = "id"
     kaggle_slug = "siim-covid19-detection"  # /kaggle/input/<slug> in a notebook (`kcomp pack`)
-    prep_options = ("size", "bits", "workers", "skip_bad")  # the `kcomp prep` options it reads; others are refused
 
-    def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        return prep_siim(raw, Path(out), size=options.get("size"), bits=options.get("bits"),
-                         workers=options.get("workers"), skip_bad=bool(options.get("skip_bad")))
+    def prep(self, raw: Path | None, out: Path, *, size: int | None = None, bits: int | None = None,
+             workers: int | None = None, skip_bad: bool = False) -> list[str]:
+        return prep_siim(raw, Path(out), size=size, bits=bits, workers=workers, skip_bad=bool(skip_bad))
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None, **options: Any) -> Any:
         from kcomp.competitions.siim_submit import submit_siim

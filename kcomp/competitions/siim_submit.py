@@ -93,7 +93,7 @@ def _clipped(boxes: Boxes, heights: np.ndarray, widths: np.ndarray) -> np.ndarra
 
 def image_rows(det: Predictions, p_opacity: dict[str, float] | None, none_power: float) -> list[tuple[str, str]]:
     """One row per image of the det file, from its flat box arrays (no object per box)."""
-    from kcomp.post.prediction_string import format_prediction_strings
+    from kcomp.formats.prediction_string import format_prediction_strings
 
     ids = det.df["id"].astype(str).tolist()
     n = len(ids)
@@ -127,7 +127,7 @@ def image_rows(det: Predictions, p_opacity: dict[str, float] | None, none_power:
 
 
 def study_rows(study: Predictions, image_ids: list[str], index: Any) -> list[tuple[str, str]]:
-    from kcomp.post.prediction_string import Pred, format_prediction_string
+    from kcomp.formats.prediction_string import Pred, format_prediction_string
 
     df = index.df
     if "study_id" not in df.columns:

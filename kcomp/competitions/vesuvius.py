@@ -207,10 +207,10 @@ def submit_ink(preds: list[Predictions], *, thresholds: dict[str, Any] | None) -
     """Threshold each test fragment's map, drop small components, zero it outside mask.png, RLE it row-major."""
     import pandas as pd
 
-    from kcomp.data.layers import read_png_mask
-    from kcomp.post.ink_threshold import postprocess
-    from kcomp.post.rle import encode
     from kcomp.artifacts.predictions import one_test_file
+    from kcomp.data.layers import read_png_mask
+    from kcomp.formats.rle import encode
+    from kcomp.post.ink_threshold import postprocess
 
     p = one_test_file(preds, TASK)
     threshold, min_size = ink_thresholds(thresholds)
@@ -244,13 +244,9 @@ class Vesuvius:
     task = TASK
     id_column = "Id"
     kaggle_slug = "vesuvius-challenge-ink-detection"  # /kaggle/input/<slug> in a notebook (`kcomp pack`)
-    prep_options = ("split_fragment",)  # the `kcomp prep` options it reads; others are refused
 
-    def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
-        split = options.get("split_fragments")
-        if split is None:
-            split = options.get("split_fragment")
-        return prep_vesuvius(raw, Path(out), split_fragments=split)
+    def prep(self, raw: Path | None, out: Path, *, split_fragment: str | None = None) -> list[str]:
+        return prep_vesuvius(raw, Path(out), split_fragments=split_fragment)
 
     def submit(self, preds: list[Any], *, thresholds: dict[str, Any] | None) -> Any:
         return submit_ink(preds, thresholds=thresholds)

@@ -2,9 +2,10 @@
 
 DataLoader fetches a whole batch through `__getitems__` when a dataset has one. Where it runs in the main process
 (inference on a CPU, where worker processes would only preempt the model's threads, and `--workers 0`), decoding the
-batch item by item leaves every core but one idle between forward passes: Cassava-like 800x600 JPEGs at 128 px took
-1.95 ms of wall time an image that way and 1.2 ms on 2 threads (OpenCV and libjpeg release the GIL). In a DataLoader
-worker process the reads stay serial: the workers already divide the cores between them.
+batch item by item leaves every core but one idle between forward passes; on a thread per core Cassava-like 800x600
+JPEGs decode in well under that wall time (OpenCV and libjpeg release the GIL; `tta from JPEGs` in
+benchmarks/RESULTS.md). In a DataLoader worker process the reads stay serial: the workers already divide the cores
+between them.
 
 Only the read runs on the pool. Augmentation and conversion run in the calling thread, in batch order, so seeded
 augmentations (one albumentations pipeline per dataset, re-seeded per item) give the same items as `__getitem__`.

@@ -1,9 +1,9 @@
 """A decoded-image cache written by `prep --size N`: every image once, as N x N x 3 uint8, in one `.npy` file.
 
-Why: decoding an 800x600 JPEG costs ~2 ms of CPU even at libjpeg's reduced scales, and on a machine whose cores
-also feed the model (or on a GPU box with few cores per GPU) that is what keeps `train`, `oof` and `tta` below the
-model's speed. A row of a memory-mapped array costs a page-cache copy. The file is written by worker processes
-into its own rows (no locks), under a temporary name renamed at the end, so an index never points to a partial
+Why: decoding an 800x600 JPEG costs milliseconds of CPU even at libjpeg's reduced scales (benchmarks/RESULTS.md), and on
+a machine whose cores also feed the model (or on a GPU box with few cores per GPU) that is what keeps `train`, `oof` and
+`tta` below the model's speed. A row of a memory-mapped array costs a page-cache copy. The file is written by worker
+processes into its own rows (no locks), under a temporary name renamed at the end, so an index never points to a partial
 cache.
 
 The index records it as metadata `image_cache = {"path": <relative to the index file>, "size": N}` plus a column

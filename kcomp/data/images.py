@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 
 def read_rgb(path: str | Path, reduce_to: int | None = None) -> np.ndarray:
     """HxWx3 uint8 RGB. `reduce_to` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the network input is
-    much smaller than the file (an 800x600 JPEG for a 128 px model decodes ~4x faster)."""
+    much smaller than the file (an 800x600 JPEG for a 128 px model decodes several times faster)."""
     import cv2
 
     flag = cv2.IMREAD_COLOR
@@ -70,7 +70,7 @@ def _reduced_flag(path: str | Path, reduce_to: int) -> int:
 def chw_tensor(img: np.ndarray) -> torch.Tensor:
     """HxWxC -> contiguous CxHxW tensor, same dtype, transposed by numpy. A torch copy here wakes torch's intra-op
     threads for every item; in the main process (`--workers 0`, or inference on a busy CPU) that alternates with
-    OpenCV's thread pool and cost 1.3 ms a 128 px item instead of 0.2 ms (2 cores)."""
+    OpenCV's thread pool and cost several times the copy itself (2 cores, `bench_loop.py`)."""
     import numpy as np
     import torch
 

@@ -182,14 +182,13 @@ class LayerStack:
     def _read_raw(self, i: int, raw: tuple[int, np.dtype], dst: np.ndarray, y: int, x: int) -> None:
         """Fill `dst` (rows y.., columns x.. of layer i) from the file, leaving no page of the layer resident.
 
-        With madvise (Linux, macOS): copy from a read-only map of the layer, then drop the whole map from this
-        process's page tables (MADV_DONTNEED; the kernel's page cache keeps the pages, so the next read is a minor
-        fault) -- about 30 us per 224 px window. The whole map, not the window's byte range: a fault maps more
-        than the page it touches (fault-around, and whole large folios of the page cache on recent kernels), and
-        pages mapped before the window's first row were never released by the next windows (tile rows move
-        down), leaving ~half of every layer resident after a fragment (~30 B/px with 35 layers). Releasing an
-        unmapped range costs a page-table walk, nothing per page. Without madvise: one positioned read of the
-        window's full rows."""
+        With madvise (Linux, macOS): copy from a read-only map of the layer, then drop the whole map from this process's
+        page tables (MADV_DONTNEED; the kernel's page cache keeps the pages, so the next read is a minor fault), a small
+        cost next to the window's read. The whole map, not the window's byte range: a fault maps more than the page it
+        touches (fault-around, and whole large folios of the page cache on recent kernels), and pages mapped before the
+        window's first row were never released by the next windows (tile rows move down), leaving about half of every
+        layer resident after a fragment (`ink tta memory` in benchmarks/RESULTS.md). Releasing an unmapped range costs a
+        page-table walk, nothing per page. Without madvise: one positioned read of the window's full rows."""
         offset, disk = raw
         w = self.shape[1]
         rows, cols = dst.shape

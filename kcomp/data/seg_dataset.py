@@ -1,8 +1,9 @@
 """Multi-label segmentation data: RGB images with one RLE mask per class, read at the model's input size.
 
-Masks stay RLE strings in the index and are sampled per item at the input size straight from the runs (~25 us for
-a 1400x2100 Clouds mask at 384x384, no full-size array), so nothing is cached and DataLoader workers stay small.
-`prep` checks every RLE by parsing its numbers only (`kcomp.post.rle.check`), without filling a full-size mask.
+Masks stay RLE strings in the index and are sampled per item at the input size straight from the runs (no full-size
+array; microseconds a Clouds mask, `bench_rle.py`'s decode_resized lines), so nothing is cached and DataLoader workers
+stay small. `prep` checks every RLE by parsing its numbers only (`kcomp.formats.rle.check`), without filling a full-size
+mask.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def sample_mask(rle: str, shape: tuple[int, int], out: tuple[int, int], order: s
     """uint8 0/1 C-contiguous (out_h, out_w) mask of an RLE of a `shape` image, resized nearest-neighbour at pixel
     centres (cv2's INTER_NEAREST_EXACT, as PIL and scikit-image do) straight from the runs, without decoding the
     full-size mask; at `out == shape` the exact decode."""
-    from kcomp.post.rle import decode_resized
+    from kcomp.formats.rle import decode_resized
 
     return decode_resized(rle, (int(shape[0]), int(shape[1])), (int(out[0]), int(out[1])), order, where=where)
 

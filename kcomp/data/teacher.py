@@ -1,7 +1,7 @@
 """A teacher's out-of-fold class probabilities, aligned to training rows by id (`train --teacher OOF`).
 
 OOF probabilities were predicted by models that never trained on the row, so they carry what the teacher learnt
-from the other rows, not a memorised label: the soft targets of distillation (`kcomp.train.losses`).
+from the other rows, not a memorised label: the soft targets of distillation (`kcomp.models.losses`).
 """
 
 from __future__ import annotations

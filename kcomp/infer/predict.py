@@ -16,14 +16,13 @@ from kcomp.data.pool import default_workers
 def loader_workers(workers: int, device: torch.device, ds: Dataset | None = None) -> int:
     """DataLoader workers worth starting for inference: on the CPU only as many as there are cores the model's
     intra-op threads leave free. Forward passes keep every core busy there, so worker processes only preempt the
-    model's threads mid-operation, while reading in-process costs what it would in a worker (2 cores, resnet18
-    5x7 ink tiles at 224 px: 0.89 of the model-only speed with 2 workers, 0.98 in-process; Cassava-like JPEGs at
-    128 px: 0.72-0.74 with workers, 0.80-0.83 in-process, where a batch's files decode on a thread per core between
-    forward passes (`kcomp.data.batched`); the `prep --size` cache: 0.90-0.98 in-process).
+    model's threads mid-operation, while reading in-process costs what it would in a worker (ink tiles, JPEGs
+    decoded on a thread per core between forward passes by `kcomp.data.batched`, and the `prep --size` cache all
+    come closer to the model-only speed in-process: the loop sections of benchmarks/RESULTS.md).
 
     A dataset reading the decoded-image cache (`threaded` False) always reads in-process on a CPU: its reads are
-    memory copies, and a worker costs more to start and feed than it saves (one torch thread on 2 cores, Cassava-like
-    cache at 128 px: 89 img/s through the free core's worker, 94 in-process)."""
+    memory copies, and a worker costs more to start and feed than it saves, even on a core torch leaves free
+    (`bench_loop.py`)."""
     if device.type != "cpu":
         return workers
     if ds is not None and not getattr(ds, "threaded", True):

@@ -123,7 +123,7 @@ def siim_map(image_preds: Mapping[str, Sequence[Group]], image_truths: Mapping[s
              study_preds: Mapping[str, Sequence[Group]], study_truths: Mapping[str, Sequence[Group]],
              ) -> dict[str, Any]:
     """The SIIM COVID-19 score. Every argument maps an id to groups `(label, conf, x1, y1, x2, y2)` (tuples or
-    `kcomp.post.prediction_string.Pred`), i.e. a parsed PredictionString:
+    `kcomp.formats.prediction_string.Pred`), i.e. a parsed PredictionString:
     - images: labels "opacity" (a box in pixels) and "none"; a truth image without opacity is ("none", 1, 0, 0, 1, 1);
     - studies: labels negative/typical/indeterminate/atypical; a truth study holds one group, its class.
     Truth confs are ignored. "none" and the study classes are whole-image answers: their boxes count as
@@ -166,7 +166,7 @@ def siim_map_from_frames(submission: pd.DataFrame, truth_image_csv: pd.DataFrame
     """Score a Kaggle submission (`id`, `PredictionString`; ids `<image>_image` and `<study>_study`) against
     train_image_level.csv (`id`, `label` = "opacity 1 x1 y1 x2 y2 ..." or "none 1 0 0 1 1") and
     train_study_level.csv (`id` = `<study>_study`, one-hot columns of the 4 study classes). See `siim_map`."""
-    from kcomp.post.prediction_string import parse_prediction_string
+    from kcomp.formats.prediction_string import parse_prediction_string
 
     for df, cols, name in ((submission, ["id", "PredictionString"], "submission"),
                            (truth_image_csv, ["id", "label"], "image-level truth"),

@@ -29,10 +29,10 @@ class Normalized(nn.Module):
 
 
 def build_with_weights(build: Callable[[], nn.Module], state: dict[str, Any]) -> nn.Module:
-    """A model built straight onto saved weights. Built on the meta device, nothing is randomly initialised only
-    to be overwritten (on CPU: 0.6 s -> 0.07 s for a resnet18, 6.7 s -> 1.7 s for a convnext_small; paid by every
-    fold and checkpoint `oof`/`tta` predicts with). A model that keeps tensors outside its state dict, or cannot
-    be built on meta, is built and loaded the usual way, which also reports mismatched keys."""
+    """A model built straight onto saved weights. Built on the meta device, nothing is randomly initialised only to be
+    overwritten (random init is most of a model build on a CPU, paid by every fold and checkpoint `oof`/`tta` predicts
+    with; `cls tta ... incl. model build` in benchmarks/RESULTS.md). A model that keeps tensors outside its state dict,
+    or cannot be built on meta, is built and loaded the usual way, which also reports mismatched keys."""
     try:
         with torch.device("meta"):
             model = build()

@@ -1,5 +1,5 @@
 """EfficientDet (effdet) for task `det`: the raw network wrapped so that normalisation, anchors and decoding live
-with the weights, and the loss that `DetBenchTrain` would compute, as a separate callable for the training loop.
+with the weights (the loss that `DetBenchTrain` would compute is `kcomp.models.losses.DetLoss`).
 
 Conventions: the network's inputs are uint8 (or 0..255 float) images with 1 or 3 channels (grey is replicated on
 the device); effdet's targets are **yxyx** boxes in input pixels with classes starting at 1 (padding -1); kcomp's
@@ -99,30 +99,6 @@ class DetNet(nn.Module):
         boxes = det[..., :4].clamp(min=0).minimum(size)
         label = det[..., 5:6] - 1  # effdet's classes start at 1; its padding rows (class 0) become -1
         return torch.cat([boxes, det[..., 4:5], label], -1)
-
-
-class DetLoss(nn.Module):
-    """DetBenchTrain's loss: anchors labelled from the targets, then focal + huber box loss.
-
-    `target` is (B, M, 5) float: [y1, x1, y2, x2, class] in input pixels, class 1-based, rows of -1 = padding
-    (an image without boxes is all padding and only contributes background loss)."""
-
-    def __init__(self, config: Any) -> None:
-        from effdet.anchors import Anchors, AnchorLabeler
-        from effdet.loss import DetectionLoss
-
-        super().__init__()
-        self.anchors = Anchors.from_config(config)
-        self.labeler = AnchorLabeler(self.anchors, int(config.num_classes), match_threshold=0.5)
-        self.fn = DetectionLoss(config)
-
-    def forward(self, out: tuple[list[torch.Tensor], list[torch.Tensor]], target: torch.Tensor) -> torch.Tensor:
-        if self.anchors.boxes.device != target.device:
-            self.anchors.to(target.device)  # in place: the labeler holds this module
-        class_out, box_out = out
-        cls_t, box_t, positives = self.labeler.batch_label_anchors(target[..., :4].float(), target[..., 4].float())
-        loss, _, _ = self.fn([c.float() for c in class_out], [b.float() for b in box_out], cls_t, box_t, positives)
-        return loss
 
 
 def create_det_model(name: str, num_classes: int, img_size: int, *, weights: str | None = None,

@@ -76,7 +76,8 @@ def _make_model(model: str, seed: int, C: float):
     if model == "mlp":
         from sklearn.neural_network import MLPClassifier
 
-        return MLPClassifier(hidden_layer_sizes=(64,), early_stopping=False, max_iter=500, random_state=seed, alpha=1e-3)
+        return MLPClassifier(hidden_layer_sizes=(64,), early_stopping=False, max_iter=500, random_state=seed,
+                             alpha=1e-3)
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     return HistGradientBoostingClassifier(random_state=seed)

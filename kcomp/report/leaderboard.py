@@ -40,7 +40,7 @@ def leaderboard(runs: list[tuple[Path, Section]]) -> Section:
 def differences(configs: list[dict[str, Any]]) -> list[str]:
     """The config keys (options that change what a run computes, not how it runs) whose values differ between the
     runs; a key a run does not record counts as its default (it predates the option)."""
-    from kcomp.train.config import DEFAULTS, RUNTIME_KEYS
+    from kcomp.runs.config import DEFAULTS, RUNTIME_KEYS
 
     keys = sorted({k for c in configs for k in c} - RUNTIME_KEYS - set(SHOWN))
     return [k for k in keys if len({repr(c.get(k, DEFAULTS.get(k))) for c in configs}) > 1]
@@ -53,7 +53,7 @@ def _config(run: Path) -> dict[str, Any]:
 
 
 def _row(run: Path, s: Section, cfg: dict[str, Any], differing: list[str]) -> dict[str, Any]:
-    from kcomp.train.config import DEFAULTS
+    from kcomp.runs.config import DEFAULTS
 
     scores, seconds = _fold_scores(run, s.facts.get("metric"))
     values = list(scores.values())

@@ -1,5 +1,5 @@
 """A predictions file: cls -> class-probability histograms (+ confusion matrix for OOF with targets);
-seg/ink -> overlay previews (`kcomp.infer.preview`, at a thresholds file's settings when one is given, with the
+seg/ink -> overlay previews (`kcomp.report.preview`, at a thresholds file's settings when one is given, with the
 truth for OOF); det -> boxes drawn over a few images. OOF predictions also get their worst rows (`worst`)."""
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def report_predictions(path: str, out_dir: Path, prefix: str, n_previews: int, *
     elif preds.task == "det":
         _det(preds, out_dir, prefix, section, n_previews)
     elif preds.task in ("seg", "ink") and n_previews:
-        from kcomp.infer.preview import write_previews
+        from kcomp.report.preview import write_previews
 
         sub = out_dir / f"{prefix}previews"
         for p in write_previews(preds, sub, n=n_previews, thresholds=thresholds):

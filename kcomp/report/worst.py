@@ -156,7 +156,7 @@ def _draw(preds: Predictions, rows: pd.DataFrame, sub: Path, thresholds: Any) ->
         return []
     ids = rows["id"].tolist()
     if preds.task in ("seg", "ink"):
-        from kcomp.infer.preview import write_previews
+        from kcomp.report.preview import write_previews
 
         written = write_previews(preds, sub, n=len(ids), thresholds=thresholds, ids=ids)
         return [(p, f"{rank}. {i}: score {s:.3f}") for rank, (p, i, s) in

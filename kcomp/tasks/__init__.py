@@ -21,8 +21,4 @@ def get_task(name: str) -> Task:
     return TASKS.get(name)()
 
 
-def list_tasks() -> list[str]:
-    return ["cls", "seg", "det", "ink"]
-
-
-__all__ = ["TASKS", "Task", "get_task", "list_tasks"]
+__all__ = ["TASKS", "Task", "get_task"]

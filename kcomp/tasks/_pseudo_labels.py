@@ -119,7 +119,7 @@ class _Seg:
         pixel order; `labels` = which classes are present (what `split` stratifies on)."""
         import cv2
 
-        from kcomp.post.rle import encode
+        from kcomp.formats.rle import encode
         from kcomp.post.seg_threshold import postprocess
         from kcomp.tasks.seg import mask_column
 

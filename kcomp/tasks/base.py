@@ -1,9 +1,15 @@
-"""The task protocol: everything task-specific that train, oof and tta need, and nothing else."""
+"""The task contract: everything task-specific that train, oof and tta need, and nothing else.
+
+A task subclasses `Task[P]`, where P is what one model predicts for a set of rows (cls: an (N, C) array; seg and
+ink: a list of maps; det: a list of box arrays), and declares whether its predictions are small enough for several
+models to predict each batch together (`one_model_at_a_time`).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -13,50 +19,68 @@ if TYPE_CHECKING:
 
     from kcomp.artifacts.index import IndexTable
 
+P = TypeVar("P")  # one model's predictions for a set of rows
 
-class Task(Protocol):
-    name: str
-    default_metric: str
-    metrics: tuple[str, ...]  # the registered metrics that can score this task's predictions (--metric)
-    supports_mix: bool  # batch mixup/cutmix make sense for this task's targets
 
+class Task(ABC, Generic[P]):
+    name: ClassVar[str]
+    default_metric: ClassVar[str]
+    metrics: ClassVar[tuple[str, ...]]  # the registered metrics that can score this task's predictions (--metric)
+    supports_mix: ClassVar[bool]  # batch mixup/cutmix make sense for this task's targets
+    one_model_at_a_time: ClassVar[bool]
+    """True where one model's predictions are large (seg and ink maps): `predict_rows` asks for the next model
+    only after yielding the previous one's predictions, so one model and one set of maps are in memory at a time
+    (`kcomp.runs.predict` checks it). False where they are small (cls, det): `predict_rows` takes every model first
+    and reads each batch once for all of them."""
+
+    @abstractmethod
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
         """Resolve what the model's output means (classes, target column); stored in config and checkpoints."""
 
+    @abstractmethod
     def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
                 train: bool, with_targets: bool = True) -> Dataset:
         """Items are (input tensor, target); the dataset also offers `targets_array()` for validation scores."""
 
+    @abstractmethod
     def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module: ...
 
-    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any: ...
+    @abstractmethod
+    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+        """`loss(model_output, target)`, from `kcomp.models.losses`."""
 
+    @abstractmethod
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """Probabilities for a batch, averaged over `tta` augmentations whose inverses are applied."""
 
-    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float: ...
+    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
+        """The metric of validation predictions (`predict` over the validation loader) against `targets_array()`."""
+        from kcomp.metrics import get_metric
 
-    def frame(self, rows: pd.DataFrame, preds: np.ndarray, setup: dict[str, Any], *, with_targets: bool
-              ) -> pd.DataFrame:
-        """Prediction rows for the predictions artifact."""
+        return float(get_metric(metric).fn(targets, preds))
 
+    @abstractmethod
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> Iterable[Any]:
-        """Each model's predictions for `rows`, in order (an (N, C) array for cls, a list of maps for ink), with
-        `labels[i]` naming model i's progress. `models` may build each model when asked: a task with small
-        predictions (cls, det) takes them all and reads each batch once for all of them; a dense task (seg, ink)
-        takes one at a time and yields its predictions before asking for the next."""
+                     labels: Sequence[str]) -> Iterator[P]:
+        """Each model's predictions for `rows`, in model order, with `labels[i]` naming model i's progress.
+        `models` may build each model when asked for it; see `one_model_at_a_time` for when to ask."""
 
-    def average(self, preds: Iterable[Any]) -> Any:
+    @abstractmethod
+    def average(self, preds: Iterable[P]) -> P:
         """Combine several models' `predict_rows` outputs (folds, runs). They may arrive one at a time (a
         generator that predicts with the next model when asked), so dense tasks keep a running sum, not a list."""
 
+    @abstractmethod
+    def frame(self, rows: pd.DataFrame, preds: P, setup: dict[str, Any], *, with_targets: bool) -> pd.DataFrame:
+        """Prediction rows for the predictions artifact."""
+
+    @abstractmethod
     def oof_score(self, metric: str, frame: pd.DataFrame, table: IndexTable) -> float:
         """The CV score of an OOF frame (before it is written)."""
 
+    @abstractmethod
     def tune_thresholds(self, preds: Any, **options: Any) -> dict[str, Any]:
         """Thresholds (+ min sizes) maximising the metric on OOF predictions, with the score they reach."""
-

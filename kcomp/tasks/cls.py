@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -10,6 +10,7 @@ import torch
 
 from kcomp.errors import BadInput, BadUsage
 from kcomp.tasks import TASKS
+from kcomp.tasks.base import Task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -18,13 +19,14 @@ if TYPE_CHECKING:
 
 
 @TASKS.register("cls")
-class ClsTask:
+class ClsTask(Task[np.ndarray]):
     """Single-label classification (timm); softmax probabilities, accuracy by default."""
 
     name = "cls"
     default_metric = "accuracy"
     metrics = ("accuracy", "log_loss", "macro_f1", "roc_auc")  # those --metric may name
     supports_mix = True
+    one_model_at_a_time = False
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
         target = cfg.get("target") or "label"
@@ -81,7 +83,7 @@ class ClsTask:
                                 weights_partial=bool(cfg.get("weights_partial")))
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
-        from kcomp.train.losses import build_loss
+        from kcomp.models.losses import build_loss
 
         return build_loss(cfg["loss"], smoothing=cfg["smoothing"], t1=cfg["t1"], t2=cfg["t2"],
                           taylor_n=cfg["taylor_n"])
@@ -99,15 +101,15 @@ class ClsTask:
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> list[np.ndarray]:
+                     labels: Sequence[str]) -> Iterator[np.ndarray]:
         """All models predict each batch as it is read: (N, C) probabilities are small, and decoding the images
         once instead of once a fold is what a test set of JPEGs costs on few CPU cores."""
         from kcomp.infer.predict import inference_loader, predict_loader, shared_label
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=with_targets)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
-        return predict_loader(list(models), dl, self, tta=tta, device=device, dtype=dtype,
-                              label=shared_label(labels))
+        yield from predict_loader(list(models), dl, self, tta=tta, device=device, dtype=dtype,
+                                  label=shared_label(labels))
 
     def average(self, preds: Iterable[np.ndarray]) -> np.ndarray:
         from kcomp.post.ensemble import mean_probs
@@ -116,11 +118,6 @@ class ClsTask:
 
     def oof_score(self, metric: str, frame: pd.DataFrame, table: IndexTable) -> float:
         return self.score(metric, np.stack(frame["probs"].to_numpy()), frame["target"].to_numpy())
-
-    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
-        from kcomp.metrics import get_metric
-
-        return float(get_metric(metric).fn(targets, preds))
 
     def frame(self, rows: pd.DataFrame, preds: np.ndarray, setup: dict[str, Any], *, with_targets: bool
               ) -> pd.DataFrame:

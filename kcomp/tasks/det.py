@@ -15,7 +15,7 @@ TTA: the flip views' boxes are mapped back exactly (`kcomp.infer.box_tta`) and f
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 
 from kcomp.errors import BadInput
 from kcomp.tasks import TASKS
+from kcomp.tasks.base import Task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -36,13 +37,14 @@ VIEW_COL = 6  # predict's 7th column: the TTA view a box came from
 
 
 @TASKS.register("det")
-class DetTask:
+class DetTask(Task[list[np.ndarray]]):
     """Object detection (EfficientDet via effdet); boxes with scores, mAP@0.5 by default"""
 
     name = "det"
     default_metric = "map50"
     metrics = ("map50",)  # those --metric may name
     supports_mix = False
+    one_model_at_a_time = False
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
         from kcomp.models.det import det_config
@@ -87,7 +89,8 @@ class DetTask:
                                 weights_partial=bool(cfg.get("weights_partial")))
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
-        from kcomp.models.det import DetLoss, det_config
+        from kcomp.models.det import det_config
+        from kcomp.models.losses import DetLoss
 
         return DetLoss(det_config(cfg["model"], len(setup["classes"]), int(cfg["img_size"])))
 
@@ -138,15 +141,15 @@ class DetTask:
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> list[Boxes]:
+                     labels: Sequence[str]) -> Iterator[Boxes]:
         """Per model, the rows' boxes normalised to [0, 1], TTA views fused. All models predict each batch as it
         is read (boxes are small; decoding full-size radiographs is not)."""
         from kcomp.infer.predict import inference_loader, predict_loader, shared_label
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
-        return [self.fuse_views(p) for p in predict_loader(list(models), dl, self, tta=tta, device=device,
-                                                           dtype=dtype, label=shared_label(labels))]
+        yield from (self.fuse_views(p) for p in predict_loader(list(models), dl, self, tta=tta, device=device,
+                                                               dtype=dtype, label=shared_label(labels)))
 
     def average(self, preds: Iterable[Boxes]) -> Boxes:
         """Several models' boxes fused with WBF (equal weights), every image in one call; boxes are small, so the

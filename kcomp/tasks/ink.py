@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kcomp.errors import BadInput
 from kcomp.tasks import TASKS
+from kcomp.tasks.base import Task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,13 +28,14 @@ IGNORE = 2
 
 
 @TASKS.register("ink")
-class InkTask:
+class InkTask(Task[list[np.ndarray]]):
     """2.5D/3D ink detection on layer-stack patches; F0.5 inside the papyrus mask"""
 
     name = "ink"
     default_metric = "f05"
     metrics = ("f05",)  # those --metric may name
     supports_mix = False
+    one_model_at_a_time = True
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
         from kcomp.models.ink import parse_layers, select_layers
@@ -94,16 +95,9 @@ class InkTask:
         return model
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
-        smoothing = cfg["smoothing"]
+        from kcomp.models.losses import masked_bce
 
-        def masked_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            valid = target != IGNORE
-            t = target.float().clamp(max=1)
-            t = t * (1 - smoothing) + 0.5 * smoothing
-            loss = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
-            return (loss * valid).sum() / valid.sum().clamp_min(1)
-
-        return masked_bce
+        return masked_bce(smoothing=cfg["smoothing"], ignore=IGNORE)
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """8x TTA = {identity, flip W, flip H, flip HW} x {depth flip}; spatial flips are inverted exactly.
@@ -124,11 +118,6 @@ class InkTask:
         spatial = min(tta, 4)
         back = unflip(list(probs[:spatial])) + (unflip(list(probs[spatial:])) if tta == 8 else [])
         return torch.stack(back).mean(0)
-
-    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
-        from kcomp.metrics import get_metric
-
-        return float(get_metric(metric).fn(targets, preds))
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,

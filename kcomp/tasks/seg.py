@@ -17,17 +17,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from kcomp.errors import BadInput, BadUsage
 from kcomp.tasks import TASKS
+from kcomp.tasks.base import Task
 
 if TYPE_CHECKING:
     import pandas as pd
 
     from kcomp.artifacts.index import IndexTable
 
-LOSSES = ("bce_dice", "bce", "dice", "lovasz", "focal")
 MASK_PREFIX = "mask_"
 # images per block when scoring/tuning OOF maps, so truths are never held for every row at once
 _CHUNK = 64
@@ -38,13 +37,14 @@ def mask_column(name: str) -> str:
 
 
 @TASKS.register("seg")
-class SegTask:
+class SegTask(Task[list[np.ndarray]]):
     """Multi-label segmentation (smp); sigmoid per class, mean Dice (empty/empty = 1) by default"""
 
     name = "seg"
     default_metric = "dice"
     metrics = ("dice",)  # those --metric may name
     supports_mix = False
+    one_model_at_a_time = True
 
     def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
         classes = table.classes
@@ -54,9 +54,11 @@ class SegTask:
         if missing:
             raise BadInput(f"missing mask column(s) {', '.join(missing)}: not a seg index (made by `kcomp prep "
                            f"clouds`?)", path=table.source)
+        from kcomp.models.losses import SEG_LOSSES
+
         loss = cfg.get("seg_loss") or "bce_dice"
-        if loss not in LOSSES:
-            raise BadUsage(f"--seg-loss {loss}: choose one of {', '.join(LOSSES)}")
+        if loss not in SEG_LOSSES:
+            raise BadUsage(f"--seg-loss {loss}: choose one of {', '.join(SEG_LOSSES)}")
         order = table.meta.get("rle_order", "column")
         return {"classes": classes, "mask_columns": [mask_column(c) for c in classes], "rle_order": order}
 
@@ -82,6 +84,8 @@ class SegTask:
                                 weights_partial=bool(cfg.get("weights_partial")))
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+        from kcomp.models.losses import build_seg_loss
+
         return build_seg_loss(cfg.get("seg_loss") or "bce_dice", smoothing=float(cfg.get("smoothing") or 0.0))
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
@@ -97,11 +101,6 @@ class SegTask:
         probs = probs.view(len(views), x.shape[0], *probs.shape[1:])
         return torch.stack(unflip(list(probs))).mean(0)
 
-    def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
-        from kcomp.metrics import get_metric
-
-        return float(get_metric(metric).fn(targets, preds))
-
     # ------------------------------------------------------------------------------------------------ oof/tta
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
@@ -112,8 +111,8 @@ class SegTask:
         on a host thread while the model runs the next batch. One model at a time: 5 folds of 3,700 Clouds test
         maps would not fit in memory together."""
         from kcomp import console
-        from kcomp.infer.host_stage import HostStage
         from kcomp.infer.predict import inference_loader
+        from kcomp.runtime.host_stage import HostStage
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
@@ -204,31 +203,6 @@ class SegTask:
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
-
-
-def build_seg_loss(name: str, *, smoothing: float = 0.0) -> Any:
-    """Loss on (B, C, H, W) logits and 0/1 targets (any dtype), computed in float32."""
-    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
-
-    if name not in LOSSES:
-        raise BadUsage(f"--seg-loss {name}: choose one of {', '.join(LOSSES)}")
-    dice = DiceLoss("multilabel", from_logits=True)
-    lovasz = LovaszLoss("multilabel", from_logits=True)
-    focal = FocalLoss("multilabel")
-
-    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        y, t = logits.float(), target.float()
-        if name == "lovasz":
-            return lovasz(y, t)
-        if name == "focal":
-            return focal(y, t)
-        soft = t * (1 - smoothing) + 0.5 * smoothing if smoothing else t
-        bce = F.binary_cross_entropy_with_logits(y, soft)
-        if name == "bce":
-            return bce
-        return dice(y, t) if name == "dice" else bce + dice(y, t)
-
-    return loss
 
 
 def output_sizes(rows: pd.DataFrame, out_size: Any, submit_size: Any) -> list[tuple[int, int]]:

@@ -601,12 +601,12 @@ def test_debug_flag_prints_the_traceback(tmp_path: Path) -> None:
 
 _BOOM = """
 import sys
-import kcomp.split
+import kcomp.data.split
 
 def boom(*args, **kwargs):
     raise RuntimeError("simulated bug\\nsecond line")
 
-kcomp.split.assign_folds = boom
+kcomp.data.split.assign_folds = boom
 from kcomp.commands.main import run
 sys.argv = ["kcomp", *sys.argv[1:]]
 run()

@@ -258,8 +258,8 @@ SUBMIT = ("submit", "demo", "{test}", "-o", "{out}/sub.csv", "--sample", "{sampl
 BIG = str(2**63)
 
 
-def row(setup: Callable[[Ctx], None], argv: tuple, pattern: str, id: str, code: int = 2) -> Any:
-    return pytest.param(setup, argv, pattern, code, id=id)
+def row(setup: Callable[[Ctx], None], argv: tuple, pattern: str, name: str, code: int = 2) -> Any:
+    return pytest.param(setup, argv, pattern, code, id=name)
 
 
 ROWS = [
@@ -355,8 +355,8 @@ ROWS = [
     row(_demo, (*OOF, "--device", "tpu"), r"--device tpu: expected auto, cpu, cuda or cuda:N", "oof-device-unknown"),
     row(_demo, (*TTA, "--preview-count", "3"), r"--preview-count 3 applies only with --preview DIR",
         "tta-preview-count-without-preview"),
-    row(_preview_dir, (*TTA, "--preview", "{previews}", "--preview-count", "0"), r"--preview-count 0: must be at least 1",
-        "tta-preview-count-zero"),
+    row(_preview_dir, (*TTA, "--preview", "{previews}", "--preview-count", "0"),
+        r"--preview-count 0: must be at least 1", "tta-preview-count-zero"),
     row(_preview_dir, (*TTA, "--preview", "{previews}"), r"--preview does not apply to task cls \(only to seg, ink\)",
         "tta-preview-of-cls"),
     # ---- wbf
@@ -415,8 +415,10 @@ ROWS = [
     row(_demo, ("prep", "demo", "-o", "{out}/data", "--skip-bad"), r"--skip-bad does not apply to competition demo",
         "prep-skip-bad-for-demo"),
     # ---- submit / report
-    row(_demo, (*SUBMIT, "--none-power", "-1"), r"--none-power -1\.0: must be at least 0", "submit-none-power-negative"),
-    row(_demo, (*SUBMIT, "--none-power", "nan"), r"--none-power nan: expected a finite number", "submit-none-power-nan"),
+    row(_demo, (*SUBMIT, "--none-power", "-1"), r"--none-power -1\.0: must be at least 0",
+        "submit-none-power-negative"),
+    row(_demo, (*SUBMIT, "--none-power", "nan"), r"--none-power nan: expected a finite number",
+        "submit-none-power-nan"),
     row(_demo, (*SUBMIT, "--none-power", "0.3"), r"--none-power does not apply to demo", "submit-none-power-for-demo"),
     row(_demo, ("report", "{oof}", "-o", "{out}/report", "--previews", "-1"), r"--previews -1: must be at least 0",
         "report-previews-negative"),
@@ -477,7 +479,7 @@ def test_usage_errors_are_one_line_through_a_fresh_interpreter(args: tuple, tmp_
 
 def test_train_spec_covers_every_config_key() -> None:
     """A key added to DEFAULTS without a spec would go unchecked."""
-    from kcomp.train import config
+    from kcomp.runs import config
 
     assert set(config.SPECS) == set(config.DEFAULTS)
 
@@ -541,7 +543,7 @@ WITH = {
 
 def _case_argv(command: str, param: str) -> tuple[str, ...]:
     """The base invocation for `command`, on ink data for ink-only train options, plus what `param` needs."""
-    from kcomp.train import config
+    from kcomp.runs import config
 
     base = BASE[command]
     if command == "train" and param in config.SPECS and config.SPECS[param].only == ("ink",):
@@ -679,7 +681,7 @@ def test_a_cuda_index_past_the_devices_is_bad_usage(monkeypatch: pytest.MonkeyPa
     import torch
 
     from kcomp.errors import BadUsage
-    from kcomp.train.device import resolve_device
+    from kcomp.runtime.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)

@@ -1,8 +1,8 @@
-"""The numba kernels of kcomp.post.rle, compiled on first call and cached on disk (next to this module).
+"""The numba kernels of kcomp.formats.rle, compiled on first call and cached on disk (next to this module).
 
-Kept apart from rle.py, which holds the public API and its validation: rle.py imports this module (and with it
-numba, ~0.2 s) only when it first encodes or decodes, calls the kernels through `kernels()` and names any fault
-they report.
+Kept apart from rle.py, which holds the public API and its validation: rle.py imports this module (and with it numba,
+slow to import next to `kcomp --help`) only when it first encodes or decodes, calls the kernels through `kernels()` and
+names any fault they report.
 """
 
 from __future__ import annotations
@@ -33,13 +33,26 @@ def _scan(f: np.ndarray, cur: np.ndarray, pred: np.ndarray, lag: int, h: int, w:
     The predecessor of p is p-lag: lag 1 gives row order, lag w the pixel above, i.e. column order, where a pixel of
     the top row follows the bottom pixel of the previous column. Before pixel 0 there is a 0. Pixels from 8a on
     (a = ceil(lag / 8)) come as 8-pixel words `cur`, their predecessors as words `pred` (see rle.encode): blocks of
-    words equal to their predecessors are skipped, and only words that differ are split into pixels. Word loops
-    count with unsigned ints: numba's wraparound of negative indices would turn the loads into gathers."""
+    words equal to their predecessors are skipped, and only words that differ are split into pixels. The three
+    stretches (head pixels, words, tail pixels) are one loop each, called once per mask."""
     n = f.size
-    cap = out.size
-    k = 0
     a = (lag + 7) // 8
     head = min(8 * a, n)
+    k = _scan_head(f, lag, h, w, head, out)
+    k = _scan_words(cur, pred, a, block, out, k)
+    k = _scan_tail(f, lag, max(8 * (a + cur.size), head), out, k)
+    if f[n - 1] != 0:
+        if k < out.size:
+            out[k] = n
+        k += 1
+    return k
+
+
+@_jit
+def _scan_head(f: np.ndarray, lag: int, h: int, w: int, head: int, out: np.ndarray) -> int:  # pragma: no cover
+    """Boundaries among the first `head` pixels, whose predecessors wrap to the previous column (or are 0)."""
+    k = 0
+    cap = out.size
     for p in range(head):
         if p >= lag:
             prev = f[p - lag] != 0
@@ -51,6 +64,15 @@ def _scan(f: np.ndarray, cur: np.ndarray, pred: np.ndarray, lag: int, h: int, w:
             if k < cap:
                 out[k] = p
             k += 1
+    return k
+
+
+@_jit
+def _scan_words(cur: np.ndarray, pred: np.ndarray, a: int, block: int, out: np.ndarray,
+                k: int) -> int:  # pragma: no cover - numba
+    """Boundaries in the 8-pixel words from pixel 8a on, a block of words at a time. Word loops count with unsigned
+    ints: numba's wraparound of negative indices would turn the loads into gathers."""
+    cap = out.size
     zero, nt, step = np.uint64(0), np.uint64(cur.size), np.uint64(block)
     ones, gather = np.uint64(0x0101010101010101), np.uint64(0x0102040810204080)
     s1, s2, s4, s56 = np.uint64(1), np.uint64(2), np.uint64(4), np.uint64(56)
@@ -81,15 +103,18 @@ def _scan(f: np.ndarray, cur: np.ndarray, pred: np.ndarray, lag: int, h: int, w:
                     k += 1
                     d &= d - 1
         t0 = t1
-    for p in range(max(8 * (a + cur.size), head), n):
+    return k
+
+
+@_jit
+def _scan_tail(f: np.ndarray, lag: int, start: int, out: np.ndarray, k: int) -> int:  # pragma: no cover - numba
+    """Boundaries among the pixels from `start` on that the words did not cover."""
+    cap = out.size
+    for p in range(start, f.size):
         if (f[p] != 0) != (f[p - lag] != 0):
             if k < cap:
                 out[k] = p
             k += 1
-    if f[n - 1] != 0:
-        if k < cap:
-            out[k] = n
-        k += 1
     return k
 
 
@@ -326,7 +351,7 @@ def _fill_columns(values: np.ndarray, out: np.ndarray) -> bool:  # pragma: no co
             state[cols[q]] += flips[q]
         first = marks[r]
         row = out[r]
-        for j in range(w):  # an explicit loop: numba's `out[r, :] = state` is ~10x slower
+        for j in range(w):  # an explicit loop: numba's `out[r, :] = state` is slower (bench_rle.py)
             row[j] = state[j]
     return True
 
@@ -466,7 +491,7 @@ def _sample_columns(values: np.ndarray, h: int, ys: np.ndarray, xs: np.ndarray,
 def kernels() -> SimpleNamespace:
     """The kernels above by the names rle.py calls them (each compiles on its first call)."""
     if sys.byteorder != "little":  # _scan reads pixel 8q+i from byte i of word q
-        raise RuntimeError("kcomp.post.rle needs a little-endian machine")
+        raise RuntimeError("kcomp.formats.rle needs a little-endian machine")
     return SimpleNamespace(scan=_scan, column_major=_column_major, format=_format, parse=_parse_bytes,
                            fill_rows=_fill_rows, fill_columns=_fill_columns, fill_text=_fill_text,
                            nearest=_nearest, runs_fit=_runs_fit, sample_rows=_sample_rows,

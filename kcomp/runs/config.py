@@ -93,7 +93,7 @@ SPECS: dict[str, Spec] = {
     "warmup_epochs": Float(0),
     "min_lr_ratio": Float(0, 1),
     "accum": Int(1, MAX_BATCH),
-    "loss": Choice(lazy("kcomp.train.losses", "LOSSES"), what="loss", only=CLS),
+    "loss": Choice(lazy("kcomp.models.losses", "LOSSES"), what="loss", only=CLS),
     "smoothing": Float(0, 1, high_open=True, only=("cls", "seg", "ink")),
     "t1": Float(0, 2, high_open=True, only=CLS, needs=_loss("bi_tempered")),
     "t2": Float(0, 10, low_open=True, only=CLS, needs=_loss("bi_tempered")),  # t2 >~ 50 overflows the gradient
@@ -110,7 +110,7 @@ SPECS: dict[str, Spec] = {
     "metric": Text(),  # checked against the task's metrics in `_check`
     "val_tta": options.TTA,
     "arch": Text(only=("seg",)),  # smp's names, checked when the model is built
-    "seg_loss": Choice(lazy("kcomp.tasks.seg", "LOSSES"), what="seg loss", only=("seg",)),
+    "seg_loss": Choice(lazy("kcomp.models.losses", "SEG_LOSSES"), what="seg loss", only=("seg",)),
     "layers": Text(pattern=r"\d+x\d+", what="GROUPSxLAYERS, e.g. 5x7", only=INK),
     "layer_start": Int(0, MAX_SIDE, only=INK),
     "patch": Int(32, MAX_SIDE, multiple_of=32, only=INK),  # the encoder's stride

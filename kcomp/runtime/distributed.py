@@ -237,6 +237,6 @@ def seed_rank(seed: int, deterministic: bool) -> None:
     """Per-rank global RNG (dropout, drop path) after the model is built with the shared seed: ranks draw
     different masks, reproducibly. Augmentations need nothing: their seeds come per sample from the sampler."""
     if is_distributed():
-        from kcomp.train.device import seed_everything
+        from kcomp.runtime.device import seed_everything
 
         seed_everything(seed + 1_000_003 * (rank() + 1), deterministic)

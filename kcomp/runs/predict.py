@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,9 +18,9 @@ from kcomp.artifacts.checkpoint import load_checkpoint
 from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput
 from kcomp.models._factory import build_with_weights
-from kcomp.tasks import get_task
-from kcomp.train import distributed
-from kcomp.train.device import amp_dtype, resolve_device
+from kcomp.runtime import distributed
+from kcomp.runtime.device import amp_dtype, resolve_device
+from kcomp.tasks import Task, get_task
 
 
 @dataclass
@@ -88,12 +88,32 @@ def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:
     return ck.get("ema") or ck["model"]
 
 
+class ModelFeed:
+    """The models a task predicts with, each built only when the task asks for it (no reference is kept here), and
+    the task's predictions passing back. It holds tasks to `one_model_at_a_time`: such a task asking for a model
+    before the previous one's predictions came back would hold two models' maps at once, so that is an error."""
+
+    def __init__(self, task: Task, count: int, build: Callable[[int], torch.nn.Module]) -> None:
+        self.task, self.count, self.build, self.received = task, count, build, 0
+
+    def models(self) -> Iterator[torch.nn.Module]:
+        for i in range(self.count):
+            if self.task.one_model_at_a_time and self.received < i:
+                raise RuntimeError(f"task {self.task.name} asked for model {i + 1} before yielding model {i}'s "
+                                   f"predictions, against its one_model_at_a_time contract")
+            yield self.build(i)
+
+    def predictions(self, preds: Iterable[Any]) -> Iterator[Any]:
+        for p in preds:
+            self.received += 1
+            yield p
+
+
 def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, with_targets: bool,
              table: IndexTable | None = None) -> Iterator[Any]:
     """Each fold's predictions, in order; with `best+last` its two checkpoints' predictions are averaged (Clouds'
-    trick). The folds' models go to the task together, so a task with small predictions (cls, det) reads each batch
-    once for all of them; dense tasks take them one at a time. Under torchrun each rank predicts a contiguous share
-    of the rows and every rank gets them all back in order."""
+    trick). The folds' models go to the task together (`Task.one_model_at_a_time` says how it takes them). Under
+    torchrun each rank predicts a contiguous share of the rows and every rank gets them all back in order."""
     task = get_task(run.cfg["task"])
     dev = distributed.local_device(resolve_device(opts.device))
     cfg = {**run.cfg, "out_size": opts.out_size}
@@ -101,17 +121,13 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     share = rows if (lo, hi) == (0, len(rows)) else rows.iloc[lo:hi].reset_index(drop=True)
     checkpoints = opts.checkpoints.split("+")
     pairs = [(fold, which) for fold in folds for which in checkpoints]
-
-    def models() -> Iterator[torch.nn.Module]:  # each built when the task asks for it; no reference kept here
-        for fold, which in pairs:
-            yield build_with_weights(lambda: task.build_model(run.cfg, run.setup),
-                                     _weights(run, fold, which, task.name)
-                                     ).to(dev).to(memory_format=torch.channels_last)
-
+    feed = ModelFeed(task, len(pairs), lambda i: build_with_weights(
+        lambda: task.build_model(run.cfg, run.setup), _weights(run, *pairs[i], task.name)
+    ).to(dev).to(memory_format=torch.channels_last))
     predicted = None
     if len(share) or not len(rows):  # a rank may get no rows
-        predicted = iter(task.predict_rows(
-            models(), table or run.table, share, cfg, run.setup, tta=opts.tta, device=dev,
+        predicted = feed.predictions(task.predict_rows(
+            feed.models(), table or run.table, share, cfg, run.setup, tta=opts.tta, device=dev,
             dtype=amp_dtype(dev, run.cfg["amp"]), batch_size=opts.batch_size or run.cfg["batch_size"],
             workers=opts.workers, with_targets=with_targets,
             labels=[f"{run.path.name} fold {fold} {which}" for fold, which in pairs]))

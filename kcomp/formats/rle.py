@@ -88,7 +88,8 @@ def decode(rle: str, shape: tuple[int, int], order: str = "row", *, where: str =
     Laid out as the notebook kernel lays it out, so that runs are contiguous in memory: C-contiguous for row order,
     and for column order the transpose of a C-contiguous (width, height) array, i.e. F-contiguous. Pass
     `c_contiguous=True` for a C-contiguous array in column order too (cv2 wants one): a fill that transposes as it
-    goes, ~1.2x the time of the F fill and ~10x cheaper than np.ascontiguousarray (or cv2) copying an F array."""
+    goes, close to the F fill's time and far cheaper than np.ascontiguousarray (or cv2) copying an F array
+    (the `c_contiguous=True` lines of the rle sections in benchmarks/RESULTS.md)."""
     _check_order(order)
     at = f"{where}: " if where else ""
     h, w = _shape(shape, at, "mask shape")
@@ -236,8 +237,9 @@ def _runs(values: np.ndarray, n: int, h: int, w: int, at: str) -> None:
 
 @functools.cache
 def _kernels() -> SimpleNamespace:
-    """The numba kernels of kcomp.post._rle_kernels, imported on first use: importing numba takes ~0.2 s, which
-    importers of this module should not pay before they encode or decode anything."""
-    from kcomp.post._rle_kernels import kernels
+    """The numba kernels of kcomp.formats._rle_kernels, imported on first use: importing numba is slow next to a
+    `kcomp --help` start-up (benchmarks/RESULTS.md, start-up), which importers of this module should not pay before
+    they encode or decode anything."""
+    from kcomp.formats._rle_kernels import kernels
 
     return kernels()

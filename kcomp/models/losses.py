@@ -1,22 +1,25 @@
-"""Classification losses for noisy labels (Cassava-style competitions).
+"""Every loss kcomp trains with, one place: classification losses for noisy labels (Cassava-style competitions),
+segmentation (seg), masked BCE (ink) and EfficientDet's detection loss (det).
 
-Every loss takes logits ``(N, C)`` and a target that is either int64 class indices ``(N,)`` or soft/one-hot float
-targets ``(N, C)`` (mixup and cutmix produce soft ones), and returns the scalar mean over the batch. Logits are cast to
-float32 first so the tempered normalisations and power series stay accurate under autocast.
+The classification losses take logits ``(N, C)`` and a target that is either int64 class indices ``(N,)`` or
+soft/one-hot float targets ``(N, C)`` (mixup and cutmix produce soft ones), and return the scalar mean over the batch.
+Logits are cast to float32 first so the tempered normalisations and power series stay accurate under autocast.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from kcomp.errors import BadUsage
 
 LOSSES = ("ce", "bi_tempered", "taylor")
+SEG_LOSSES = ("bce_dice", "bce", "dice", "lovasz", "focal")
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -207,7 +210,7 @@ def taylor_cross_entropy(logits: Tensor, target: Tensor, n: int = 2, smoothing: 
     return (t * series).sum(-1).mean()
 
 
-# --- Factory -------------------------------------------------------------------------------------------------------
+# --- Factory (task cls) ----------------------------------------------------------------------------------------------
 
 
 def build_loss(name: str, *, smoothing: float = 0.0, t1: float = 0.8, t2: float = 1.4,
@@ -225,6 +228,32 @@ def build_loss(name: str, *, smoothing: float = 0.0, t1: float = 0.8, t2: float 
     if isinstance(taylor_n, bool) or not isinstance(taylor_n, int) or taylor_n < 1:
         raise BadUsage(f"taylor order must be an integer >= 1, got {taylor_n!r}")
     return functools.partial(taylor_cross_entropy, n=taylor_n, smoothing=smoothing)
+
+
+# --- Segmentation (task seg) ---------------------------------------------------------------------------------------
+
+
+def build_seg_loss(name: str, *, smoothing: float = 0.0) -> LossFn:
+    """Loss on (B, C, H, W) logits and 0/1 targets (any dtype), computed in float32."""
+    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
+
+    if name not in SEG_LOSSES:
+        raise BadUsage(f"--seg-loss {name}: choose one of {', '.join(SEG_LOSSES)}")
+    dice = DiceLoss("multilabel", from_logits=True)
+    lovasz = LovaszLoss("multilabel", from_logits=True)
+    focal = FocalLoss("multilabel")
+
+    def loss(logits: Tensor, target: Tensor) -> Tensor:
+        y, t = logits.float(), target.float()
+        if name == "lovasz":
+            return lovasz(y, t)
+        if name == "focal":
+            return focal(y, t)
+        soft = t * (1 - smoothing) + 0.5 * smoothing if smoothing else t
+        bce = F.binary_cross_entropy_with_logits(y, soft)
+        if name == "bce":
+            return bce
+        return dice(y, t) if name == "dice" else bce + dice(y, t)
 
 
 # --- Distillation from a teacher's out-of-fold probabilities (Hinton, Vinyals, Dean 2015, arXiv:1503.02531) ---------
@@ -270,6 +299,50 @@ def build_distillation(label_loss: LossFn, *, alpha: float, temperature: float =
                                  temperature=temperature)
 
     return loss
+
+
+# --- Masked BCE (task ink) -----------------------------------------------------------------------------------------
+
+
+def masked_bce(*, smoothing: float, ignore: int) -> LossFn:
+    """BCE on (B, H, W) logits against 0/1 targets, averaged over the pixels whose target is not `ignore` (outside
+    the papyrus mask); targets are smoothed towards 0.5 by `smoothing`."""
+
+    def loss(logits: Tensor, target: Tensor) -> Tensor:
+        valid = target != ignore
+        t = target.float().clamp(max=1)
+        t = t * (1 - smoothing) + 0.5 * smoothing
+        per_pixel = F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none")
+        return (per_pixel * valid).sum() / valid.sum().clamp_min(1)
+
+    return loss
+
+
+# --- Detection (task det) ------------------------------------------------------------------------------------------
+
+
+class DetLoss(nn.Module):
+    """DetBenchTrain's loss: anchors labelled from the targets, then focal + huber box loss.
+
+    `target` is (B, M, 5) float: [y1, x1, y2, x2, class] in input pixels, class 1-based, rows of -1 = padding
+    (an image without boxes is all padding and only contributes background loss)."""
+
+    def __init__(self, config: Any) -> None:
+        from effdet.anchors import AnchorLabeler, Anchors
+        from effdet.loss import DetectionLoss
+
+        super().__init__()
+        self.anchors = Anchors.from_config(config)
+        self.labeler = AnchorLabeler(self.anchors, int(config.num_classes), match_threshold=0.5)
+        self.fn = DetectionLoss(config)
+
+    def forward(self, out: tuple[list[Tensor], list[Tensor]], target: Tensor) -> Tensor:
+        if self.anchors.boxes.device != target.device:
+            self.anchors.to(target.device)  # in place: the labeler holds this module
+        class_out, box_out = out
+        cls_t, box_t, positives = self.labeler.batch_label_anchors(target[..., :4].float(), target[..., 4].float())
+        loss, _, _ = self.fn([c.float() for c in class_out], [b.float() for b in box_out], cls_t, box_t, positives)
+        return loss
 
 
 def pack_teacher(target: Tensor, teacher: Tensor) -> Tensor:

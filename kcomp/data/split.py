@@ -11,7 +11,8 @@ pandas, numpy and scikit-learn are imported inside functions so that importing t
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from kcomp.errors import BadInput, BadUsage
 
@@ -157,7 +158,6 @@ def assign_folds(
     Impossible requests raise BadInput rather than letting scikit-learn warn and produce skewed folds.
     """
     import numpy as np
-    import warnings
 
     strategy, label_col, group_col = resolve_strategy(df, strategy, label_col, group_col)
     if n_folds < 2:
@@ -171,66 +171,87 @@ def assign_folds(
     n_train = len(train_idx)
     if n_train < n_folds:
         raise BadInput(f"only {n_train} train rows, fewer than --folds {n_folds}")
-    train = df.iloc[train_idx]
-    x = np.zeros(n_train)
-
-    if strategy == "kfold":
-        from sklearn.model_selection import KFold
-
-        splits = KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x)
-
-    elif strategy == "stratified":
-        from sklearn.model_selection import StratifiedKFold
-
-        y = train[label_col]
-        _check_no_nan(y, label_col)
-        counts = y.value_counts(sort=False)
-        for value, count in counts.items():
-            if count < n_folds:
-                raise BadInput(
-                    f"column {label_col!r}: class {_class_name(value)} has {count} train rows, "
-                    f"fewer than --folds {n_folds}"
-                )
-        splits = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y.to_numpy())
-
-    elif strategy == "multilabel":
-        from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
-
-        cells = train[label_col]
-        missing = [c is None or (not _is_listlike(c) and c != c) for c in cells]
-        if any(missing):
-            raise BadInput(f"column {label_col!r} is empty (NaN) on {sum(missing)} train rows")
-        y = _multilabel_matrix(cells, label_col)
-        positives = y.sum(axis=0)
-        for k, count in enumerate(positives):
-            if count < n_folds:
-                raise BadInput(
-                    f"column {label_col!r}: class index {k} is positive in {int(count)} train rows, "
-                    f"fewer than --folds {n_folds}"
-                )
-        splits = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y)
-
-    else:  # group
-        from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
-
-        groups = train[group_col]
-        _check_no_nan(groups, group_col)
-        n_groups = groups.nunique()
-        if n_groups < n_folds:
-            raise BadInput(f"column {group_col!r} has {n_groups} distinct groups, fewer than --folds {n_folds}")
-        groups = groups.to_numpy()
-        if label_col is not None:
-            y = train[label_col]
-            _check_no_nan(y, label_col)
-            splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-            # Stratification across groups is best effort; sklearn warns about rare classes, which is noise here.
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                splits = list(splitter.split(x, y.to_numpy(), groups))
-        else:
-            splits = GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, groups=groups)
+    splitter = _SPLITTERS[strategy]
+    splits = splitter(df.iloc[train_idx], n_folds, seed, label_col, group_col)
 
     folds = np.full(len(df), -1, dtype=np.int64)
     for fold, (_, val) in enumerate(splits):
         folds[train_idx[val]] = fold
     return folds
+
+
+# One splitter per strategy: (train rows, n_folds, seed, label column, group column) -> (train, val) index pairs.
+Splits = Iterable[tuple[Any, Any]]
+
+
+def _kfold(train: pd.DataFrame, n_folds: int, seed: int, label_col: str | None, group_col: str | None) -> Splits:
+    import numpy as np
+    from sklearn.model_selection import KFold
+
+    return KFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(train)))
+
+
+def _stratified(train: pd.DataFrame, n_folds: int, seed: int, label_col: str | None,
+                group_col: str | None) -> Splits:
+    import numpy as np
+    from sklearn.model_selection import StratifiedKFold
+
+    y = train[label_col]
+    _check_no_nan(y, label_col)
+    counts = y.value_counts(sort=False)
+    for value, count in counts.items():
+        if count < n_folds:
+            raise BadInput(
+                f"column {label_col!r}: class {_class_name(value)} has {count} train rows, "
+                f"fewer than --folds {n_folds}"
+            )
+    x = np.zeros(len(train))
+    return StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, y.to_numpy())
+
+
+def _multilabel(train: pd.DataFrame, n_folds: int, seed: int, label_col: str | None,
+                group_col: str | None) -> Splits:
+    import numpy as np
+    from iterstrat.ml_stratifiers import MultilabelStratifiedKFold
+
+    cells = train[label_col]
+    missing = [c is None or (not _is_listlike(c) and c != c) for c in cells]
+    if any(missing):
+        raise BadInput(f"column {label_col!r} is empty (NaN) on {sum(missing)} train rows")
+    y = _multilabel_matrix(cells, label_col)
+    positives = y.sum(axis=0)
+    for k, count in enumerate(positives):
+        if count < n_folds:
+            raise BadInput(
+                f"column {label_col!r}: class index {k} is positive in {int(count)} train rows, "
+                f"fewer than --folds {n_folds}"
+            )
+    splitter = MultilabelStratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return splitter.split(np.zeros(len(train)), y)
+
+
+def _group(train: pd.DataFrame, n_folds: int, seed: int, label_col: str | None, group_col: str | None) -> Splits:
+    import warnings
+
+    import numpy as np
+    from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
+
+    groups = train[group_col]
+    _check_no_nan(groups, group_col)
+    n_groups = groups.nunique()
+    if n_groups < n_folds:
+        raise BadInput(f"column {group_col!r} has {n_groups} distinct groups, fewer than --folds {n_folds}")
+    groups = groups.to_numpy()
+    x = np.zeros(len(train))
+    if label_col is None:
+        return GroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(x, groups=groups)
+    y = train[label_col]
+    _check_no_nan(y, label_col)
+    splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    # Stratification across groups is best effort; sklearn warns about rare classes, which is noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return list(splitter.split(x, y.to_numpy(), groups))
+
+
+_SPLITTERS = {"kfold": _kfold, "stratified": _stratified, "multilabel": _multilabel, "group": _group}

@@ -1,0 +1,1 @@
+"""Text encodings competitions use for masks and boxes: run-length encoding and PredictionString."""

@@ -1,0 +1,305 @@
+"""One fold's training, in parts: what trains it (`Fold`), where it stands (`Position`), and the steps that
+build, resume and checkpoint them. `kcomp.runs.train` runs the epochs.
+
+The checkpoint layout (`last.pt`, `best.pt`) is a file format: a run directory written by an earlier kcomp must
+resume, so the keys written here only ever grow (docs/artifacts.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from kcomp import console, options
+from kcomp.artifacts import paths, write_json
+from kcomp.artifacts.checkpoint import load_checkpoint, save_checkpoint
+from kcomp.artifacts.index import IndexTable
+from kcomp.data.datasets import SeededSampler
+from kcomp.errors import BadInput, BadUsage
+from kcomp.infer.predict import loader_workers
+from kcomp.runs import config as config_mod
+from kcomp.runtime import distributed
+from kcomp.runtime.device import amp_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+
+# The position's entries of a checkpoint's "position" dict, besides the running loss and the world size.
+POSITION_KEYS = ("epoch", "batch", "step", "best", "best_epoch", "loss_count")
+
+
+@dataclass
+class Position:
+    """Where a fold's training stands, all that resuming needs besides the weights and optimizer state: the epoch,
+    batches done in it, optimizer steps, the best score and its epoch, one history row per epoch, this epoch's
+    running loss (summed on the device, read back only at log points) and the global RNG states, which are
+    captured with the position and put back with it (per rank under DDP)."""
+
+    loss_sum: torch.Tensor
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    best: float | None = None
+    best_epoch: int = -1
+    loss_count: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, device: torch.device) -> Position:
+        return cls(loss_sum=torch.zeros((), device=device))
+
+    @classmethod
+    def from_checkpoint(cls, ck: dict[str, Any], device: torch.device, world: int) -> Position:
+        """The position saved in `ck`; sets the global RNGs to this rank's saved states as a side effect."""
+        rngs = ck.get("rng_ranks") or [ck["rng"]]
+        set_rng_state(rngs[distributed.rank()] if len(rngs) == world else ck["rng"])
+        saved = ck["position"]
+        return cls(loss_sum=saved["loss_sum"].to(device), history=ck["history"],
+                   **{k: saved[k] for k in POSITION_KEYS})
+
+    def to_checkpoint(self, world: int) -> dict[str, Any]:
+        """The checkpoint entries of the position: RNG states (now), history, and the position proper."""
+        return {"rng": rng_state(), "history": self.history,
+                "position": {k: getattr(self, k) for k in POSITION_KEYS}
+                | {"loss_sum": self.loss_sum.detach().cpu(), "world_size": world}}
+
+    def next_epoch(self) -> None:
+        self.epoch, self.batch, self.loss_count = self.epoch + 1, 0, 0
+        self.loss_sum = torch.zeros((), device=self.loss_sum.device)
+
+
+@dataclass
+class Fold:
+    """What trains one fold, built once: options, data, the model and everything whose state a checkpoint keeps."""
+
+    cfg: dict[str, Any]
+    task: Any
+    setup: dict[str, Any]
+    run: Path
+    fold: int
+    device: torch.device
+    dtype: torch.dtype | None
+    metric_name: str
+    metric: Any
+    train_dl: DataLoader
+    val_dl: DataLoader
+    sampler: SeededSampler
+    val_targets: Any
+    model: torch.nn.Module  # the module that is saved and evaluated
+    ema: Any  # timm ModelEmaV3, or None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ddp: torch.nn.Module  # the model wrapped for DDP (the model itself in one process), for `no_sync`
+    step_model: Any  # what a training step calls: `ddp`, compiled with --compile
+    loss_fn: Any
+
+    @property
+    def world(self) -> int:
+        return distributed.replica()[0]
+
+    @property
+    def last(self) -> Path:
+        return paths.last_checkpoint(self.run, self.fold)
+
+    @property
+    def batches(self) -> int:
+        return len(self.train_dl)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.setup.get("classes", []))
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """What validation runs and best.pt holds: the EMA weights when there are any."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+def build_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str, Any], run: Path,
+               fold: int) -> Fold:
+    """Seeded, then data, then the model (its init draws from the shared seed), then the optimizer state holders.
+    The order is part of what makes a run reproducible."""
+    from kcomp.metrics import get_metric
+
+    device = distributed.local_device(resolve_device(cfg["device"]))
+    dtype = amp_dtype(device, cfg["amp"])
+    seed_everything(cfg["seed"], cfg["deterministic"])
+    metric_name = cfg["metric"] or task.default_metric
+    metric = get_metric(metric_name)
+    loaders = _loaders(cfg, table, task, setup, fold, device)
+    parts = _training_parts(cfg, task, setup, run, device, dtype, batches=len(loaders[0]))
+    return Fold(cfg, task, setup, run, fold, device, dtype, metric_name, metric, *loaders, *parts)
+
+
+def _training_parts(cfg: dict[str, Any], task: Any, setup: dict[str, Any], run: Path, device: torch.device,
+                    dtype: torch.dtype | None, *, batches: int) -> tuple[Any, ...]:
+    """(model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn), as `Fold` holds them."""
+    from timm.utils import ModelEmaV3
+
+    model = task.build_model(cfg, setup, weights=cfg["weights"]).to(device)
+    if cfg["sync_bn"]:
+        model = distributed.sync_batchnorm(model, device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    steps_per_epoch = math.ceil(batches / cfg["accum"])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
+        steps_per_epoch * cfg["epochs"], int(cfg["warmup_epochs"] * steps_per_epoch), cfg["min_lr_ratio"]))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    ema = ModelEmaV3(model, decay=cfg["ema"], use_warmup=True) if cfg["ema"] else None
+    distributed.seed_rank(cfg["seed"], cfg["deterministic"])  # after the shared-seed model init
+    ddp = distributed.wrap_ddp(model, device)  # `model` stays the module that is saved and evaluated
+    step_model = torch.compile(ddp) if cfg["compile"] else ddp
+    loss_fn = task.loss(cfg, setup)
+    options.validated("train")  # everything the options build is built: a bad one has left no run dir behind
+    write_run_config(run, cfg, setup)
+    return model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn
+
+
+def check_run_config(run: Path, cfg: dict[str, Any]) -> bool:
+    """config.json is shared by all folds of a run; a second fold with other options is an error, not a mix."""
+    from kcomp.artifacts import read_json
+
+    path = paths.config(run)
+    if path.exists():
+        saved = read_json(path, "run-config")
+        config_mod.require_same(saved["config"], cfg, str(path))
+        return True
+    return False
+
+
+def write_run_config(run: Path, cfg: dict[str, Any], setup: dict[str, Any]) -> None:
+    """Written once a fold's data and model are built, so a bad option (fold, model, weights) leaves no run dir."""
+    if not check_run_config(run, cfg) and distributed.is_main():
+        write_json(paths.config(run), "run-config", {"config": cfg, "setup": setup})
+
+
+def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str, Any], fold: int,
+             device: torch.device) -> tuple[DataLoader, DataLoader, SeededSampler, Any]:
+    """Loaders of the fold's training and validation rows, the sampler to position on resume, and the
+    validation targets the metric compares with."""
+    df = table.df
+    train_rows = df[(df["split"] == "train") & (df["fold"] >= 0) & (df["fold"] != fold)].reset_index(drop=True)
+    val_rows = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise BadInput(f"fold {fold} leaves {len(train_rows)} training and {len(val_rows)} validation rows",
+                       path=table.source)
+    train_ds = task.dataset(table, train_rows, cfg, setup, train=True)
+    val_ds = task.dataset(table, val_rows, cfg, setup, train=False)
+    # Under DDP every rank takes every world-th sample of the same permutation: the ranks' batches together are
+    # the batch one process draws at batch_size x world (the global batch), augmentation seeds included.
+    replicas, rank = distributed.replica()
+    sampler = SeededSampler(len(train_ds), seed=cfg["seed"], num_replicas=replicas, rank=rank)
+    drop_last = sampler.per_replica >= cfg["batch_size"]
+    train_dl = DataLoader(train_ds, batch_size=cfg["batch_size"], sampler=sampler, drop_last=drop_last,
+                          **_loader_options(int(cfg["workers"]), device))
+    # Validation is inference: on a CPU the model's threads already hold every core, and validating through worker
+    # processes slows the next epoch's first training step (benchmarks/RESULTS.md); on a GPU, as given.
+    val_dl = DataLoader(distributed.shard_dataset(val_ds), batch_size=cfg["batch_size"], shuffle=False,
+                        **_loader_options(loader_workers(int(cfg["workers"]), device, val_ds), device))
+    return train_dl, val_dl, sampler, val_ds.targets_array()
+
+
+def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:
+    # A private generator: DataLoader draws a base seed per epoch, which must not advance the global RNG that
+    # dropout uses, or a run resumed mid-epoch would drift from an uninterrupted one.
+    return {"num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0,
+            "generator": torch.Generator().manual_seed(0)} | ({"prefetch_factor": 4} if workers else {})
+
+
+def build_optimizer(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    """AdamW without weight decay on norms and biases (the usual timm recipe)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg["lr"], fused=False)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):  # noqa: ANN201 - a LambdaLR factor
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return 0.01 + 0.99 * step / max(1, warmup_steps)
+        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return factor
+
+
+def resume(f: Fold, asked: bool) -> Position:
+    """The position to start from: the fold's last.pt loaded into the model, EMA, optimizer, scheduler and scaler
+    (any last.pt is resumed, asked or not), else the start."""
+    last = f.last
+    if not last.exists():
+        if asked:
+            console.log(f"[yellow]fold {f.fold}: nothing to resume at {last}; starting")
+        return Position.start(f.device)
+    if not asked:
+        console.log(f"[yellow]fold {f.fold}: {last} exists; resuming it (delete the fold dir to start over)")
+    ck = load_checkpoint(last, task=f.task.name)
+    config_mod.require_same(ck["config"], f.cfg, str(last))
+    trained_by = int(ck["position"].get("world_size", 1))
+    if trained_by != f.world and ck["position"]["epoch"] < f.cfg["epochs"]:
+        raise BadUsage(f"fold {f.fold}: {last} was trained by {trained_by} process(es), this run has {f.world}; "
+                       f"the global batch would change mid-run: resume with the same --gpus/--nodes")
+    f.model.load_state_dict(ck["model"])
+    f.optimizer.load_state_dict(ck["optimizer"])
+    f.scheduler.load_state_dict(ck["scheduler"])
+    f.scaler.load_state_dict(ck["scaler"])
+    if f.ema is not None:
+        f.ema.module.load_state_dict(ck["ema"])
+    return Position.from_checkpoint(ck, f.device, f.world)
+
+
+def save_last(f: Fold, pos: Position) -> None:
+    """last.pt: every rank takes part (its RNG state, the loss averaged over ranks); rank 0 writes; the others
+    wait for the file to be complete before going on."""
+    rngs = distributed.all_gather_object(rng_state()) if f.world > 1 else None
+    distributed.mean_(pos.loss_sum)
+    state = {"task": f.task.name, "config": f.cfg, "setup": f.setup, "fold": f.fold,
+             "model": f.model.state_dict(), "ema": f.ema.module.state_dict() if f.ema is not None else None,
+             "optimizer": f.optimizer.state_dict(), "scheduler": f.scheduler.state_dict(),
+             "scaler": f.scaler.state_dict(), **pos.to_checkpoint(f.world)}
+    _save_on_main(f.last, state | ({"rng_ranks": rngs} if rngs else {}))
+    distributed.barrier()
+
+
+def save_best(f: Fold, epoch: int, score: float) -> None:
+    """best.pt: the evaluated weights and the score they reached, without optimizer state."""
+    _save_on_main(paths.best_checkpoint(f.run, f.fold), {
+        "task": f.task.name, "config": f.cfg, "setup": f.setup, "fold": f.fold, "epoch": epoch,
+        "metric": f.metric_name, "score": score, "model": f.eval_model.state_dict()})
+
+
+def _save_on_main(path: Path, state: dict[str, Any]) -> None:
+    """Ranks hold the same weights; only rank 0 writes them."""
+    if distributed.is_main():
+        save_checkpoint(path, state)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[dict[str, bool]]:
+    """SIGINT/SIGTERM ask the loop to finish its step and save, instead of dying mid-write."""
+    flag = {"stop": False}
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in old:
+            signal.signal(s, handler)
+    except ValueError:  # not the main thread (e.g. called from a test thread): no handlers, no stop requests
+        old = {}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

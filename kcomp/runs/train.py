@@ -1,0 +1,199 @@
+"""The one training loop, for every task, in steps as timm's train.py has them: `train_fold` builds a fold
+(`kcomp.runs._fold`), resumes it, then alternates `train_one_epoch` and `validate` and checkpoints after each epoch
+(and every `--save-every` steps). AMP, EMA, mixing, accumulation, DDP and exact resume live here once.
+
+Inner-loop rule: nothing in a training step waits for the device. Losses are summed on the device and read back
+only every `log_every` steps and at epoch ends; progress counts images on the host.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kcomp import console
+from kcomp.artifacts import paths, read_index, write_table
+from kcomp.artifacts.index import IndexTable
+from kcomp.errors import BadInput, BadUsage, Interrupted
+from kcomp.infer.predict import predict_loader
+from kcomp.runs import tensorboard
+from kcomp.runs._fold import Fold, Position, build_fold, check_run_config, resume, save_best, save_last, stop_requests
+from kcomp.runtime import distributed
+from kcomp.runtime.device import resolve_device, step_generator
+from kcomp.tasks import get_task
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_score: float
+    best_epoch: int
+    metric: str
+    checkpoint: Path
+
+
+def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: bool = False) -> list[FoldResult]:
+    """Train one fold or all folds of `cfg['folds']` into the run directory."""
+    if str(run) == "-":
+        raise BadUsage("-o -: train writes a run directory; give its path")
+    table = read_index(cfg["folds"], "folds")
+    task = get_task(cfg["task"])
+    setup = task.setup(table, cfg)
+    check_run_config(Path(run), cfg)
+    available = sorted(int(f) for f in table.df["fold"].unique() if f >= 0)
+    if fold == "all":
+        todo = available
+        if not todo:
+            raise BadInput("has no fold to train (every train row has fold -1); re-split it with `kcomp split`",
+                           path=table.source)
+    else:
+        if int(fold) not in available:
+            raise BadUsage(f"--fold {fold}: folds file {table.source} has folds {available}")
+        todo = [int(fold)]
+    with distributed.session(resolve_device(cfg["device"]).type):  # no-op outside torchrun
+        return [train_fold(cfg, table, task, setup, Path(run), k, resume) for k in todo]
+
+
+def train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str, Any], run: Path, fold: int,
+               resume_asked: bool) -> FoldResult:
+    """Train one fold to `cfg['epochs']`, from its last.pt when there is one."""
+    f = build_fold(cfg, table, task, setup, run, fold)
+    pos = resume(f, resume_asked)
+    if pos.epoch >= cfg["epochs"]:
+        if not paths.best_checkpoint(run, fold).is_file():
+            raise BadInput(f"fold {fold} finished training but its best.pt is gone; delete the fold directory "
+                           f"to train it again", path=paths.fold_dir(run, fold))
+        console.log(f"fold {fold}: already trained ({cfg['epochs']} epochs)")
+        return _result(f, pos)
+    paths.train_log(run, fold).parent.mkdir(parents=True, exist_ok=True)
+    bs = cfg["batch_size"]
+    with stop_requests() as stop, console.progress(f.batches * bs, f"fold {fold}") as bar:
+        while pos.epoch < cfg["epochs"]:
+            f.sampler.set_epoch(pos.epoch, start=pos.batch * bs)
+            bar.reset(f.batches * bs, f"fold {fold} epoch {pos.epoch + 1}/{cfg['epochs']}")
+            bar.advance(pos.batch * bs)
+            t0 = time.perf_counter()
+            seen = train_one_epoch(f, pos, bar, stop)
+            distributed.mean_(pos.loss_sum)
+            train_loss = (pos.loss_sum / max(1, pos.loss_count)).item()
+            elapsed = time.perf_counter() - t0
+            score = validate(f)
+            _end_epoch(f, pos, train_loss, score, img_per_s=seen * f.world / elapsed if elapsed > 0 else 0.0,
+                       seconds=elapsed)
+            if distributed.any_flag(stop["stop"]):
+                raise Interrupted(f"fold {fold}: stopped after epoch {pos.epoch}; saved {f.last}, "
+                                  f"re-run the same command to resume")
+    return _result(f, pos)
+
+
+def train_one_epoch(f: Fold, pos: Position, bar: Any, stop: dict[str, bool]) -> int:
+    """The rest of epoch `pos.epoch` from batch `pos.batch`; returns the images this process saw. Saves last.pt
+    every `--save-every` optimizer steps, and on a stop request at the next step (then raises Interrupted)."""
+    cfg = f.cfg
+    f.model.train()
+    seen = 0
+    for x, y in f.train_dl:
+        boundary = _train_step(f, pos, x, y)
+        seen += x.shape[0]
+        bar.advance(x.shape[0])
+        if cfg["log_every"] and pos.step % cfg["log_every"] == 0 and boundary:
+            bar.advance(0, info=f"loss {(pos.loss_sum / pos.loss_count).item():.4f}")
+        stopping = boundary and distributed.any_flag(stop["stop"])  # all ranks stop at the same step
+        if stopping or (boundary and cfg["save_every"] and pos.step % cfg["save_every"] == 0):
+            save_last(f, pos)
+            if stopping:
+                raise Interrupted(f"fold {f.fold}: stopped at epoch {pos.epoch + 1} batch {pos.batch}; "
+                                  f"saved {f.last}, re-run the same command to resume")
+    return seen
+
+
+def _train_step(f: Fold, pos: Position, x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Forward and backward of one batch, then an optimizer step at the end of an accumulation group (returns
+    whether it stepped). Mixing draws from a generator of (seed, epoch, batch), so a resumed run mixes alike."""
+    from kcomp.data.mix import mix_batch
+
+    cfg, i = f.cfg, pos.batch
+    x = x.to(f.device, non_blocking=True)
+    y = y.to(f.device, non_blocking=True)
+    if cfg["channels_last"] and x.ndim == 4:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if f.task.supports_mix and (cfg["mixup"] or cfg["cutmix"]):
+        x, y = mix_batch(x, y, f.num_classes, mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"],
+                         prob=cfg["mix_prob"], generator=step_generator(cfg["seed"], pos.epoch, i))
+    skip_sync = (i + 1) % cfg["accum"] != 0 and i + 1 != f.batches  # DDP: all-reduce before a step only
+    with distributed.no_sync(f.ddp, skip_sync):
+        with torch.autocast(f.device.type, dtype=f.dtype or torch.float32, enabled=f.dtype is not None):
+            out = f.step_model(x)
+        loss = f.loss_fn(out, y)
+        f.scaler.scale(loss / cfg["accum"]).backward()
+    pos.loss_sum += loss.detach()
+    pos.loss_count += 1
+    pos.batch = i + 1
+    if pos.batch % cfg["accum"] and pos.batch != f.batches:
+        return False
+    f.scaler.step(f.optimizer)
+    f.scaler.update()
+    f.optimizer.zero_grad(set_to_none=True)
+    f.scheduler.step()
+    pos.step += 1
+    if f.ema is not None:
+        f.ema.update(f.model, step=pos.step)
+    return True
+
+
+def validate(f: Fold) -> float:
+    """The metric of the evaluated model (EMA if any) on the fold's validation rows. Under DDP every rank
+    predicts its share with rank 0's weights and every rank gets the score."""
+    model = f.eval_model
+    distributed.broadcast_module(model)
+    [preds] = predict_loader([model], f.val_dl, f.task, tta=f.cfg["val_tta"], device=f.device, dtype=f.dtype,
+                             channels_last=f.cfg["channels_last"])
+    preds = distributed.gather_concat(preds)  # each rank predicted its contiguous share of the rows
+    return f.task.score(f.metric_name, preds, f.val_targets)
+
+
+def _end_epoch(f: Fold, pos: Position, train_loss: float, score: float, *, img_per_s: float,
+               seconds: float) -> None:
+    """Record the epoch: history row, best.pt when the score improved, last.pt, metrics.parquet, train.log."""
+    epoch = pos.epoch + 1
+    improved = f.metric.is_better(score, pos.best)
+    row = {"epoch": epoch, "step": pos.step, "lr": f.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+           f"val_{f.metric_name}": score, "best": improved, "seconds": seconds, "img_per_s": img_per_s}
+    pos.history.append(row)
+    if improved:
+        pos.best, pos.best_epoch = score, epoch
+        save_best(f, epoch, score)
+    pos.next_epoch()
+    save_last(f, pos)
+    line = (f"fold {f.fold} epoch {epoch}/{f.cfg['epochs']}: train_loss {train_loss:.4f} "
+            f"val_{f.metric_name} {score:.4f}{' *' if improved else ''} ({img_per_s:.1f} img/s)")
+    if distributed.is_main():
+        _write_metrics(f.run, f.fold, pos.history, f.metric_name)
+        tensorboard.log_epoch(f.run, f.fold, row)  # no-op unless the optional tensorboard package is installed
+        with paths.train_log(f.run, f.fold).open("a") as log:
+            log.write(line + "\n")
+    console.log(line)
+
+
+def _result(f: Fold, pos: Position) -> FoldResult:
+    return FoldResult(f.fold, float(pos.best), int(pos.best_epoch), f.metric_name,
+                      paths.best_checkpoint(f.run, f.fold))
+
+
+def _write_metrics(run: Path, fold: int, history: list[dict[str, Any]], metric: str) -> None:
+    import pandas as pd
+
+    write_table(pd.DataFrame(history), paths.metrics(run, fold), "metrics", fold=fold, metric=metric)
+
+
+def fold_scores(results: list[FoldResult]) -> dict[str, Any]:
+    scores = [r.best_score for r in results]
+    return {"metric": results[0].metric if results else None,
+            "folds": {r.fold: {"score": r.best_score, "epoch": r.best_epoch, "checkpoint": str(r.checkpoint)}
+                      for r in results},
+            "mean": float(np.mean(scores)) if scores else None}

@@ -1,1 +1,0 @@
-"""Training loop pieces: losses, batch mixing and the loop itself."""
