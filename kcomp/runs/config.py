@@ -7,7 +7,7 @@ from typing import Any
 from kcomp import options
 from kcomp.errors import BadUsage, ConfigMismatch
 from kcomp.options import MAX_BATCH, MAX_SIDE, Choice, Flag, Float, Int, Spec, Text, lazy
-from kcomp.tasks import list_tasks
+from kcomp.tasks import task_names
 
 DEFAULTS: dict[str, Any] = {
     "task": "cls",
@@ -70,7 +70,7 @@ DEFAULTS: dict[str, Any] = {
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {"seg": {"batch_size": 8}}
 RUNTIME_KEYS = frozenset({"device", "workers", "compile", "save_every", "log_every", "gpus", "nodes"})
 
-TASKS = tuple(list_tasks())
+TASKS = tuple(task_names())
 CLS, INK, NOT_INK = ("cls",), ("ink",), ("cls", "seg", "det")
 
 
