@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kcomp.artifacts._atomic import atomic_write
-from kcomp.artifacts._meta import carried
+from kcomp.artifacts._meta import carried, plain
 from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
-from kcomp.errors import BadInput
+from kcomp.errors import BadInput, shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -60,16 +60,24 @@ class Predictions:
         holds what the predictions lack: true masks, boxes, image paths, study ids. `why` ends the error line."""
         from kcomp.artifacts.index import read_index
 
-        ref = self.meta.get("index")
-        if not ref:
+        p = index_path(self.source, self.meta)
+        if p is None:
             raise BadInput(f"predictions lack the index metadata ({why})", path=self.source)
-        p = Path(ref)
-        if not p.is_absolute() and not p.is_file() and (Path(self.source).parent / p).is_file():
-            p = Path(self.source).parent / p
         return read_index(p)
 
     def probs(self) -> np.ndarray:
         return np.stack(self.df["probs"].to_numpy()).astype(np.float32) if len(self.df) else np.zeros((0, 0))
+
+
+def index_path(source: str, meta: dict[str, Any]) -> Path | None:
+    """The index recorded in a predictions file's metadata: as recorded, or beside the predictions file."""
+    ref = meta.get("index")
+    if not ref or not isinstance(ref, str):
+        return None
+    p = Path(ref)
+    if not p.is_absolute() and not p.is_file() and (Path(source).parent / p).is_file():
+        p = Path(source).parent / p
+    return p
 
 
 def write_predictions(df: pd.DataFrame, path: str | Path, *, task: str, kind: str, classes: list[str],
@@ -108,43 +116,84 @@ def _npz_name(path: str | Path) -> str:
     return p.with_suffix(".npz").name if p.suffix == ".parquet" else p.name + ".npz"
 
 
+def maps_path_of(source: str, meta: dict[str, Any]) -> Path | None:
+    """Where a predictions file's dense maps are (beside it), if its metadata names them."""
+    name = meta.get("maps_file")
+    return Path(source).parent / name if isinstance(name, str) and name else None
+
+
 def maps_path(source: str, meta: dict[str, Any]) -> Path:
-    if "maps_file" not in meta:
+    p = maps_path_of(source, meta)
+    if p is None:
         raise BadInput("holds no dense maps (no maps_file in its metadata)", path=source)
-    p = Path(source).parent / meta["maps_file"]
     if not p.is_file():
-        raise BadInput(f"its maps file {p} is missing", path=source)
+        raise BadInput(f"its maps file {shown(p)} is missing", path=source)
     return p
 
 
 def read_predictions(path: str | Path, *, kind: str | None = None) -> Predictions:
+    """A predictions table whose metadata, ids and values were checked: what a reader may rely on."""
     df, meta = read_table(path, "predictions")
     where = "<stdin>" if str(path) == STDIO else str(path)
+    if meta["task"] not in VALUE_COLUMNS:
+        raise BadInput(f"predictions of unknown task {meta['task']!r}; expected one of {', '.join(VALUE_COLUMNS)}",
+                       path=where)
+    if meta["kind"] not in KINDS:
+        raise BadInput(f"predictions of kind {meta['kind']!r}; expected oof or test", path=where)
     if len(df) == 0:
         raise BadInput("prediction file has no rows", path=where)
-    value_col = VALUE_COLUMNS.get(meta.get("task", ""), "probs")
+    value_col = VALUE_COLUMNS[meta["task"]]
     require_columns(df, ["id", value_col], where)
-    if kind is not None and meta.get("kind") != kind:
-        raise BadInput(f"holds {meta.get('kind')} predictions, expected {kind}", path=where)
+    if kind is not None and meta["kind"] != kind:
+        raise BadInput(f"holds {meta['kind']} predictions, expected {kind}", path=where)
+    if df["id"].isna().any():
+        raise BadInput(f"column id is empty for {int(df['id'].isna().sum())} row(s)", path=where)
     dup = df["id"][df["id"].duplicated()]
     if len(dup):
         raise BadInput(f"duplicate id {dup.iloc[0]!r}", path=where)
     preds = Predictions(df, meta, where)
     if value_col == "boxes":
-        _check_boxes(df, where)
-        return preds
-    if value_col == "map_key":
+        _check_boxes(df, len(preds.classes), where)
+    elif value_col == "map_key":
         maps_path(where, meta)
-        return preds
-    widths = {len(p) for p in df["probs"]}
-    if len(widths) != 1:
-        raise BadInput(f"rows have probability vectors of different lengths {sorted(widths)}", path=where)
-    p = preds.probs()
-    bad = ~np.isfinite(p).all(axis=tuple(range(1, p.ndim)))
+    else:
+        _check_probs(df, preds.classes, meta.get("values", "probabilities"), where)
+    return preds
+
+
+PROB_TOLERANCE = 1e-4  # float32 sums and float16 storage round a probability a little past 0 or 1
+
+
+def _check_probs(df: pd.DataFrame, classes: list[str], values: str, where: str) -> None:
+    """`probs`: one vector of numbers per row, all as long as the classes in the metadata, finite, and (for
+    probabilities) within [0, 1]."""
+    cells = df["probs"].to_numpy()
+    not_vector = next((i for i, c in enumerate(cells) if not isinstance(c, (list, tuple, np.ndarray))), None)
+    if not_vector is not None:
+        cell = plain(cells[not_vector])
+        raise BadInput(f"probs for id {df['id'].iloc[not_vector]!r} is {cell!r:.40}, expected a list of class "
+                       f"probabilities", path=where)
+    widths = np.array([len(c) for c in cells])
+    want = len(classes) or int(widths[0])
+    if (widths != want).any() or want == 0:
+        i = int(np.argmax(widths != want)) if want else 0
+        expected = f"the {len(classes)} classes in its metadata" if classes else f"{want} like the first row"
+        raise BadInput(f"probs for id {df['id'].iloc[i]!r} has {widths[i]} value(s), expected {expected}",
+                       path=where)
+    try:
+        p = np.stack([np.asarray(c, dtype=np.float64) for c in cells])
+    except (TypeError, ValueError):
+        raise BadInput("probs holds values that are not numbers", path=where) from None
+    bad = ~np.isfinite(p).all(axis=1)
     if bad.any():
         raise BadInput(f"NaN or inf in probs for id {df['id'].iloc[int(np.argmax(bad))]!r} "
                        f"({int(bad.sum())} row(s))", path=where)
-    return preds
+    if values == "probabilities":
+        out = ((p < -PROB_TOLERANCE) | (p > 1 + PROB_TOLERANCE)).any(axis=1)
+        if out.any():
+            i = int(np.argmax(out))
+            raise BadInput(f"probs for id {df['id'].iloc[i]!r} has {p[i].min():g}..{p[i].max():g}; probabilities "
+                           f"lie in [0, 1]", path=where)
 
 
 def one_test_file(preds: list[Predictions], task: str) -> Predictions:
@@ -187,15 +236,71 @@ def aligned(preds: list[Predictions]) -> list[np.ndarray]:
     return out
 
 
-def _check_boxes(df: pd.DataFrame, where: str) -> None:
+def _check_boxes(df: pd.DataFrame, n_classes: int, where: str) -> None:
+    """Every box record complete and in range; image sizes positive (boxes are in original pixels)."""
     require_columns(df, ["height", "width"], where)
+    for col in ("height", "width"):
+        sizes = df[col].to_numpy()
+        bad = [not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 1 for v in sizes]
+        if any(bad):
+            i = bad.index(True)
+            raise BadInput(f"column {col} has value {plain(sizes[i])!r} for id {df['id'].iloc[i]!r}; image sizes are "
+                           f">= 1 pixel", path=where)
+    rows, box_ids = [], []
     for i, boxes in zip(df["id"], df["boxes"], strict=True):
+        if not isinstance(boxes, (list, tuple, np.ndarray)):
+            raise BadInput(f"id {i!r}: boxes is {boxes!r:.40}, expected a list of boxes", path=where)
         for b in boxes:
             values = [b.get(k) for k in BOX_FIELDS] if isinstance(b, dict) else None
             if values is None or any(v is None for v in values):
                 raise BadInput(f"id {i!r}: box {b!r} lacks one of {', '.join(BOX_FIELDS)}", path=where)
-            if not np.isfinite(np.asarray(values, dtype=float)).all():
-                raise BadInput(f"id {i!r}: NaN or inf in box {b!r}", path=where)
+            if not all(isinstance(v, (int, float, np.integer, np.floating)) for v in values):
+                raise BadInput(f"id {i!r}: box {b!r} holds a value that is not a number", path=where)
+            rows.append(values)
+            box_ids.append(i)
+    arr = np.asarray(rows, dtype=np.float64).reshape(-1, len(BOX_FIELDS))
+    check_box_values(arr[:, :4], arr[:, 4], arr[:, 5], n_classes=n_classes, box_ids=box_ids, where=where)
+
+
+def check_box_values(coords: np.ndarray, scores: np.ndarray, labels: np.ndarray, *, n_classes: int,
+                     box_ids: Sequence[Any], where: str) -> None:
+    """Box values as flat arrays ((k, 4) x1 y1 x2 y2 in pixels, (k,) scores, (k,) labels; `box_ids[j]` is box j's
+    image id): finite coordinates, scores in [0, 1], labels that index the classes in the metadata."""
+    def fail(mask: np.ndarray, what: str) -> None:
+        j = int(np.argmax(mask))
+        raise BadInput(f"id {box_ids[j]!r}: box {j_box(j)} has {what}", path=where)
+
+    def j_box(j: int) -> str:
+        return "[" + ", ".join(f"{v:g}" for v in (*coords[j], scores[j], labels[j])) + "]"
+
+    if len(scores) == 0:
+        return
+    finite = np.isfinite(coords).all(axis=1) & np.isfinite(scores) & np.isfinite(labels)
+    if not finite.all():
+        fail(~finite, "NaN or inf")
+    score_bad = (scores < 0) | (scores > 1 + PROB_TOLERANCE)
+    if score_bad.any():
+        fail(score_bad, "a score outside [0, 1]")
+    label_bad = (labels % 1 != 0) | (labels < 0) | ((labels >= n_classes) if n_classes else False)
+    if label_bad.any():
+        fail(label_bad, f"label outside the classes 0..{n_classes - 1}" if n_classes else "a label that is not "
+             "a class number")
+
+
+# how `oof`/`tta` made a file (metadata keys): OOF and test predictions stacked together must agree on them
+MADE_WITH = ("tta", "checkpoints", "out_size")
+
+
+def check_made_alike(oof: Predictions, test: Predictions) -> None:
+    """A level-2 model learns on OOF predictions and is applied to test predictions: made another way (other TTA
+    views, checkpoints, map size), the test inputs follow a distribution it never saw."""
+    if (oof.task, oof.classes) != (test.task, test.classes):
+        raise BadInput(f"task {oof.task} with classes {oof.classes} differs from its test predictions "
+                       f"{shown(test.source)} ({test.task}, {test.classes})", path=oof.source)
+    for key in MADE_WITH:
+        if key in oof.meta and key in test.meta and oof.meta[key] != test.meta[key]:
+            raise BadInput(f"made with {key} {oof.meta[key]!r}, but its test predictions {shown(test.source)} with "
+                           f"{key} {test.meta[key]!r}; make both the same way", path=oof.source)
 
 
 def pair_by_runs(oofs: list[Predictions], tests: list[Predictions]) -> tuple[list[Predictions], list[Predictions]]:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp.artifacts._atomic import atomic_write
-from kcomp.artifacts._meta import check_meta, make_meta
+from kcomp.artifacts._input import regular_file
+from kcomp.artifacts._meta import check_meta, make_meta, parse_meta
 from kcomp.errors import BadInput
 
 if TYPE_CHECKING:
@@ -47,16 +48,16 @@ def read_table(path: str | Path, accept: str | tuple[str, ...]) -> tuple[pd.Data
     if str(path) == STDIO:
         source: Any = pa.BufferReader(sys.stdin.buffer.read())
     else:
-        if not Path(path).is_file():
-            raise BadInput("no such file", path=where)
-        source = str(path)
+        source = str(regular_file(path, "a parquet table"))
     try:
         table = pq.read_table(source)
     except (pa.ArrowInvalid, OSError) as e:
         raise BadInput(f"not a readable parquet file (truncated or corrupt?): {_first_line(e)}", path=where) from e
-    raw = (table.schema.metadata or {}).get(META_KEY)
-    meta = check_meta(json.loads(raw) if raw else None, accept, where)
-    return table.to_pandas(), meta
+    meta = check_meta(parse_meta((table.schema.metadata or {}).get(META_KEY), where), accept, where)
+    try:
+        return table.to_pandas(), meta
+    except (pa.ArrowException, ValueError, TypeError) as e:  # e.g. a column of a type pandas cannot hold
+        raise BadInput(f"has columns pandas cannot read: {_first_line(e)}", path=where) from e
 
 
 def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], where: str | Path) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 from kcomp import console
 from kcomp.artifacts.index import write_index
 from kcomp.artifacts.submission import read_csv
-from kcomp.data.image_cache import add_image_cache
+from kcomp.data.image_cache import add_image_cache, check_cache_options
 from kcomp.data.images import image_size
 from kcomp.errors import BadInput, BadUsage
 
@@ -23,6 +23,7 @@ def prep_cls_layout(raw: Path | None, out: Path, *, competition: str, id_column:
     """Index the layout; with `size`, also decode every image once into the `size` px image cache."""
     import pandas as pd
 
+    check_cache_options(size, workers)
     if raw is None:
         raise BadUsage(f"prep {competition} needs RAW_DIR (the unpacked competition download)")
     if not raw.is_dir():

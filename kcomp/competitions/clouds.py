@@ -92,9 +92,10 @@ def prep_clouds(raw: Path | None, out: Path, *, size: int | None = None, workers
     import pandas as pd
 
     from kcomp.artifacts.index import write_index
-    from kcomp.data.image_cache import add_image_cache
+    from kcomp.data.image_cache import add_image_cache, check_cache_options
     from kcomp.post.rle import check as check_rle
 
+    check_cache_options(size, workers)
     if raw is None:
         raise BadUsage(f"prep {COMPETITION} needs RAW_DIR (the unpacked competition download)")
     raw = Path(raw)

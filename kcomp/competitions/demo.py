@@ -80,6 +80,9 @@ class Demo:
     id_column = "image_id"
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
+        from kcomp.data.image_cache import check_cache_options
+
+        check_cache_options(options.get("size"), options.get("workers"))  # before the layout is generated
         if raw is None:
             raw = out / "raw"
         if not (raw / "train.csv").exists():

@@ -41,16 +41,22 @@ def check_size(size: int | None) -> int | None:
     return None if size is None else int(size)
 
 
+def check_cache_options(size: int | None, workers: int | None) -> None:
+    """`prep --size/--workers`, checked before a preset writes anything (demo generates its raw layout first)."""
+    check_size(size)
+    if workers is not None and workers < 0:
+        raise BadUsage(f"--workers {workers}: expected 0 (this process) or more")
+
+
 def add_image_cache(df: Any, root: Path, out: Path, size: int | None, workers: int | None) -> dict[str, Any]:
     """Cache the images of index rows `df` (paths relative to `root`) under `out` and add the `cache_row` column;
     returns the index metadata that records the cache ({} when `size` is None: no cache asked for)."""
     from kcomp.data.pool import WorkerPool, default_workers
 
-    size = check_size(size)
+    check_cache_options(size, workers)
     if size is None:
         return {}
-    if workers is not None and workers < 0:
-        raise BadUsage(f"--workers {workers}: expected 0 (this process) or more")
+    size = int(size)
     with WorkerPool(default_workers() if workers is None else workers) as pool:
         build_image_cache([root / p for p in df["path"]], out / cache_name(size), size, pool)
     df[ROW_COLUMN] = range(len(df))

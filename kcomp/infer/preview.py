@@ -25,10 +25,7 @@ INK_MAX_SIDE = 1024
 
 def write_previews(preds: Predictions, out_dir: Path, n: int = 8) -> list[str]:
     """PNG overlays of the first `n` ids of seg or ink predictions into `out_dir`; returns the paths written."""
-    if preds.task not in ("seg", "ink"):
-        raise BadUsage(f"previews are for seg and ink predictions; {preds.source} holds {preds.task}")
-    if n < 1:
-        raise BadUsage(f"--preview-count {n}: must be at least 1")
+    check_previews(preds.task, n, preds.source)
     table = preds.index("needed to find the images")
     by_id = table.df.set_index("id")
     out_dir = Path(out_dir)
@@ -45,6 +42,14 @@ def write_previews(preds: Predictions, out_dir: Path, n: int = 8) -> list[str]:
                 _ink_overlay(table, row, m)
             written.append(_write_png(out_dir / name, img))
     return written
+
+
+def check_previews(task: str, n: int, source: str) -> None:
+    """What `write_previews` needs, checkable before the predictions exist (`tta --preview`)."""
+    if task not in ("seg", "ink"):
+        raise BadUsage(f"previews are for seg and ink predictions; {source} holds {task}")
+    if n < 1:
+        raise BadUsage(f"--preview-count {n}: must be at least 1")
 
 
 def _file_names(ids: list[str]) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kcomp.artifacts._input import regular_file
 from kcomp.errors import BadInput, BadUsage
 from kcomp.report import _plot
 from kcomp.report.section import Section
@@ -16,8 +17,7 @@ def kind_of(path: Path) -> str:
         if not (path / "config.json").is_file():
             raise BadInput("directory is not a run directory (no config.json)", path=path)
         return "run"
-    if not path.is_file():
-        raise BadInput("no such file or directory", path=path)
+    regular_file(path, "a run directory, predictions or thresholds file")
     if path.suffix == ".json":
         return "run" if _schema(path) == "run-config" else "thresholds"
     return "predictions"
@@ -29,7 +29,7 @@ def _schema(path: Path) -> str | None:
 
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     schema = data.get("schema") if isinstance(data, dict) else None
     return schema.get("name") if isinstance(schema, dict) else None
@@ -38,6 +38,8 @@ def _schema(path: Path) -> str | None:
 def build_report(inputs: list[str], out_dir: Path, *, previews: int = 4) -> tuple[list[Section], list[str]]:
     """Sections for `inputs` with their PNGs under `out_dir`, plus out_dir/index.html; returns (sections, the
     files written)."""
+    from kcomp.artifacts._atomic import staged_dir
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.report.page import write_page
     from kcomp.report.predictions import report_predictions
     from kcomp.report.run import report_run
@@ -47,21 +49,20 @@ def build_report(inputs: list[str], out_dir: Path, *, previews: int = 4) -> tupl
         raise BadUsage("give at least one run directory, predictions file or thresholds file")
     if previews < 0:
         raise BadUsage(f"--previews {previews}: must be >= 0")
-    if str(out_dir) == "-" or (out_dir.exists() and not out_dir.is_dir()):
-        raise BadUsage(f"-o {out_dir}: give a directory for the PNGs and index.html")
+    check_outputs(dirs={"-o": out_dir}, inputs=inputs)
     kinds = [kind_of(Path(text)) for text in inputs]  # every input exists and is readable as what, before writing
-    out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
-    for text, kind, prefix in zip(inputs, kinds, _prefixes(inputs), strict=True):
-        path = Path(text)
-        if kind == "run":
-            sections.append(report_run(path if path.is_dir() else path.parent, out_dir, prefix))
-        elif kind == "thresholds":
-            sections.append(report_thresholds(text, out_dir, prefix))
-        else:
-            sections.append(report_predictions(text, out_dir, prefix, previews))
-    page = write_page(sections, out_dir)
-    written = [str(out_dir / im.path) for s in sections for im in s.images] + [page]
+    with staged_dir(out_dir) as stage:  # a bad input found half-way leaves no (partial or empty) report behind
+        for text, kind, prefix in zip(inputs, kinds, _prefixes(inputs), strict=True):
+            path = Path(text)
+            if kind == "run":
+                sections.append(report_run(path if path.is_dir() else path.parent, stage, prefix))
+            elif kind == "thresholds":
+                sections.append(report_thresholds(text, stage, prefix))
+            else:
+                sections.append(report_predictions(text, stage, prefix, previews))
+        page = Path(write_page(sections, stage)).name
+    written = [str(out_dir / im.path) for s in sections for im in s.images] + [str(out_dir / page)]
     return sections, written
 
 

@@ -11,10 +11,11 @@ from kcomp.report.section import Image, Section
 
 
 def report_run(run: Path, out_dir: Path, prefix: str) -> Section:
-    from kcomp.artifacts import paths, read_json, read_table
+    from kcomp.artifacts import paths, read_table
+    from kcomp.artifacts.run_config import read_run_config
 
-    saved = read_json(paths.config(run), "run-config")
-    cfg, setup = saved.get("config", {}), saved.get("setup", {})
+    saved = read_run_config(run)
+    cfg, setup = saved["config"], saved["setup"]
     folds = paths.trained_folds(run)
     if not folds:
         raise BadInput("no trained fold yet (no foldK/best.pt)", path=run)
