@@ -23,8 +23,10 @@ def command(
     Class probabilities: OOF inputs keep their targets and the blend's CV score is printed, so blends can be
     compared honestly. Dense maps (seg, ink) are blended id by id into a new .npz (memory: one id's maps);
     their score comes from `kcomp tune-threshold` on the blended OOF."""
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import check_compatible, read_predictions
 
+    check_outputs({"-o": output}, inputs=preds, summary_on_stdout=as_json)
     files = [read_predictions(p) for p in preds]
     check_compatible(files)
     meta = files[0].carried_meta()

@@ -55,6 +55,9 @@ def command(
 ) -> None:
     """Out-of-fold predictions: each fold's best.pt predicts its own held-out rows; several runs are averaged.
     Writes PRED (predictions parquet with `target`) and prints the CV score on stderr (`--json`: stdout)."""
+    from kcomp.artifacts.outputs import check_outputs
+
+    check_outputs({"-o": output}, inputs=runs, summary_on_stdout=as_json)  # before torch is even imported
     from kcomp.artifacts.predictions import write_predictions
     from kcomp.infer.runs import predict_oof
 

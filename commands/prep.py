@@ -30,9 +30,11 @@ def command(
         help="siim-covid19: leave unreadable DICOM files out of the index (logged) instead of failing.")] = False,
     as_json: Json = False,
 ) -> None:
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.competitions import get_competition
 
     comp = get_competition(competition)
+    check_outputs(dirs={"-o": output})
     written = comp.prep(raw_dir, Path(output), seed=seed, split_fragment=split_fragment, size=size, bits=bits,
                         workers=workers, skip_bad=skip_bad)
     emit(written, {"competition": competition}, as_json)

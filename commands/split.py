@@ -25,8 +25,10 @@ def command(
     import numpy as np
 
     from kcomp.artifacts import read_index, write_folds
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.split import assign_folds, resolve_strategy
 
+    check_outputs({"-o": output}, inputs=[index], summary_on_stdout=as_json)
     table = read_index(index, "index")
     used, label, group = resolve_strategy(table.df, strategy, label_col, group_col)
     fold = assign_folds(table.df, n_folds=folds, strategy=strategy, seed=seed, label_col=label_col,

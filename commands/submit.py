@@ -24,18 +24,25 @@ def command(
 ) -> None:
     """Turn test predictions into the competition's submission CSV: exactly its columns, in the sample's id
     order. Missing, duplicate or unknown ids are errors and nothing is written."""
-    from kcomp.artifacts import read_json
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import read_predictions
     from kcomp.artifacts.submission import align_to_sample, write_submission
+    from kcomp.artifacts.thresholds import read_thresholds
     from kcomp.competitions import get_competition
+    from kcomp.errors import BadInput
 
     comp = get_competition(competition)
+    check_outputs({"-o": output}, inputs=[*preds, thresholds, sample], summary_on_stdout=as_json)
     files = [read_predictions(p) for p in preds]
-    thr = read_json(thresholds, "thresholds") if thresholds else None
+    thr = read_thresholds(thresholds) if thresholds else None
+    if thr is not None and thr["task"] != comp.task:
+        raise BadInput(f"holds thresholds for task {thr['task']}; {competition} submits {comp.task} predictions",
+                       path=thresholds)
     options = {k: v for k, v in {"none_power": none_power}.items() if v is not None}
     _check_options(comp, competition, options)
-    sub = comp.submit(files, thresholds=thr, **options)
     sample_path = Path(sample) if sample else _find_sample(files)
+    check_outputs({"-o": output}, inputs=[sample_path])  # the sample found through the runs is read too
+    sub = comp.submit(files, thresholds=thr, **options)
     if sample_path is not None:
         sub = align_to_sample(sub, sample_path, comp.id_column)
         log(f"submit: {len(sub)} rows checked against {sample_path}")

@@ -35,10 +35,10 @@ def command(
     given among the arguments), with --tta flip views; probabilities are averaged. Writes PRED."""
     from pathlib import Path
 
-    from kcomp.artifacts.predictions import read_predictions, write_predictions
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.errors import BadUsage
-    from kcomp.infer.runs import predict_test
 
+    check_outputs({"-o": output}, {"--preview": preview}, inputs=runs, summary_on_stdout=as_json)
     indexes = [r for r in runs if Path(r).is_file()]
     if len(indexes) > 1:
         raise BadUsage(f"give at most one index file, got {', '.join(indexes)}")
@@ -47,6 +47,14 @@ def command(
         raise BadUsage("give at least one run directory")
     if preview and output == "-":
         raise BadUsage("--preview reads the predictions back; give -o PATH, not -")
+    if preview:  # checked before predicting: a failed preview must not leave predictions behind
+        from kcomp.artifacts.run_config import read_run_config
+        from kcomp.infer.preview import check_previews
+
+        check_previews(read_run_config(dirs[0])["config"]["task"], preview_count, dirs[0])
+    from kcomp.artifacts.predictions import read_predictions, write_predictions
+    from kcomp.infer.runs import predict_test
+
     opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
     relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
     df, meta = predict_test(dirs, opts, index=indexes[0] if indexes else None)
@@ -55,9 +63,11 @@ def command(
     written = [write_predictions(df, output, **meta)]
     log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta} view(s)")
     if preview:
+        from kcomp.artifacts._atomic import staged_dir
         from kcomp.infer.preview import write_previews
 
-        pngs = write_previews(read_predictions(written[0]), Path(preview), n=preview_count)
+        with staged_dir(preview) as stage:
+            pngs = write_previews(read_predictions(written[0]), stage, n=preview_count)
         log(f"tta: {len(pngs)} preview(s) in {preview}")
     emit(written, {"rows": len(df), "models": meta["models"]}, as_json)
 

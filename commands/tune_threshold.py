@@ -27,10 +27,12 @@ def command(
     metric on OOF predictions; write THRESHOLDS.json with the score reached. For single-label classification the
     argmax needs no threshold: the file records that and the OOF score."""
     from kcomp.artifacts import write_json
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import read_predictions
     from kcomp.errors import BadUsage
     from kcomp.tasks import get_task
 
+    check_outputs({"-o": output}, inputs=[oof], summary_on_stdout=as_json)
     preds = read_predictions(oof, kind="oof")
     grids = {"thresholds": (thresholds, float), "min_sizes": (min_sizes, int), "tops": (tops, float)}
     options: dict = {}

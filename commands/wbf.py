@@ -22,10 +22,12 @@ def command(
 ) -> None:
     """Fuse the boxes of several detection prediction files (models, folds, TTA views) image by image with
     weighted boxes fusion (or NMS / soft-NMS); boxes stay in original pixel coordinates. Writes PRED."""
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import check_compatible, read_predictions, write_predictions
     from kcomp.errors import BadInput
     from kcomp.post.wbf import fuse_boxes
 
+    check_outputs({"-o": output}, inputs=preds, summary_on_stdout=as_json)
     files = [read_predictions(p) for p in preds]
     for f in files:
         if f.task != "det":
