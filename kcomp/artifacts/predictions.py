@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kcomp.artifacts._atomic import atomic_write
+from kcomp.artifacts._atomic import atomic_write, streamed_target
+from kcomp.artifacts._input import regular_file
 from kcomp.artifacts._meta import carried, plain
 from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
 from kcomp.errors import BadInput, shown
@@ -98,10 +99,11 @@ def write_map_predictions(df: pd.DataFrame, path: str | Path, maps: Iterable[tup
     and before the table, so a table never points at a missing or half-written npz."""
     import zipfile
 
-    if str(path) == STDIO:
-        from kcomp.errors import BadUsage
+    from kcomp.errors import BadUsage
 
-        raise BadUsage("dense predictions (maps) cannot be written to stdout; give -o PATH")
+    if str(path) == STDIO or streamed_target(Path(path)) is not None:
+        raise BadUsage(f"{shown(path)}: dense predictions write their maps to an .npz beside the table, so -o must "
+                       f"name a regular file, not stdout, a FIFO or a device")
     npz = _npz_name(path)
     with atomic_write(Path(path).parent / npz) as f, zipfile.ZipFile(f, "w", allowZip64=True) as zf:
         for key, m in maps:
@@ -126,9 +128,9 @@ def maps_path(source: str, meta: dict[str, Any]) -> Path:
     p = maps_path_of(source, meta)
     if p is None:
         raise BadInput("holds no dense maps (no maps_file in its metadata)", path=source)
-    if not p.is_file():
+    if not p.exists():
         raise BadInput(f"its maps file {shown(p)} is missing", path=source)
-    return p
+    return regular_file(p, "an .npz of maps")
 
 
 def read_predictions(path: str | Path, *, kind: str | None = None) -> Predictions:
