@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from kcomp.artifacts._meta import carried, plain
 from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
-from kcomp.errors import BadInput
+from kcomp.errors import BadInput, shown
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,6 +41,15 @@ class IndexTable:
 
     def rows(self, split: str) -> pd.DataFrame:
         return self.df[self.df["split"] == split].reset_index(drop=True)
+
+    def rows_for(self, ids: Any, where: str | None = None) -> pd.DataFrame:
+        """The rows of `ids`, in that order; an id this index lacks is bad input naming `where` (the file the ids
+        came from, e.g. predictions made from another index)."""
+        df = self.df.set_index("id")
+        missing = [i for i in ids if i not in df.index]
+        if missing:
+            raise BadInput(f"id {missing[0]!r} is not in the index {shown(self.source)}", path=where or self.source)
+        return df.loc[list(ids)].reset_index()
 
     def file(self, rel: str) -> Path:
         return resolve_in_root(self.root, rel, self.source)
@@ -85,7 +94,7 @@ def read_index(path: str | Path, accept: str | tuple[str, ...] = ("index", "fold
     validate_index(df, where, classes=meta.get("classes", []), task=meta.get("task", ""))
     if meta["schema"]["name"] == "folds":
         require_columns(df, ["fold"], where)
-        _check_integers(df, "fold", where, low=-1)
+        check_integers(df, "fold", where, low=-1)
     return IndexTable(df, meta, where, root)
 
 
@@ -106,15 +115,15 @@ def validate_index(df: pd.DataFrame, where: str, *, classes: list[str], task: st
     if bad:
         raise BadInput(f"column split has value {bad[0]!r}; expected train or test", path=where)
     for col in ("height", "width"):
-        _check_integers(df, col, where, low=1)
+        check_integers(df, col, where, low=1)
     if task == "cls" and "label" in df.columns:
         train = df[df["split"] == "train"]["label"]
         if train.isna().any():
             raise BadInput(f"column label is empty for {int(train.isna().sum())} train row(s)", path=where)
-        _check_integers(df[df["split"] == "train"], "label", where, low=0, high=len(classes) - 1 if classes else None)
+        check_integers(df[df["split"] == "train"], "label", where, low=0, high=len(classes) - 1 if classes else None)
 
 
-def _check_integers(df: pd.DataFrame, col: str, where: str, *, low: int, high: int | None = None) -> None:
+def check_integers(df: pd.DataFrame, col: str, where: str, *, low: int, high: int | None = None) -> None:
     """A column of whole numbers in [low, high]: text, fractions, empty cells and values out of range are one
     line naming the column and the first bad value."""
     import numpy as np

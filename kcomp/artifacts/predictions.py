@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import numpy as np
 
 from kcomp.artifacts._atomic import atomic_write, streamed_target
 from kcomp.artifacts._input import regular_file
 from kcomp.artifacts._meta import carried, plain
+from kcomp.artifacts.index import check_integers
 from kcomp.artifacts.tables import STDIO, read_table, require_columns, write_table
 from kcomp.errors import BadInput, shown
 
@@ -46,13 +47,13 @@ class Predictions:
         """Metadata a file derived from this one (ensemble, stack, wbf) keeps."""
         return carried(self.meta)
 
-    def maps(self) -> Any:
-        """Dense maps (uint8, prob*255) keyed by `map_key`; an NpzFile loads one map at a time."""
+    def maps(self) -> MapsFile:
+        """Dense maps (uint8, prob*255) keyed by `map_key`, loaded one map at a time."""
         import zipfile
 
         path = maps_path(self.source, self.meta)
         try:
-            return np.load(path, allow_pickle=False)
+            return MapsFile(np.load(path, allow_pickle=False), path)
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
             raise BadInput(f"not a readable .npz of maps (truncated or corrupt?): {e}", path=path) from None
 
@@ -68,6 +69,48 @@ class Predictions:
 
     def probs(self) -> np.ndarray:
         return np.stack(self.df["probs"].to_numpy()).astype(np.float32) if len(self.df) else np.zeros((0, 0))
+
+
+class MapsFile:
+    """An NpzFile of maps whose missing keys, unreadable entries and non-numeric arrays are bad input naming the
+    .npz (a KeyError or a zip error deep inside tune-threshold or submit would be an 'internal error')."""
+
+    def __init__(self, npz: Any, path: Path) -> None:
+        self._npz, self.path = npz, path
+
+    @property
+    def files(self) -> list[str]:
+        return self._npz.files
+
+    @property
+    def zip(self) -> Any:
+        """The archive itself, to read a map's .npy header without the map (`tasks.seg._npz_shape`)."""
+        return self._npz.zip
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._npz.files
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        import zipfile
+
+        if key not in self._npz.files:
+            raise BadInput(f"has no map {key!r} (a map_key of its predictions)", path=self.path)
+        try:
+            m = self._npz[key]
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+            raise BadInput(f"map {key!r} is not readable (truncated or corrupt?): {e}", path=self.path) from None
+        if m.dtype != np.uint8 and m.dtype.kind != "f":
+            raise BadInput(f"map {key!r} holds {m.dtype}, expected uint8 probability*255 (or floats)", path=self.path)
+        return m
+
+    def close(self) -> None:
+        self._npz.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def index_path(source: str, meta: dict[str, Any]) -> Path | None:
@@ -157,9 +200,13 @@ def read_predictions(path: str | Path, *, kind: str | None = None) -> Prediction
     if value_col == "boxes":
         _check_boxes(df, len(preds.classes), where)
     elif value_col == "map_key":
+        if df["map_key"].isna().any():
+            raise BadInput(f"column map_key is empty for {int(df['map_key'].isna().sum())} row(s)", path=where)
         maps_path(where, meta)
     else:
         _check_probs(df, preds.classes, meta.get("values", "probabilities"), where)
+        if "target" in df.columns:  # OOF: the true class of each row, an index into the classes
+            check_integers(df, "target", where, low=0, high=len(preds.classes) - 1 if preds.classes else None)
     return preds
 
 

@@ -156,7 +156,7 @@ class DetTask:
         from kcomp.metrics import get_metric
 
         setup = {"classes": _classes(table)}
-        rows = table.df.set_index("id").loc[frame["id"]].reset_index()
+        rows = table.rows_for(frame["id"])
         return float(get_metric(metric).fn(self.truth(rows, setup), [_records(b) for b in frame["boxes"]]))
 
     def tune_thresholds(self, preds: Any, **options: Any) -> dict[str, Any]:

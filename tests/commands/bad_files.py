@@ -328,3 +328,41 @@ def copies(*sources: str) -> Setup:
             ctx.add(**{f"{s}_copy": dst})
 
     return setup
+
+
+# ----------------------------------------------------------------------------------------- dense (seg) predictions
+
+
+def seg_predictions(break_it: str) -> Setup:
+    """{good} and {bad}: test seg predictions of 2 images (4 classes, 8x8 uint8 maps in an .npz beside each table),
+    made by hand; {bad} is broken as `break_it` says: `missing-map` (a map_key the .npz lacks), `truncated-npz`,
+    `text-map` (a map of strings), `null-key` (an empty map_key)."""
+    def setup(ctx: Any) -> None:
+        import numpy as np
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        demo(ctx)
+        for name in ("good", "bad"):
+            keys = ["k0", "k1"]
+            maps = {k: np.full((4, 8, 8), 100, np.uint8) for k in keys}
+            if name == "bad" and break_it == "missing-map":
+                maps.pop("k1")
+            if name == "bad" and break_it == "text-map":
+                maps["k1"] = np.full((4, 8, 8), "x")
+            if name == "bad" and break_it == "null-key":
+                keys = ["k0", None]
+            np.savez(ctx.tmp / f"{name}.npz", **maps)
+            if name == "bad" and break_it == "truncated-npz":
+                data = (ctx.tmp / "bad.npz").read_bytes()
+                (ctx.tmp / "bad.npz").write_bytes(data[: len(data) // 2])
+            meta = {"kcomp_version": "0", "schema": {"name": "predictions", "version": 1}, "command": "hand-made",
+                    "task": "seg", "kind": "test", "classes": ["Fish", "Flower", "Gravel", "Sugar"],
+                    "values": "uint8 probability*255 maps", "maps_file": f"{name}.npz"}
+            table = pa.table({"id": ["a.jpg", "b.jpg"], "fold": [-1, -1], "map_key": keys, "height": [8, 8],
+                              "width": [8, 8]})
+            pq.write_table(table.replace_schema_metadata({b"kcomp": json.dumps(meta).encode()}),
+                           ctx.tmp / f"{name}.parquet")
+        ctx.add(good=ctx.tmp / "good.parquet", bad=ctx.tmp / "bad.parquet", npz=ctx.tmp / "bad.npz")
+
+    return setup
