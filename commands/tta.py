@@ -8,7 +8,7 @@ import typer
 
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
 from kcomp.commands._launch import Gpus, MasterAddr, MasterPort, NodeRank, Nodes, is_main, relaunch_if_asked
-from kcomp.commands.oof import BatchSize, Checkpoints, OutSize, Tta, predict_options
+from kcomp.commands.oof import BatchSize, Checkpoints, OutSize, Tta, check_runs, predict_options
 
 
 def command(
@@ -47,11 +47,11 @@ def command(
         raise BadUsage("give at least one run directory")
     if preview and output == "-":
         raise BadUsage("--preview reads the predictions back; give -o PATH, not -")
+    saved = check_runs(dirs)
     if preview:  # checked before predicting: a failed preview must not leave predictions behind
-        from kcomp.artifacts.run_config import read_run_config
         from kcomp.infer.preview import check_previews
 
-        check_previews(read_run_config(dirs[0])["config"]["task"], preview_count, dirs[0])
+        check_previews(saved[dirs[0]]["config"]["task"], preview_count, dirs[0])
     from kcomp.artifacts.predictions import read_predictions, write_predictions
     from kcomp.infer.runs import predict_test
 

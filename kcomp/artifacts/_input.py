@@ -12,6 +12,28 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character de
           (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
+def describe(path: str | Path) -> str:
+    """What `path` is, for an error line: 'missing', 'a directory', 'a regular file', 'a FIFO (named pipe)', ..."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return "missing"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return next((kind for test, kind in _KINDS if test(mode)), "a regular file")
+
+
+def directory(path: str | Path, what: str = "directory") -> Path:
+    """`path` when it is a directory; otherwise BadInput saying it is missing or what it is instead."""
+    p = Path(path)
+    kind = describe(p)
+    if kind == "missing":
+        raise BadInput(f"{what} not found", path=p)
+    if kind != "a directory":
+        raise BadInput(f"is {kind}, not a {what}", path=p)
+    return p
+
+
 def regular_file(path: str | Path, what: str = "a file") -> Path:
     """`path` when it is a regular file (symlinks followed); otherwise BadInput naming what it is. Readers seek
     (parquet, zip checkpoints), so a FIFO is refused rather than waited on; tables read a pipe as `-`."""

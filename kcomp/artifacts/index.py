@@ -116,11 +116,30 @@ def validate_index(df: pd.DataFrame, where: str, *, classes: list[str], task: st
         raise BadInput(f"column split has value {bad[0]!r}; expected train or test", path=where)
     for col in ("height", "width"):
         check_integers(df, col, where, low=1)
+    if "boxes" in df.columns:
+        _check_index_boxes(df, where)
     if task == "cls" and "label" in df.columns:
         train = df[df["split"] == "train"]["label"]
         if train.isna().any():
             raise BadInput(f"column label is empty for {int(train.isna().sum())} train row(s)", path=where)
         check_integers(df[df["split"] == "train"], "label", where, low=0, high=len(classes) - 1 if classes else None)
+
+
+def _check_index_boxes(df: pd.DataFrame, where: str) -> None:
+    """det: each cell a list (empty = no object) of {x1, y1, x2, y2, label} with finite coordinates."""
+    import math
+
+    for i, boxes in zip(df["id"], df["boxes"], strict=True):
+        if boxes is None:
+            continue
+        if isinstance(boxes, (str, bytes, dict)) or not hasattr(boxes, "__len__"):
+            raise BadInput(f"column boxes for id {i!r} is {plain(boxes)!r:.60}, expected a list of boxes", path=where)
+        for b in boxes:
+            coords = [b.get(k) for k in ("x1", "y1", "x2", "y2")] if isinstance(b, dict) else [None]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in coords) \
+                    or b.get("label") is None:
+                raise BadInput(f"column boxes for id {i!r} holds {b!r:.80}, expected {{x1, y1, x2, y2, label}} with "
+                               f"finite coordinates", path=where)
 
 
 def check_integers(df: pd.DataFrame, col: str, where: str, *, low: int, high: int | None = None) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from kcomp.artifacts import paths
+from kcomp.artifacts._input import directory
 from kcomp.artifacts.jsonfile import read_json
 from kcomp.errors import BadInput
 
@@ -16,9 +17,7 @@ _CONFIG_TYPES: dict[str, tuple[type, ...]] = {"task": (str,), "folds": (str,), "
 
 def read_run_config(run: str | Path) -> dict[str, Any]:
     """The saved `{config, setup}` of run directory `run`, with the keys readers rely on of the right type."""
-    run = Path(run)
-    if not run.is_dir():
-        raise BadInput("no such run directory" if not run.exists() else "is not a run directory (a file)", path=run)
+    run = directory(run, "run directory")
     path = paths.config(run)
     if not path.exists():
         raise BadInput("not a kcomp run directory (no config.json)", path=run)

@@ -889,7 +889,16 @@ CASES += [
     pytest.param(bf.directory("b.parquet"), ("ensemble", "{oof}", "{bad}", "-o", "{out}/blend.parquet"),
                  r"{bad}: is a directory, expected a parquet table", 2, id="ensemble-K-directory-as-predictions"),
     pytest.param(DEMO, ("oof", "{oof}", "-o", "{out}/o.parquet", *W0),
-                 r"{oof}: is not a run directory \(a file\)", 2, id="oof-K-file-as-run"),
+                 r"{oof}: is a regular file, not a run directory", 2, id="oof-K-file-as-run"),
+    pytest.param(bf.fifo("run"), ("tta", "{bad}", "-o", "{out}/t.parquet", *W0),
+                 r"{bad}: is a FIFO \(named pipe\), not a run directory", 2, id="tta-K-fifo-as-run"),
+    pytest.param(DEMO, ("prep", "cassava", "{oof}", "-o", "{out}/data"),
+                 r"{oof}: is a regular file, not a raw directory", 2, id="prep-K-file-as-raw-dir"),
+    pytest.param(bf.edited("folds", frame=bf.column("boxes", lambda df: [[{"x1": "a", "y1": 0, "x2": 1, "y2": 1,
+                 "label": "opacity"}]] * len(df)), meta=bf.set_meta(task="det")),
+                 ("train", "det", "--folds", "{bad}", "-o", "{out}/run", *TRAIN_FAST),
+                 r"{bad}: column boxes for id '.*' holds .*, expected \{x1, y1, x2, y2, label\} with finite", 2,
+                 id="train-A-index-boxes-with-text-coordinates"),
     pytest.param(bf.fifo("p.parquet"), ("report", "{bad}", "-o", "{out}/r"), r"{bad}: is a FIFO", 2,
                  id="report-K-fifo-as-predictions"),
     # ---- S: stack learns on OOF and applies to test predictions made the same way
@@ -947,7 +956,7 @@ def _existing_output(argv: list[str], out: Path) -> Path | None:
         target = target / "notes.txt"
     ancestors = [a for a in target.parents if os.path.lexists(a)]
     if (not target.is_relative_to(out) or os.path.lexists(target) or not ancestors[0].is_dir()
-            or any(len(part) > 255 for part in target.parts)):
+            or any(len(os.fsencode(part)) > 255 for part in target.parts)):
         return None
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_bytes(OLD_BYTES)
