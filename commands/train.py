@@ -82,11 +82,9 @@ def command(
     N folds at once instead (docs/cluster.md)."""
     from pathlib import Path
 
-    from kcomp.artifacts import read_index
     from kcomp.artifacts.outputs import check_outputs
 
     check_outputs(dirs={"-o": output}, inputs=[folds, weights], owns_dirs=True)  # before torch is imported
-    read_index(folds, "folds")  # a bad folds file is one line in a second, not after torch's start-up
     from kcomp.train import config
     from kcomp.train.loop import fold_scores, train
 
