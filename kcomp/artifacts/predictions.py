@@ -202,6 +202,7 @@ def read_predictions(path: str | Path, *, kind: str | None = None) -> Prediction
     elif value_col == "map_key":
         if df["map_key"].isna().any():
             raise BadInput(f"column map_key is empty for {int(df['map_key'].isna().sum())} row(s)", path=where)
+        _check_sizes(df, where)
         maps_path(where, meta)
     else:
         _check_probs(df, preds.classes, meta.get("values", "probabilities"), where)
@@ -285,16 +286,23 @@ def aligned(preds: list[Predictions]) -> list[np.ndarray]:
     return out
 
 
-def _check_boxes(df: pd.DataFrame, n_classes: int, where: str) -> None:
-    """Every box record complete and in range; image sizes positive (boxes are in original pixels)."""
-    require_columns(df, ["height", "width"], where)
+def _check_sizes(df: pd.DataFrame, where: str) -> None:
+    """The original image sizes det and dense predictions carry (boxes are in its pixels, maps resized to it)."""
     for col in ("height", "width"):
+        if col not in df.columns:
+            continue
         sizes = df[col].to_numpy()
         bad = [not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v) or v < 1 for v in sizes]
         if any(bad):
             i = bad.index(True)
             raise BadInput(f"column {col} has value {plain(sizes[i])!r} for id {df['id'].iloc[i]!r}; image sizes are "
                            f">= 1 pixel", path=where)
+
+
+def _check_boxes(df: pd.DataFrame, n_classes: int, where: str) -> None:
+    """Every box record complete and in range; image sizes positive (boxes are in original pixels)."""
+    require_columns(df, ["height", "width"], where)
+    _check_sizes(df, where)
     rows, box_ids = [], []
     for i, boxes in zip(df["id"], df["boxes"], strict=True):
         if not isinstance(boxes, (list, tuple, np.ndarray)):

@@ -338,7 +338,7 @@ def copies(*sources: str) -> Setup:
 def seg_predictions(break_it: str) -> Setup:
     """{good} and {bad}: test seg predictions of 2 images (4 classes, 8x8 uint8 maps in an .npz beside each table),
     made by hand; {bad} is broken as `break_it` says: `missing-map` (a map_key the .npz lacks), `truncated-npz`,
-    `text-map` (a map of strings), `null-key` (an empty map_key)."""
+    `text-map` (a map of strings), `null-key` (an empty map_key), `zero-width` (an image 0 pixels wide)."""
     def setup(ctx: Any) -> None:
         import numpy as np
         import pyarrow as pa
@@ -361,8 +361,9 @@ def seg_predictions(break_it: str) -> Setup:
             meta = {"kcomp_version": "0", "schema": {"name": "predictions", "version": 1}, "command": "hand-made",
                     "task": "seg", "kind": "test", "classes": ["Fish", "Flower", "Gravel", "Sugar"],
                     "values": "uint8 probability*255 maps", "maps_file": f"{name}.npz"}
+            widths = [8, 0] if name == "bad" and break_it == "zero-width" else [8, 8]
             table = pa.table({"id": ["a.jpg", "b.jpg"], "fold": [-1, -1], "map_key": keys, "height": [8, 8],
-                              "width": [8, 8]})
+                              "width": widths})
             pq.write_table(table.replace_schema_metadata({b"kcomp": json.dumps(meta).encode()}),
                            ctx.tmp / f"{name}.parquet")
         ctx.add(good=ctx.tmp / "good.parquet", bad=ctx.tmp / "bad.parquet", npz=ctx.tmp / "bad.npz")

@@ -620,6 +620,9 @@ CASES += [
                  r"{npz}: map 'k1' holds <U1, expected uint8", 2, id="ensemble-A-maps-of-text"),
     pytest.param(bf.seg_predictions("null-key"), ("ensemble", "{good}", "{bad}", "-o", "{out}/blend.parquet"),
                  r"{bad}: column map_key is empty for 1 row\(s\)", 2, id="ensemble-A-map-key-null"),
+    pytest.param(bf.seg_predictions("zero-width"), ("ensemble", "{good}", "{bad}", "-o", "{out}/blend.parquet"),
+                 r"{bad}: column width has value 0 for id 'b\.jpg'; image sizes are >= 1 pixel", 2,
+                 id="ensemble-F-map-of-a-zero-width-image"),
     pytest.param(bf.seg_predictions("missing-map"), ("report", "{bad}", "-o", "{out}/r"),
                  r"{bad}: predictions lack the index metadata", 2, id="report-A-seg-predictions-without-index"),
     pytest.param(bf.run_copy(bf.other_architecture), ("oof", "{bad}", "-o", "{out}/oof.parquet", *W0),
@@ -732,6 +735,9 @@ CASES += [
     pytest.param(bf.thresholds(task="cls", method="argmax"),
                  ("submit", "demo", "{test}", "--thresholds", "{bad}", "-o", "{bad}"),
                  r"-o {bad}: is one of the inputs", 2, id="submit-D-output-is-the-thresholds"),
+    pytest.param(DEMO, ("submit", "demo", "{test}", "-o", "{folds}"),
+                 r"-o {folds}: is the index of predictions {test} \(read through an input\)", 2,
+                 id="submit-D-output-is-the-index-of-the-predictions"),
     pytest.param(bf.copies("sample"), ("submit", "demo", "{test}", "--sample", "{sample_copy}", "-o",
                  "{sample_copy}"), r"-o {sample_copy}: is one of the inputs", 2, id="submit-D-output-is-the-sample"),
     pytest.param(DEMO, ("submit", "demo", "{test}", "-o", "{sample}"),
@@ -951,7 +957,7 @@ def _existing_output(argv: list[str], out: Path) -> Path | None:
     elif argv[0] == "report":  # -o is the report dir
         target = target / "index.html"
     elif argv[0] == "train":  # -o is the run dir: a user's dir, or (resume case) an existing run left as it is
-        if target.exists():
+        if os.path.lexists(target):
             return None
         target = target / "notes.txt"
     ancestors = [a for a in target.parents if os.path.lexists(a)]
