@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kcomp.commands._common import Json, Output, emit, log, not_an_input
+from kcomp.commands._common import Json, Output, emit, log
 
 
 def command(
@@ -26,10 +26,11 @@ def command(
     label quality in [0, 1]) for `train --drop` / `--relabel`, which change only training rows, never validation
     rows. Single-label classification only."""
     from kcomp import options
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.post.label_issues import clean
 
+    check_outputs({"-o": output}, inputs=[oof], summary_on_stdout=as_json)
     options.check({"filter_by": filter_by, "quality": quality}, options.COMMANDS["clean"])
-    not_an_input(output, oof)
     written, summary = clean(oof, output, filter_by=filter_by, quality=quality)
     log(f"clean: {summary['issues']} of {summary['rows']} rows flagged ({filter_by})")
     emit(written if written != "-" else [], summary, as_json)

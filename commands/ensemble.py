@@ -24,8 +24,10 @@ def command(
     compared honestly. Dense maps (seg, ink) are blended id by id into a new .npz (memory: one id's maps);
     their score comes from `kcomp tune-threshold` on the blended OOF."""
     from kcomp import options
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import check_compatible, read_predictions
 
+    check_outputs({"-o": output}, inputs=preds, summary_on_stdout=as_json)
     power = options.check({"method": method, "weights": weights, "power": power},
                           options.COMMANDS["ensemble"])["power"]
     w = parse_weights(weights, len(preds))

@@ -26,6 +26,14 @@ def predict_options(tta: int, device: str, batch_size: int | None, workers: int,
                           out_size=_size(out_size) if out_size else None)
 
 
+def check_runs(runs: list[str]) -> dict[str, Any]:
+    """Each run's config.json, checked before torch is imported and before a torchrun relaunch: a bad run is one
+    line, printed once, in a second rather than after every rank's start-up."""
+    from kcomp.artifacts.run_config import read_run_config
+
+    return {r: read_run_config(r) for r in runs}
+
+
 def _size(text: str) -> tuple[int, int]:
     from kcomp.errors import BadUsage
     from kcomp.options import MAX_SIDE
@@ -58,6 +66,10 @@ def command(
     """Out-of-fold predictions: each fold's best.pt predicts its own held-out rows; several runs are averaged.
     Writes PRED (predictions parquet with `target`) and prints the CV score on stderr (`--json`: stdout)."""
     from kcomp import options
+    from kcomp.artifacts.outputs import check_outputs
+
+    check_outputs({"-o": output}, inputs=runs, summary_on_stdout=as_json)  # before torch is even imported
+    check_runs(runs)
     from kcomp.artifacts.predictions import write_predictions
     from kcomp.runs.predict import predict_oof
 

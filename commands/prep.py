@@ -31,8 +31,10 @@ def command(
     as_json: Json = False,
 ) -> None:
     from kcomp import options
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.competitions import check_options, get_competition
 
+    check_outputs(dirs={"-o": output})
     given = {"seed": seed, "split_fragment": split_fragment, "size": size, "bits": bits, "workers": workers,
              "skip_bad": skip_bad}
     options.check(given, options.COMMANDS["prep"])

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from kcomp.commands._common import Json, Output, emit, log, not_an_input
+from kcomp.commands._common import Json, Output, emit, log
 
 
 def command(
@@ -29,9 +29,10 @@ def command(
     ink as label PNGs in PSEUDO_labels/ beside the table), det the boxes above --min-score. The rows keep their
     index's paths (relative to its data root), so `train --extra PSEUDO.parquet` adds them to every fold's training
     rows, never to validation."""
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.tasks.pseudo import make_pseudo
 
-    not_an_input(output, *preds, *([thresholds] if thresholds else []))
+    check_outputs({"-o": output}, inputs=[*preds, thresholds], summary_on_stdout=as_json)
     written, summary = make_pseudo(preds, output, thresholds=thresholds, min_conf=min_conf, top_frac=top_frac,
                                    soft=soft, min_score=min_score)
     log(f"pseudo: kept {summary['kept']} of {summary['rows']} rows"

@@ -28,9 +28,11 @@ def command(
     from pathlib import Path
 
     from kcomp import options
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.report.build import build_report
     from kcomp.report.terminal import print_summary
 
+    check_outputs(dirs={"-o": output}, inputs=inputs)
     options.check({"previews": previews, "worst": worst}, options.COMMANDS["report"])
     options.validated("report")
     sections, written = build_report(inputs, Path(output), previews=previews, worst=worst)

@@ -26,8 +26,10 @@ def command(
 
     from kcomp import options
     from kcomp.artifacts import read_index, write_folds
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.data.split import assign_folds, resolve_strategy
 
+    check_outputs({"-o": output}, inputs=[index], summary_on_stdout=as_json)
     options.check({"folds": folds, "strategy": strategy, "seed": seed, "label_col": label_col,
                    "group_col": group_col}, options.COMMANDS["split"])
     table = read_index(index, "index")

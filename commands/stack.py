@@ -24,16 +24,21 @@ def command(
     then refit on all OOF rows) and write its predictions for the test rows to PRED. Files are told apart by
     the kind in their metadata, and each test file is paired with the OOF file of the same runs."""
     from kcomp import options
-    from kcomp.artifacts.predictions import aligned, check_compatible, pair_by_runs, read_predictions, write_predictions
+    from kcomp.artifacts.outputs import check_outputs
+    from kcomp.artifacts.predictions import (aligned, check_compatible, check_made_alike, pair_by_runs,
+                                             read_predictions, write_predictions)
     from kcomp.errors import BadInput
     from kcomp.post.stack import stack
 
+    check_outputs({"-o": output, "--oof-output": oof_output}, inputs=[*oof, *test], summary_on_stdout=as_json)
     options.check({"model": model, "folds": folds, "seed": seed, "oof_output": oof_output}, options.COMMANDS["stack"])
     files = [read_predictions(p) for p in [*oof, *test]]
     oofs, tests = pair_by_runs([f for f in files if f.kind == "oof"], [f for f in files if f.kind == "test"])
     oof, test = [f.source for f in oofs], [f.source for f in tests]
     check_compatible(oofs)
     check_compatible(tests)
+    for o, t in zip(oofs, tests, strict=True):
+        check_made_alike(o, t)
     if "target" not in oofs[0].df.columns:
         raise BadInput("OOF file has no target column", path=oofs[0].source)
     options.validated("stack")

@@ -25,20 +25,27 @@ def command(
     """Turn test predictions into the competition's submission CSV: exactly its columns, in the sample's id
     order. Missing, duplicate or unknown ids are errors and nothing is written."""
     from kcomp import options
-    from kcomp.artifacts import read_json
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import read_predictions
     from kcomp.artifacts.submission import align_to_sample, write_submission
+    from kcomp.artifacts.thresholds import read_thresholds
     from kcomp.competitions import check_options, get_competition
+    from kcomp.errors import BadInput
 
+    check_outputs({"-o": output}, inputs=[*preds, thresholds, sample], summary_on_stdout=as_json)
     options.check({"thresholds": thresholds, "sample": sample, "none_power": none_power}, options.COMMANDS["submit"])
     comp = get_competition(competition)
     preset = {k: v for k, v in {"none_power": none_power}.items() if v is not None}
     check_options(comp, competition, "submit", preset)
     files = [read_predictions(p) for p in preds]
-    thr = read_json(thresholds, "thresholds") if thresholds else None
+    thr = read_thresholds(thresholds) if thresholds else None
+    if thr is not None and thr["task"] != comp.task:
+        raise BadInput(f"holds thresholds for task {thr['task']}; {competition} submits {comp.task} predictions",
+                       path=thresholds)
+    sample_path = Path(sample) if sample else _find_sample(files)
+    check_outputs({"-o": output}, inputs=[sample_path])  # the sample found through the runs is read too
     options.validated("submit")
     sub = comp.submit(files, thresholds=thr, **preset)
-    sample_path = Path(sample) if sample else _find_sample(files)
     if sample_path is not None:
         sub = align_to_sample(sub, sample_path, comp.id_column)
         log(f"submit: {len(sub)} rows checked against {sample_path}")
@@ -50,13 +57,13 @@ def command(
 
 def _find_sample(files: list) -> Path | None:
     """The sample in the raw data root of the runs that made the predictions, when it can be traced."""
-    from kcomp.artifacts import read_index, read_json
-    from kcomp.artifacts.paths import config
+    from kcomp.artifacts import read_index
+    from kcomp.artifacts.run_config import read_run_config
 
     for f in files:
         for run in f.meta.get("runs", []):
             try:
-                folds = read_json(config(run), "run-config")["config"]["folds"]
+                folds = read_run_config(run)["config"]["folds"]
                 candidate = read_index(folds, "folds").root / "sample_submission.csv"
             except Exception:  # noqa: BLE001 - tracing is best effort; --sample is the explicit way
                 continue

@@ -85,6 +85,9 @@ def command(
     N folds at once instead (docs/cluster.md)."""
     from pathlib import Path
 
+    from kcomp.artifacts.outputs import check_outputs
+
+    check_outputs(dirs={"-o": output}, inputs=[folds, weights], owns_dirs=True)  # before torch is imported
     from kcomp.runs import config
     from kcomp.runs.train import fold_scores, train
 

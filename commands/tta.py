@@ -9,7 +9,7 @@ import typer
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
 from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Nodes, check_launch, is_main,
                                     relaunch_if_asked)
-from kcomp.commands.oof import BatchSize, Checkpoints, OutSize, Tta, predict_options
+from kcomp.commands.oof import BatchSize, Checkpoints, OutSize, Tta, check_runs, predict_options
 
 
 def command(
@@ -37,10 +37,10 @@ def command(
     from pathlib import Path
 
     from kcomp import options
-    from kcomp.artifacts.predictions import read_predictions, write_predictions
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.errors import BadUsage
-    from kcomp.runs.predict import predict_test
 
+    check_outputs({"-o": output}, {"--preview": preview}, inputs=runs, summary_on_stdout=as_json)
     indexes = [r for r in runs if Path(r).is_file()]
     if len(indexes) > 1:
         raise BadUsage(f"give at most one index file, got {', '.join(indexes)}")
@@ -49,16 +49,16 @@ def command(
         raise BadUsage("give at least one run directory")
     if preview and output == "-":
         raise BadUsage("--preview reads the predictions back; give -o PATH, not -")
+    task = check_runs(dirs)[dirs[0]]["config"]["task"]  # before torch is imported
     opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
     shown = options.check({"preview": preview, "preview_count": preview_count}, options.COMMANDS["tta"])
     check_launch(gpus, nodes, node_rank, master_addr, master_port)
-    if preview:  # known from the run's config, before predicting anything
-        from kcomp.runs.predict import open_run
-
-        task = open_run(dirs[0]).cfg["task"]
-        if task not in ("seg", "ink"):
-            raise BadUsage(f"--preview does not apply to task {task} (only to seg, ink)")
+    if preview and task not in ("seg", "ink"):  # known from the run's config: a failed preview leaves nothing
+        raise BadUsage(f"--preview does not apply to task {task} (only to seg, ink)")
     options.validated("tta")
+    from kcomp.artifacts.predictions import read_predictions, write_predictions
+    from kcomp.runs.predict import predict_test
+
     relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
     df, meta = predict_test(dirs, opts, index=indexes[0] if indexes else None)
     if not is_main():
@@ -66,9 +66,11 @@ def command(
     written = [write_predictions(df, output, **meta)]
     log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta} view(s)")
     if preview:
+        from kcomp.artifacts._atomic import staged_dir
         from kcomp.report.preview import write_previews
 
-        pngs = write_previews(read_predictions(written[0]), Path(preview), n=shown["preview_count"])
+        with staged_dir(preview) as stage:
+            pngs = write_previews(read_predictions(written[0]), stage, n=shown["preview_count"])
         log(f"tta: {len(pngs)} preview(s) in {preview}")
     emit(written, {"rows": len(df), "models": meta["models"]}, as_json)
 

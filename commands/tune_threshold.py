@@ -32,9 +32,11 @@ def command(
     the argmax needs no threshold: the file records that and the OOF score."""
     from kcomp import options
     from kcomp.artifacts import write_json
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import read_predictions
     from kcomp.tasks import get_task
 
+    check_outputs({"-o": output}, inputs=[oof], summary_on_stdout=as_json)
     given = {"downscale": downscale, "thresholds": thresholds, "min_sizes": min_sizes, "tops": tops}
     specs = options.COMMANDS["tune-threshold"]
     options.check(given, specs)

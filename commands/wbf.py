@@ -24,10 +24,12 @@ def command(
     """Fuse the boxes of several detection prediction files (models, folds, TTA views) image by image with
     weighted boxes fusion (or NMS / soft-NMS); boxes stay in original pixel coordinates. Writes PRED."""
     from kcomp import options
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import aligned_boxes, check_compatible, read_predictions, write_predictions
     from kcomp.errors import BadInput
     from kcomp.post.wbf import fuse_boxes
 
+    check_outputs({"-o": output}, inputs=preds, summary_on_stdout=as_json)
     opts = options.check({"iou": iou, "skip_box_thr": skip_box_thr, "weights": weights, "method": method,
                           "conf_type": conf_type}, options.COMMANDS["wbf"])
     skip_box_thr = opts["skip_box_thr"]

@@ -12,7 +12,20 @@ class KcompError(Exception):
 
     def __init__(self, message: str, *, path: str | Path | None = None) -> None:
         self.path = str(path) if path is not None else None
-        super().__init__(f"{self.path}: {message}" if self.path else message)
+        super().__init__(f"{shown(self.path)}: {message}" if self.path else message)
+
+
+def shown(path: str | Path) -> str:
+    """A path as an error line shows it: as is, or quoted with escapes when it holds a newline or another control
+    character that would cut or garble the one line a user sees."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+def one_line(text: str) -> str:
+    """The last line of defence for messages that embed paths or values without `shown`: control characters
+    escaped, so the message stays one whole line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class BadInput(KcompError):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,13 +26,42 @@ class CliResult:
         return lines[0] if lines else ""
 
 
-def run_cli(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = None, timeout: float = 600) -> CliResult:
-    """Run `kcomp ARGS` in a fresh interpreter, as a shell or Make would."""
+def run_cli(*args: str | Path, cwd: Path | None = None, stdin: bytes | None = None, timeout: float = 600,
+            internal_error: bool = False) -> CliResult:
+    """Run `kcomp ARGS` in a fresh interpreter, as a shell or Make would. "internal error" is reserved for bugs:
+    one fails the calling test unless it says it provokes one (`internal_error=True`)."""
     env = {**os.environ, "COLUMNS": "200", "PYTHONHASHSEED": "0"}
+    if internal_error:
+        env.pop(INTERNAL_ERROR_LOG, None)
     proc = subprocess.run([sys.executable, "-m", "kcomp.commands.main", "--quiet", *map(str, args)], cwd=cwd,
                           input=stdin, capture_output=True, timeout=timeout, env=env)
-    return CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
-                     proc.stdout)
+    result = CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"),
+                       proc.stdout)
+    if not internal_error and "internal error" in result.stderr:
+        pytest.fail(f"kcomp {' '.join(map(str, args))}: an internal error (a bug, not bad input):\n{result.stderr}")
+    return result
+
+
+# Every kcomp a test starts (run_cli, Makefiles, torchrun, plain subprocesses) inherits this log and appends a line
+# per "internal error" (commands/_common.py); `_no_internal_error` fails the test that produced one unless it is
+# marked `internal_error`.
+INTERNAL_ERROR_LOG = "KCOMP_INTERNAL_ERROR_LOG"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "internal_error: the test provokes kcomp's 'internal error' on purpose")
+    os.environ[INTERNAL_ERROR_LOG] = str(Path(tempfile.mkdtemp(prefix="kcomp-tests-")) / "internal-errors.log")
+
+
+@pytest.fixture(autouse=True)
+def _no_internal_error(request: pytest.FixtureRequest) -> Iterator[None]:
+    log = Path(os.environ[INTERNAL_ERROR_LOG])
+    start = log.stat().st_size if log.exists() else 0
+    yield
+    if log.exists() and log.stat().st_size > start and not request.node.get_closest_marker("internal_error"):
+        with log.open() as f:
+            f.seek(start)
+            pytest.fail(f"kcomp reported an internal error (a bug, not bad input):\n{f.read()}")
 
 
 def run_chain(steps: list[tuple], cwd: Path, timeout: float = 600) -> dict[str, str]:

@@ -81,5 +81,5 @@ def test_build_with_weights_reports_mismatched_keys_like_a_plain_load():
 
     state = create_cls_model("resnet18", 3).state_dict()
     state.pop(next(iter(state)))
-    with pytest.raises(RuntimeError, match="Missing key"):
-        build_with_weights(lambda: create_cls_model("resnet18", 3), state)
+    with pytest.raises(BadInput, match=r"ck\.pt: weights do not fit the model .*Missing key"):
+        build_with_weights(lambda: create_cls_model("resnet18", 3), state, "ck.pt")

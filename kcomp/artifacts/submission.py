@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kcomp.artifacts._atomic import atomic_write_bytes
+from kcomp.artifacts._input import regular_file
 from kcomp.artifacts.tables import STDIO
 from kcomp.errors import BadInput
 
@@ -18,9 +19,7 @@ def read_csv(path: str | Path, columns: list[str] | tuple[str, ...]) -> pd.DataF
     """Read a competition CSV as strings (ids like '0001' must stay as written) and require its columns."""
     import pandas as pd
 
-    p = Path(path)
-    if not p.is_file():
-        raise BadInput("no such file", path=p)
+    p = regular_file(path, "a CSV file")
     try:
         df = pd.read_csv(p, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp.artifacts._atomic import atomic_write
-from kcomp.artifacts._meta import check_meta, make_meta
+from kcomp.artifacts._input import regular_file
+from kcomp.artifacts._meta import check_meta, make_meta, parse_meta
 from kcomp.errors import BadInput
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ def write_table(df: pd.DataFrame, path: str | Path, schema: str, *, arrays: dict
 def read_table(path: str | Path, accept: str | tuple[str, ...]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Read a kcomp parquet table, checking it is of an accepted schema; returns (frame, metadata)."""
     table, meta = read_arrow(path, accept)
-    return table.to_pandas(), meta
+    return to_pandas(table, "<stdin>" if str(path) == STDIO else str(path)), meta
 
 
 def read_arrow(path: str | Path, accept: str | tuple[str, ...]) -> tuple[Any, dict[str, Any]]:
@@ -57,16 +58,23 @@ def read_arrow(path: str | Path, accept: str | tuple[str, ...]) -> tuple[Any, di
     if str(path) == STDIO:
         source: Any = pa.BufferReader(sys.stdin.buffer.read())
     else:
-        if not Path(path).is_file():
-            raise BadInput("no such file", path=where)
-        source = str(path)
+        source = str(regular_file(path, "a parquet table"))
     try:
         table = pq.read_table(source)
     except (pa.ArrowInvalid, OSError) as e:
         raise BadInput(f"not a readable parquet file (truncated or corrupt?): {_first_line(e)}", path=where) from e
-    raw = (table.schema.metadata or {}).get(META_KEY)
-    meta = check_meta(json.loads(raw) if raw else None, accept, where)
+    meta = check_meta(parse_meta((table.schema.metadata or {}).get(META_KEY), where), accept, where)
     return table, meta
+
+
+def to_pandas(table: Any, where: str | Path) -> pd.DataFrame:
+    """An arrow table as pandas; a column pandas cannot hold is the file's fault, said in one line."""
+    import pyarrow as pa
+
+    try:
+        return table.to_pandas()
+    except (pa.ArrowException, ValueError, TypeError) as e:
+        raise BadInput(f"has columns pandas cannot read: {_first_line(e)}", path=where) from e
 
 
 def require_columns(df: pd.DataFrame, columns: list[str] | tuple[str, ...], where: str | Path) -> None:

@@ -12,6 +12,7 @@ from kcomp.artifacts.index import write_index
 from kcomp.artifacts.submission import read_csv
 from kcomp.data.image_cache import add_image_cache
 from kcomp.data.images import image_size
+from kcomp.artifacts._input import directory
 from kcomp.errors import BadInput, BadUsage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -25,8 +26,7 @@ def prep_cls_layout(raw: Path | None, out: Path, *, competition: str, id_column:
 
     if raw is None:
         raise BadUsage(f"prep {competition} needs RAW_DIR (the unpacked competition download)")
-    if not raw.is_dir():
-        raise BadInput("raw directory not found", path=raw)
+    directory(raw, "raw directory")
     train = read_csv(raw / "train.csv", [id_column, label_column])
     if len(train) == 0:
         raise BadInput("has no rows", path=raw / "train.csv")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp import console
+from kcomp.artifacts._input import directory
 from kcomp.competitions import register_competition
 from kcomp.errors import BadInput, BadUsage
 
@@ -97,8 +98,7 @@ def prep_clouds(raw: Path | None, out: Path, *, size: int | None = None, workers
     if raw is None:
         raise BadUsage(f"prep {COMPETITION} needs RAW_DIR (the unpacked competition download)")
     raw = Path(raw)
-    if not raw.is_dir():
-        raise BadInput("raw directory not found", path=raw)
+    directory(raw, "raw directory")
     csv = raw / "train.csv"
     images = read_train_csv(csv)
     for image, per in images.items():

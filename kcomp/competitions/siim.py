@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp import console
+from kcomp.artifacts._input import directory
 from kcomp.competitions import register_competition
 from kcomp.data.pool import WorkerPool, default_workers
 from kcomp.errors import BadInput, BadUsage
@@ -240,8 +241,7 @@ def prep_siim(raw: Path | None, out: Path, *, size: int | None = None, bits: int
     if raw is None:
         raise BadUsage(f"prep {COMPETITION} needs RAW_DIR (the unpacked competition download)")
     raw, out = Path(raw), Path(out)
-    if not raw.is_dir():
-        raise BadInput("raw directory not found", path=raw)
+    directory(raw, "raw directory")
     images = find_images(raw)
     if not any(v["split"] == "train" for v in images.values()):
         raise BadInput("no DICOM files found: expected train/<StudyInstanceUID>/<SeriesInstanceUID>/<image>.dcm",

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp import console
+from kcomp.artifacts._input import directory
 from kcomp.competitions import register_competition
 from kcomp.errors import BadInput, BadUsage
 
@@ -129,8 +130,7 @@ def prep_vesuvius(raw: Path | None, out: Path, *, split_fragments: Any = None) -
     if raw is None:
         raise BadUsage(f"prep {COMPETITION} needs RAW_DIR (the unpacked competition download)")
     raw = Path(raw)
-    if not raw.is_dir():
-        raise BadInput("raw directory not found", path=raw)
+    directory(raw, "raw directory")
     fragments = find_fragments(raw)
     if not fragments:
         raise BadInput(f"no fragments found: expected train/<fragment>/{LAYER_DIR}/00.tif … and "

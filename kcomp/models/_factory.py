@@ -28,11 +28,13 @@ class Normalized(nn.Module):
         return self.net((x.float() - self.mean) / self.std)
 
 
-def build_with_weights(build: Callable[[], nn.Module], state: dict[str, Any]) -> nn.Module:
+def build_with_weights(build: Callable[[], nn.Module], state: dict[str, Any], source: str | Path | None = None
+                       ) -> nn.Module:
     """A model built straight onto saved weights. Built on the meta device, nothing is randomly initialised only to be
     overwritten (random init is most of a model build on a CPU, paid by every fold and checkpoint `oof`/`tta` predicts
     with; `cls tta ... incl. model build` in benchmarks/RESULTS.md). A model that keeps tensors outside its state dict,
-    or cannot be built on meta, is built and loaded the usual way, which also reports mismatched keys."""
+    or cannot be built on meta, is built and loaded the usual way, which also reports mismatched keys (as bad input
+    naming `source`, the checkpoint: it holds another architecture than the run's config describes)."""
     try:
         with torch.device("meta"):
             model = build()
@@ -45,7 +47,12 @@ def build_with_weights(build: Callable[[], nn.Module], state: dict[str, Any]) ->
     except Exception:  # noqa: BLE001 - the plain path below raises the real error, if any
         pass
     model = build()
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [ln.strip().rstrip(":") for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+        detail = "; ".join(lines[:2])
+        raise BadInput(f"weights do not fit the model this run builds: {detail:.300}", path=source) from None
     return model
 
 

@@ -31,8 +31,10 @@ def pack(inputs: list[str], *, competition: str, output: str, base: str | None =
     """Write the package to `output` (atomically: built beside it, then renamed); returns the summary that
     `--json` prints."""
     from kcomp import options
+    from kcomp.artifacts.outputs import check_outputs
     from kcomp.competitions import get_competition
 
+    check_outputs(dirs={"-o": output}, inputs=inputs, owns_dirs=True)
     options.check({"none_power": none_power, "test_images": test_images, "time_limit": time_limit, "half": half},
                   options.COMMANDS["pack"])
     comp = get_competition(competition)
@@ -42,10 +44,13 @@ def pack(inputs: list[str], *, competition: str, output: str, base: str | None =
     runs, preds, thresholds = _classify(inputs, comp.task)
     base_list = wh.read_base(Path(base) if base else wh.DEFAULT_BASE)
     plan = Tracer(competition, runs).plan(preds, thresholds)
-    out = _check_output(output, [*runs, *preds, *plan.runs, *plan.statics.values(),
-                                 *[Path(s.source) for s in plan.steps]])
+    # what the recorded chain reads is known only now: runs, inputs of each step, thresholds and stack's OOF files
+    check_outputs(dirs={"-o": output}, inputs=[*plan.runs, *plan.statics.values(), *[s.source for s in plan.steps if s.source]],
+                  owns_dirs=True)
+    out = _package_dir(output)
     paths = Paths(input_dir or f"{KAGGLE_INPUT}/{getattr(comp, 'kaggle_slug', competition)}", work, submission)
     options.validated("pack")
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         summary = _write(tmp, plan, comp_name=competition, paths=paths, base=base_list, half=half, sample=sample,
@@ -172,19 +177,12 @@ def _check_options(comp: Any, name: str, *, time_limit: str, test_images: int | 
     return limit
 
 
-def _check_output(output: str, inputs: list[Path]) -> Path:
-    """A new or empty directory, or an earlier package (replaced); never an input or a place around one."""
-    if output in ("", "-"):
-        raise BadUsage(f"-o {output or '(empty)'}: a package is a directory; give its path")
+def _package_dir(output: str) -> Path:
+    """A new or empty directory, or an earlier package (replaced whole). `check_outputs` has refused the rest: a
+    file, stdout, an input, a directory holding an input or lying inside an input run."""
     out = Path(output).resolve()
-    for p in {i.resolve() for i in inputs}:
-        if out == p or out in p.parents or p in out.parents:
-            raise BadUsage(f"-o {output}: overlaps the input {p} (is it, holds it or lies inside it)")
-    if out.exists() and not out.is_dir():
-        raise BadUsage(f"-o {output}: exists and is not a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / MANIFEST).is_file():
         raise BadUsage(f"-o {output}: exists, is not empty and is not a kcomp package; give a new or empty directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from kcomp.artifacts._input import regular_file
 from kcomp.errors import BadInput, BadUsage
 from kcomp.report import _plot
 from kcomp.report.section import Section
@@ -16,8 +17,7 @@ def kind_of(path: Path) -> str:
         if not (path / "config.json").is_file():
             raise BadInput("directory is not a run directory (no config.json)", path=path)
         return "run"
-    if not path.is_file():
-        raise BadInput("no such file or directory", path=path)
+    regular_file(path, "a run directory, predictions or thresholds file")
     if path.suffix == ".json":
         return "run" if _schema(path) == "run-config" else "thresholds"
     return "predictions"
@@ -29,7 +29,7 @@ def _schema(path: Path) -> str | None:
 
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     schema = data.get("schema") if isinstance(data, dict) else None
     return schema.get("name") if isinstance(schema, dict) else None
@@ -38,7 +38,9 @@ def _schema(path: Path) -> str | None:
 def build_report(inputs: list[str], out_dir: Path, *, previews: int = 4, worst: int = 8
                  ) -> tuple[list[Section], list[str]]:
     """Sections for `inputs` with their PNGs under `out_dir`, plus out_dir/index.html; returns (sections, the
-    files written). Two or more runs get a leaderboard first; OOF predictions a gallery of their `worst` rows."""
+    files written). Two or more runs get a leaderboard first; OOF predictions a gallery of their `worst` rows.
+    A failure half-way leaves no partial or empty directory (`staged_dir`); the command ran `check_outputs`."""
+    from kcomp.artifacts._atomic import staged_dir
     from kcomp.report.leaderboard import leaderboard
     from kcomp.report.page import write_page
     from kcomp.report.predictions import report_predictions
@@ -51,37 +53,35 @@ def build_report(inputs: list[str], out_dir: Path, *, previews: int = 4, worst: 
         raise BadUsage(f"--previews {previews}: must be >= 0")
     if worst < 0:
         raise BadUsage(f"--worst {worst}: must be >= 0")
-    if str(out_dir) == "-" or (out_dir.exists() and not out_dir.is_dir()):
-        raise BadUsage(f"-o {out_dir}: give a directory for the PNGs and index.html")
     kinds = [kind_of(Path(text)) for text in inputs]  # every input exists and is readable as what, before writing
-    out_dir.mkdir(parents=True, exist_ok=True)
     sections, runs = [], []
     tuned = _thresholds_by_task(inputs, kinds)
-    for text, kind, prefix in zip(inputs, kinds, _prefixes(inputs), strict=True):
-        path = Path(text)
-        if kind == "run":
-            run = path if path.is_dir() else path.parent
-            sections.append(report_run(run, out_dir, prefix))
-            runs.append((run, sections[-1]))
-        elif kind == "thresholds":
-            sections.append(report_thresholds(text, out_dir, prefix))
-        else:
-            sections += report_predictions(text, out_dir, prefix, previews, worst=worst, tuned=tuned)
-    if len(runs) > 1:
-        sections.insert(0, leaderboard(runs))
-    page = write_page(sections, out_dir)
-    written = [str(out_dir / im.path) for s in sections for im in s.images] + [page]
+    with staged_dir(out_dir) as stage:  # a bad input found half-way leaves no (partial or empty) report behind
+        for text, kind, prefix in zip(inputs, kinds, _prefixes(inputs), strict=True):
+            path = Path(text)
+            if kind == "run":
+                run = path if path.is_dir() else path.parent
+                sections.append(report_run(run, stage, prefix))
+                runs.append((run, sections[-1]))
+            elif kind == "thresholds":
+                sections.append(report_thresholds(text, stage, prefix))
+            else:
+                sections += report_predictions(text, stage, prefix, previews, worst=worst, tuned=tuned)
+        if len(runs) > 1:
+            sections.insert(0, leaderboard(runs))
+        page = Path(write_page(sections, stage)).name
+    written = [str(out_dir / im.path) for s in sections for im in s.images] + [str(out_dir / page)]
     return sections, written
 
 
 def _thresholds_by_task(inputs: list[str], kinds: list[str]) -> dict[str, list[tuple[str, dict]]]:
     """task -> the thresholds files among the inputs (path, body), for drawing predictions at their settings."""
-    from kcomp.artifacts import read_json
+    from kcomp.artifacts.thresholds import read_thresholds
 
     out: dict[str, list[tuple[str, dict]]] = {}
     for text, kind in zip(inputs, kinds, strict=True):
         if kind == "thresholds":
-            body = read_json(text, "thresholds")
+            body = read_thresholds(text)
             out.setdefault(str(body.get("task")), []).append((text, body))
     return out
 

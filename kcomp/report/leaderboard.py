@@ -47,9 +47,9 @@ def differences(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def _config(run: Path) -> dict[str, Any]:
-    from kcomp.artifacts import paths, read_json
+    from kcomp.artifacts.run_config import read_run_config
 
-    return dict(read_json(paths.config(run), "run-config").get("config") or {})
+    return dict(read_run_config(run)["config"])
 
 
 def _row(run: Path, s: Section, cfg: dict[str, Any], differing: list[str]) -> dict[str, Any]:

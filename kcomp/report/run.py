@@ -11,10 +11,11 @@ from kcomp.report.section import Image, Section
 
 
 def report_run(run: Path, out_dir: Path, prefix: str) -> Section:
-    from kcomp.artifacts import paths, read_json, read_table
+    from kcomp.artifacts import paths, read_table
+    from kcomp.artifacts.run_config import read_run_config
 
-    saved = read_json(paths.config(run), "run-config")
-    cfg, setup = saved.get("config", {}), saved.get("setup", {})
+    saved = read_run_config(run)
+    cfg, setup = saved["config"], saved["setup"]
     folds = paths.trained_folds(run)
     if not folds:
         raise BadInput("no trained fold yet (no foldK/best.pt)", path=run)
@@ -24,6 +25,7 @@ def report_run(run: Path, out_dir: Path, prefix: str) -> Section:
     for k in folds:
         if paths.metrics(run, k).is_file():
             history[k], meta = read_table(paths.metrics(run, k), "metrics")
+            _check_metrics(history[k], paths.metrics(run, k))
             metric = metric or meta.get("metric")
         else:
             section.notes.append(f"fold {k} has best.pt but no metrics.parquet; left out of the curves")
@@ -79,6 +81,20 @@ def _plot_curve(history: dict[int, Any], column: str, ylabel: str, path: Path, m
     ax.legend(loc="best", fontsize="small")
     _plot.save(fig, path)
     return True
+
+
+def _check_metrics(df: Any, where: Path) -> None:
+    """The columns the curves and the table read: present, and numbers (a hand-edited file is one line)."""
+    import pandas as pd
+
+    from kcomp.artifacts import require_columns
+
+    require_columns(df, ["epoch", "train_loss"], where)
+    for col in df.columns:
+        if (col in ("epoch", "step", "lr", "train_loss", "seconds", "img_per_s") or str(col).startswith("val_")) \
+                and not (pd.api.types.is_numeric_dtype(df[col]) and not pd.api.types.is_bool_dtype(df[col])):
+            raise BadInput(f"column {col} holds {df[col].iloc[0]!r:.30} ({df[col].dtype}), expected numbers",
+                           path=where)
 
 
 def _metric_column(df: Any) -> str:

@@ -13,9 +13,9 @@ _FACTS = ("task", "method", "metric", "score", "oof", "downscale", "size", "rule
 
 
 def report_thresholds(path: str, out_dir: Path, prefix: str) -> Section:
-    from kcomp.artifacts import read_json
+    from kcomp.artifacts.thresholds import read_thresholds
 
-    body = read_json(path, "thresholds")
+    body = read_thresholds(path)
     section = Section("thresholds", f"thresholds {Path(path).name} ({body.get('task')})", str(path))
     section.facts = {k: body[k] for k in _FACTS if body.get(k) is not None}
     if isinstance(body.get("heldout"), dict):
@@ -86,7 +86,8 @@ def _points(curve: list[Any]) -> list[tuple[float, float]]:
     pts = []
     for p in curve:
         t, s = (p["threshold"], p["score"]) if isinstance(p, dict) else (p[0], p[1])
-        pts.append((float(t), float(s)))
+        if s is not None:  # an undefined score (written as null) has no point to draw
+            pts.append((float(t), float(s)))
     return sorted(pts)
 
 

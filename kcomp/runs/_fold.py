@@ -164,11 +164,11 @@ def _training_parts(cfg: dict[str, Any], task: Any, setup: dict[str, Any], run: 
 
 def check_run_config(run: Path, cfg: dict[str, Any]) -> bool:
     """config.json is shared by all folds of a run; a second fold with other options is an error, not a mix."""
-    from kcomp.artifacts import read_json
+    from kcomp.artifacts.run_config import read_run_config
 
     path = paths.config(run)
     if path.exists():
-        saved = read_json(path, "run-config")
+        saved = read_run_config(run)
         config_mod.require_same(saved["config"], cfg, str(path))
         return True
     return False

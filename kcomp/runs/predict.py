@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from kcomp import options
-from kcomp.artifacts import paths, read_index, read_json
-from kcomp.artifacts.checkpoint import load_checkpoint
+from kcomp.artifacts import paths, read_index
+from kcomp.artifacts.checkpoint import model_state
 from kcomp.artifacts.index import IndexTable
+from kcomp.artifacts.run_config import read_run_config
 from kcomp.errors import BadInput
 from kcomp.models._factory import build_with_weights
 from kcomp.runtime import distributed
@@ -39,9 +40,7 @@ class Run:
 
 def open_run(run: str | Path) -> Run:
     run = Path(run)
-    if not paths.config(run).is_file():
-        raise BadInput("not a kcomp run directory (no config.json)", path=run)
-    saved = read_json(paths.config(run), "run-config")
+    saved = read_run_config(run)
     folds = paths.trained_folds(run)
     if not folds:
         raise BadInput("has no trained fold (no fold*/best.pt)", path=run)
@@ -79,13 +78,16 @@ class PredictOptions:
 def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:
     """The evaluated weights of a fold: best.pt holds them as saved; in last.pt the EMA (if any) is what
     validation used, so it is preferred over the raw weights there too."""
+    return model_state(_checkpoint(run, fold, which), task=task, prefer_ema=which == "last")
+
+
+def _checkpoint(run: Run, fold: int, which: str) -> Path:
     if which == "best":
-        return load_checkpoint(paths.best_checkpoint(run.path, fold), task=task)["model"]
+        return paths.best_checkpoint(run.path, fold)
     last = paths.last_checkpoint(run.path, fold)
     if not last.is_file():
         raise BadInput(f"--checkpoints {which}: fold {fold} has no last.pt", path=paths.fold_dir(run.path, fold))
-    ck = load_checkpoint(last, task=task)
-    return ck.get("ema") or ck["model"]
+    return last
 
 
 class ModelFeed:
@@ -122,7 +124,7 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     checkpoints = opts.checkpoints.split("+")
     pairs = [(fold, which) for fold in folds for which in checkpoints]
     feed = ModelFeed(task, len(pairs), lambda i: build_with_weights(
-        lambda: task.build_model(run.cfg, run.setup), _weights(run, *pairs[i], task.name)
+        lambda: task.build_model(run.cfg, run.setup), _weights(run, *pairs[i], task.name), _checkpoint(run, *pairs[i])
     ).to(dev).to(memory_format=torch.channels_last))
     predicted = None
     if len(share) or not len(rows):  # a rank may get no rows

@@ -39,8 +39,6 @@ class FoldResult:
 
 def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: bool = False) -> list[FoldResult]:
     """Train one fold or all folds of `cfg['folds']` into the run directory."""
-    if str(run) == "-":
-        raise BadUsage("-o -: train writes a run directory; give its path")
     table = read_index(cfg["folds"], "folds")
     task = get_task(cfg["task"])
     setup = task.setup(table, cfg)

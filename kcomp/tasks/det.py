@@ -180,7 +180,7 @@ class DetTask(Task[list[np.ndarray]]):
         from kcomp.metrics import get_metric
 
         setup = {"classes": _classes(table)}
-        rows = table.df.set_index("id").loc[frame["id"]].reset_index()
+        rows = table.rows_for(frame["id"])
         return float(get_metric(metric).fn(self.truth(rows, setup), list(frame["boxes"])))
 
     def tune_thresholds(self, preds: Any, **options: Any) -> dict[str, Any]:

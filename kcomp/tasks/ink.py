@@ -156,7 +156,7 @@ class InkTask(Task[list[np.ndarray]]):
         from kcomp.metrics import get_metric
 
         truth, score = [], []
-        rows = table.df.set_index("id").loc[frame["id"]].reset_index()
+        rows = table.rows_for(frame["id"])
         for f, m in zip(self.fragments(table, rows, with_targets=True), frame["map"], strict=True):
             t = np.where(f.mask, f.labels.astype(np.uint8) if f.labels is not None else 0, IGNORE)
             truth.append(t.ravel())
@@ -171,7 +171,7 @@ class InkTask(Task[list[np.ndarray]]):
 
         table = preds.index("needed for the true ink labels")
         maps = preds.maps()
-        rows = table.df.set_index("id").loc[preds.df["id"]].reset_index()
+        rows = table.rows_for(preds.df["id"], where=preds.source)
         fragments = [(maps[k], f.labels if f.labels is not None else np.zeros_like(f.mask), f.mask)
                      for k, f in zip(preds.df["map_key"], self.fragments(table, rows, with_targets=True), strict=True)]
         folds, note = oof_folds(preds)

@@ -48,8 +48,8 @@ def make_pseudo(pred_paths: list[str], output: str, *, thresholds: str | None = 
     handler = HANDLERS[task]
     conf = np.concatenate([handler.confidence(p, table, settings, min_score) for p in preds])
     keep = select(conf, min_conf=min_conf, top_frac=top_frac)
+    labels_dir = _labels_dir(output, [*pred_paths, thresholds]) if task == "ink" else None
     options.validated("pseudo")
-    labels_dir = _labels_dir(output) if task == "ink" else None
     parts, offset = [], 0
     for p in preds:
         mine = keep[(keep >= offset) & (keep < offset + len(p.df))] - offset
@@ -109,17 +109,22 @@ def _thresholds(path: str | None, task: str) -> dict[str, Any] | None:
         return None
     if task not in ("seg", "ink"):
         raise BadUsage(f"--thresholds applies to seg and ink predictions; these are {task}")
-    from kcomp.artifacts import read_json
+    from kcomp.artifacts.thresholds import read_thresholds
 
-    body = read_json(path, "thresholds")
-    if body.get("task") not in (None, task):
+    body = read_thresholds(path)
+    if body["task"] != task:
         raise BadInput(f"holds {body.get('task')} thresholds; the predictions are {task}", path=path)
     return body
 
 
-def _labels_dir(output: str) -> Path:
-    """Where ink label PNGs go: `pseudo.parquet` -> `pseudo_labels/` beside it."""
+def _labels_dir(output: str, inputs: list[str | None]) -> Path:
+    """Where ink label PNGs go: `pseudo.parquet` -> `pseudo_labels/` beside it; an output the command checks as
+    it checked -o (not a file, not an input, nothing an input reads)."""
+    from kcomp.artifacts.outputs import check_outputs
+
     if output == "-":
         raise BadUsage("ink pseudo labels are PNG files beside the table: give -o PATH, not stdout")
     p = Path(output)
-    return p.parent / f"{p.stem if p.suffix == '.parquet' else p.name}_labels"
+    labels = p.parent / f"{p.stem if p.suffix == '.parquet' else p.name}_labels"
+    check_outputs(dirs={"the labels directory of -o": labels}, inputs=inputs)
+    return labels

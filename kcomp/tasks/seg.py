@@ -150,7 +150,7 @@ class SegTask(Task[list[np.ndarray]]):
 
         fn = get_metric(metric).fn
         setup = self.setup(table, {})
-        rows = _rows_for(table, frame["id"])
+        rows = table.rows_for(frame["id"])
         total, pairs = 0.0, 0
         for block in _blocks(len(frame)):
             maps = [frame["map"].iloc[i] for i in block]
@@ -179,7 +179,7 @@ class SegTask(Task[list[np.ndarray]]):
         setup = self.setup(table, {})
         if preds.classes and preds.classes != setup["classes"]:
             raise BadInput(f"classes {preds.classes} differ from the index's {setup['classes']}", path=preds.source)
-        rows = _rows_for(table, preds.df["id"], where=preds.source)
+        rows = table.rows_for(preds.df["id"], where=preds.source)
         keys = preds.df["map_key"].astype(str).tolist()
         folds, note = oof_folds(preds)
         opts: dict[str, Any] = {}
@@ -255,13 +255,6 @@ def _blocks(n: int) -> Iterator[list[int]]:
     for i in range(0, n, _CHUNK):
         yield list(range(i, min(n, i + _CHUNK)))
 
-
-def _rows_for(table: IndexTable, ids: Any, where: str | None = None) -> pd.DataFrame:
-    df = table.df.set_index("id")
-    missing = [i for i in ids if i not in df.index]
-    if missing:
-        raise BadInput(f"id {missing[0]!r} is not in the index {table.source}", path=where or table.source)
-    return df.loc[list(ids)].reset_index()
 
 def _common_size(maps: Any, keys: list[str], n_classes: int, where: str) -> tuple[int, int]:
     """Every map is (C, h, w) with one (h, w): thresholds and sizes are tuned for one map size."""

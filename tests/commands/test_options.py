@@ -3,7 +3,7 @@
 Three parts.
 
 1. `ROWS`: one row per cause: out-of-range seeds, sizes and worker counts; NaN and infinities; unknown choices;
-   options that mean nothing for the task, competition or method; launcher layouts; `train -o -`; `--fold all`
+   options that mean nothing for the task, competition or method; launcher layouts; `--fold all`
    with nothing to train; `--weights` of another architecture; click's own usage errors. Each row asserts the exit
    code, at most 3 stderr lines with no traceback and no "internal error", the error line, nothing on stdout, and
    that every input, any pre-existing output and the working directory are as before (sha256, inode, mtime) with
@@ -315,8 +315,6 @@ ROWS = [
         "train-node-rank-beyond-nodes"),
     row(_demo, (*OOF, "--gpus", "0"), r"--gpus 0: must be at least 1", "oof-gpus-zero"),
     row(_demo, (*TTA, "--master-port", "70000"), r"--master-port 70000: must be at most 65535", "tta-port-70000"),
-    row(_demo, ("train", "cls", "--folds", "{folds}", "-o", "-", *TRAIN_FAST),
-        r"-o -: train writes a run directory; give its path", "train-output-stdout"),
     row(_no_trainable_fold, ("train", "cls", "--folds", "{bad}", "-o", "{out}/run", "--fold", "all", "--img-size",
                              "32", "--epochs", "1", "--workers", "0"),
         r"{bad}: has no fold to train \(every train row has fold -1\)", "train-fold-all-nothing-to-train"),
