@@ -112,7 +112,7 @@ def test_clean_refuses_what_it_cannot_use(digits_oof: dict, demo_run: dict[str, 
         assert r.code == 2 and message in r.last_error_line and "Traceback" not in r.stderr, (args, r.stderr)
         assert len([ln for ln in r.stderr.splitlines() if ln.startswith("kcomp:")]) == 1
     r = run_cli("clean", digits_oof["path"], "-o", digits_oof["path"])
-    assert r.code == 2 and "is also an input" in r.last_error_line, r.stderr
+    assert r.code == 2 and "is one of the inputs" in r.last_error_line, r.stderr
     assert not (tmp_path / "out.parquet").exists()
 
 

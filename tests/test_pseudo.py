@@ -75,7 +75,7 @@ def test_pseudo_options_and_inputs_are_checked(demo_run: dict[str, Path], tmp_pa
     r = run_cli("pseudo", demo_run["oof"], "-o", out)
     assert r.code == 2 and "holds oof predictions, expected test" in r.last_error_line, r.stderr
     r = run_cli("pseudo", demo_run["test"], "-o", demo_run["test"])
-    assert r.code == 2 and "is also an input" in r.last_error_line, r.stderr
+    assert r.code == 2 and "is one of the inputs" in r.last_error_line, r.stderr
     assert not out.exists()
 
 

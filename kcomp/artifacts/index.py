@@ -20,12 +20,15 @@ SPLITS = ("train", "test")
 
 @dataclass
 class IndexTable:
-    """An index or folds table with what is needed to find its files and interpret its columns."""
+    """An index or folds table with what is needed to find its files and interpret its columns. `checked_absolute`
+    is set only in code, never read from a file: the table `train --extra` builds holds pseudo rows whose paths were
+    made absolute after each was checked inside its own root (`kcomp.data.training_rows`)."""
 
     df: pd.DataFrame
     meta: dict[str, Any]
     source: str
     root: Path
+    checked_absolute: bool = False
 
     @property
     def classes(self) -> list[str]:
@@ -52,6 +55,8 @@ class IndexTable:
         return df.loc[list(ids)].reset_index()
 
     def file(self, rel: str) -> Path:
+        if self.checked_absolute and isinstance(rel, str) and os.path.isabs(rel):
+            return Path(rel)
         return resolve_in_root(self.root, rel, self.source)
 
     def relative_file(self, rel: str) -> Path:

@@ -1,4 +1,6 @@
-"""THRESHOLDS.json as `submit` and `report` read it: the chosen values checked for type and range, once."""
+"""THRESHOLDS.json as `submit`, `report`, `pseudo` and `pack` read it: the chosen values checked for type and range,
+once. Keys of the held-out estimate (`heldout`, `options`, `in_sample_choice`, `rule`, `warnings`) are reported, not
+applied, and pass as written."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ TASKS = ("cls", "seg", "det", "ink")
 _VALUES: dict[str, tuple[float, float, bool]] = {
     "threshold": (0.0, 1.0, False), "top": (0.0, 1.0, False), "min_size": (0, float("inf"), True),
     "downscale": (1, float("inf"), True), "score": (float("-inf"), float("inf"), False),
+    "min_size_fraction": (0.0, float("inf"), False), "mask_area": (0.0, float("inf"), False),
 }
 
 
@@ -22,7 +25,8 @@ def read_thresholds(path: str | Path) -> dict[str, Any]:
     body = read_json(path, "thresholds")
     where = str(path)
     if body.get("task") not in TASKS:
-        raise BadInput(f"thresholds of unknown task {body.get('task')!r}; expected one of {', '.join(TASKS)}", path=where)
+        raise BadInput(f"thresholds of unknown task {body.get('task')!r}; expected one of {', '.join(TASKS)}",
+                       path=where)
     _check_values(body, "", where)
     classes = body.get("classes") or {}
     for name, values in classes.items():
@@ -42,7 +46,8 @@ def _check_values(values: dict[str, Any], prefix: str, where: str) -> None:
         if v is None:
             continue
         if not (_is_int(v) if integer else _is_number(v)) or not low <= v <= high:
-            span = "" if low == float("-inf") else f" >= {low:g}" if high == float("inf") else f" in [{low:g}, {high:g}]"
+            span = "" if low == float("-inf") else f" >= {low:g}" if high == float("inf") else \
+                f" in [{low:g}, {high:g}]"
             kind = "a whole number" if integer else "a number"
             raise BadInput(f"{prefix}{key} is {v!r:.40}, expected {kind}{span}", path=where)
     curve = values.get("curve")

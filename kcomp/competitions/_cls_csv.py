@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from kcomp import console
+from kcomp.artifacts._input import directory
 from kcomp.artifacts.index import write_index
 from kcomp.artifacts.submission import read_csv
 from kcomp.data.image_cache import add_image_cache
 from kcomp.data.images import image_size
-from kcomp.artifacts._input import directory
 from kcomp.errors import BadInput, BadUsage
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")

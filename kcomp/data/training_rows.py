@@ -110,10 +110,10 @@ def _add(table: IndexTable, train: pd.DataFrame, pseudo: IndexTable, taken: set)
     if clash:
         raise BadInput(f"id {clash[0]!r} is already a train row of {table.source} or of another --extra file "
                        f"({len(clash)} such ids)", path=pseudo.source)
-    if table.meta.get("allow_absolute") is not True:
+    if not table.checked_absolute:
         _check_relative(train, table)
     rows = absolute_rows(pseudo)
-    meta = {**table.meta, "allow_absolute": True}
+    meta = dict(table.meta)
     if META_KEY in meta and _cache_file(pseudo) != _cache_file(table):
         meta.pop(META_KEY)  # rows of two caches cannot share one: decode the image files instead
     if META_KEY not in meta:
@@ -122,7 +122,7 @@ def _add(table: IndexTable, train: pd.DataFrame, pseudo: IndexTable, taken: set)
     rows["fold"] = -1  # never validated
     keep = [c for c in rows.columns if c in train.columns or c in ("soft", "confidence")]
     joined = pd.concat([train, rows[keep]], ignore_index=True)
-    return IndexTable(table.df, meta, table.source, table.root), joined
+    return IndexTable(table.df, meta, table.source, table.root, checked_absolute=True), joined
 
 
 def _check_relative(train: pd.DataFrame, table: IndexTable) -> None:

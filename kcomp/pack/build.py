@@ -45,8 +45,8 @@ def pack(inputs: list[str], *, competition: str, output: str, base: str | None =
     base_list = wh.read_base(Path(base) if base else wh.DEFAULT_BASE)
     plan = Tracer(competition, runs).plan(preds, thresholds)
     # what the recorded chain reads is known only now: runs, inputs of each step, thresholds and stack's OOF files
-    check_outputs(dirs={"-o": output}, inputs=[*plan.runs, *plan.statics.values(), *[s.source for s in plan.steps if s.source]],
-                  owns_dirs=True)
+    chain = [*plan.runs, *plan.statics.values(), *[s.source for s in plan.steps if s.source]]
+    check_outputs(dirs={"-o": output}, inputs=chain, owns_dirs=True)
     out = _package_dir(output)
     paths = Paths(input_dir or f"{KAGGLE_INPUT}/{getattr(comp, 'kaggle_slug', competition)}", work, submission)
     options.validated("pack")
@@ -130,7 +130,7 @@ def _blocks(plan: Plan, comp: str, sample: str, none_power: float | None) -> lis
 
 
 def _classify(inputs: list[str], task: str) -> tuple[list[Path], list[Path], Path | None]:
-    from kcomp.artifacts import read_json
+    from kcomp.artifacts.thresholds import read_thresholds
     from kcomp.report.build import kind_of
 
     if not inputs:
@@ -142,7 +142,7 @@ def _classify(inputs: list[str], task: str) -> tuple[list[Path], list[Path], Pat
         if kind == "run":
             runs.append(p if p.is_dir() else p.parent)
         elif kind == "thresholds":
-            read_json(p, "thresholds")
+            read_thresholds(p)
             thresholds.append(p)
         else:
             preds.append(p)

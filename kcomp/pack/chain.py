@@ -138,9 +138,10 @@ class Tracer:
     # ----------------------------------------------------------------------------------------- runs and prep
 
     def _run(self, recorded: str, by: Path, checkpoints: list[str]) -> PackedRun:
+        from kcomp.artifacts.run_config import read_run_config
+
         path = self._locate(recorded, by, "run", given=self.given_runs)
-        if not (path / "config.json").is_file():
-            raise BadInput("not a kcomp run directory (no config.json)", path=path)
+        read_run_config(path)  # checked as oof and tta check it: the notebook's tta will read it
         if not trained_folds(path):
             raise BadInput("has no trained fold (no fold*/best.pt)", path=path)
         if path not in self.runs:

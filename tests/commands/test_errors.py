@@ -589,7 +589,8 @@ CASES += [
     pytest.param(bf.edited("index", frame=bf.first_row("label", 2.5)), ("split", "{bad}", "-o",
                  "{out}/folds.parquet"), r"{bad}: column label has value 2\.5, not a whole number", 2,
                  id="split-A-fractional-label"),
-    pytest.param(bf.edited("index", frame=bf.column("split", lambda df: [3] * len(df))), ("split", "{bad}", "-o", "{out}/folds.parquet"),
+    pytest.param(bf.edited("index", frame=bf.column("split", lambda df: [3] * len(df))),
+                 ("split", "{bad}", "-o", "{out}/folds.parquet"),
                  r"{bad}: column split has value '3'; expected train or test", 2, id="split-A-split-a-number"),
     pytest.param(bf.directory(), ("submit", "demo", "{test}", "-o", "{out}/sub.csv", "--thresholds", "{bad}"),
                  r"{bad}: is a directory, expected a JSON file", 2, id="submit-A-thresholds-a-directory"),
@@ -754,7 +755,8 @@ CASES += [
                  id="train-D-folds-inside-the-run"),
     # ---- F: values out of range inside files
     pytest.param(bf.edited("test", frame=bf.probs_first(lambda p: p - 0.5)), ("submit", "demo", "{bad}", "-o",
-                 "{out}/sub.csv"), r"{bad}: probs for id '.*' has -0\.\d+\.\.-?0\.\d+; probabilities lie in \[0, 1\]", 2,
+                 "{out}/sub.csv"), r"{bad}: probs for id '.*' has -0\.\d+\.\.-?0\.\d+; probabilities lie in \[0, 1\]",
+                 2,
                  id="submit-F-negative-probabilities"),
     pytest.param(bf.edited("oof", frame=bf.probs_first(lambda p: p - 0.5)), ("ensemble", "{oof}", "{bad}", "-o",
                  "{out}/blend.parquet"), r"{bad}: probs for id '.*' has -0\.\d+.*lie in \[0, 1\]", 2,
@@ -796,7 +798,7 @@ CASES += [
                  r"{bad}: column height has value 0 for id 'a'; image sizes are >= 1 pixel", 2,
                  id="wbf-F-zero-image-height"),
     pytest.param(bf.det_predictions({"label": 0.5}, kind="oof"), ("tune-threshold", "{bad}", "-o",
-                 "{out}/thr.json"), r"{bad}: id 'a': box .* has label outside the classes", 2,
+                 "{out}/thr.json"), r"{bad}: box labels must be class indices \(whole numbers\)", 2,
                  id="tune-threshold-F-box-label-fractional"),
     pytest.param(bf.edited("index", frame=bf.first_row("width", 0)), ("split", "{bad}", "-o",
                  "{out}/folds.parquet"), r"{bad}: column width has value 0 below 1 \(id '.*'\)", 2,
@@ -828,11 +830,11 @@ CASES += [
                  id="submit-F-thresholds-of-another-task"),
     # ---- H: a command that fails writes nothing (validated before the first file)
     pytest.param(DEMO, ("prep", "demo", "-o", "{out}/data", "--size", "0"),
-                 r"--size 0: expected an image cache side between 16 and 4096", 2, id="prep-H-demo-size-0"),
+                 r"--size 0: must be at least 16", 2, id="prep-H-demo-size-0"),
     pytest.param(raw_copy(), ("prep", "cassava", "{raw}", "-o", "{out}/data", "--size", "8"),
-                 r"--size 8: expected an image cache side", 2, id="prep-H-cassava-size-8"),
+                 r"--size 8: must be at least 16", 2, id="prep-H-cassava-size-8"),
     pytest.param(DEMO, ("tta", "{run}", "-o", "{out}/test.parquet", "--preview", "{out}/look", *W0),
-                 r"previews are for seg and ink predictions; {run} holds cls", 2, id="tta-H-preview-of-a-cls-run"),
+                 r"--preview does not apply to task cls \(only to seg, ink\)", 2, id="tta-H-preview-of-a-cls-run"),
     pytest.param(bf.edited("oof", meta=bf.drop_meta("kind")), ("report", "{run}", "{oof}", "{bad}", "-o",
                  "{out}/report"), r"{bad}: predictions metadata lacks 'kind'", 2, id="report-H-third-input-bad"),
     pytest.param(bf.edited("oof", frame=bf.probs_first(lambda p: p * 9)), ("report", "{oof}", "{bad}", "-o",
@@ -923,6 +925,79 @@ CASES += [
 ]
 
 
+# clean, pseudo and pack (written after the table above): the same root causes through their inputs and outputs
+PACK = ("--comp", "demo")
+CASES += [
+    # ---- A
+    pytest.param(bf.edited("oof", frame=bf.probs_each(lambda n: 0.5)), ("clean", "{bad}", "-o",
+                 "{out}/issues.parquet"), r"{bad}: probs for id '.*' is 0\.5, " + NOT_NUMBERS, 2,
+                 id="clean-A-probs-scalars"),
+    pytest.param(bf.out_dir_named("issues.parquet"), ("clean", "{oof}", "-o", "{out}/issues.parquet"),
+                 r"-o {out}/issues\.parquet: is a directory; give a file name to write", 2,
+                 id="clean-A-output-is-a-directory"),
+    pytest.param(bf.edited("test", meta=bf.drop_meta("kind")), ("pseudo", "{bad}", "-o", "{out}/pseudo.parquet"),
+                 r"{bad}: predictions metadata lacks 'kind'", 2, id="pseudo-A-metadata-without-kind"),
+    pytest.param(bf.out_dir_named("pseudo.parquet"), ("pseudo", "{test}", "-o", "{out}/pseudo.parquet"),
+                 r"-o {out}/pseudo\.parquet: is a directory", 2, id="pseudo-A-output-is-a-directory"),
+    pytest.param(bf.edited("test", meta=bf.drop_meta("kind")), ("pack", "{bad}", *PACK, "-o", "{out}/pkg"),
+                 r"{bad}: predictions metadata lacks 'kind'", 2, id="pack-A-metadata-without-kind"),
+    pytest.param(bf.out_file_named("pkg"), ("pack", "{test}", *PACK, "-o", "{out}/pkg"),
+                 r"-o {out}/pkg: exists and is not a directory", 2, id="pack-A-output-dir-is-a-file"),
+    # ---- C
+    *(pytest.param(DEMO, (*argv, "-o", "-", "--json"), r"-o - with --json: both would go to stdout", 2,
+                   id=f"{argv[0]}-C-stdout-output-and-json") for argv in (("clean", "{oof}"), ("pseudo", "{test}"))),
+    pytest.param(DEMO, ("pack", "{test}", *PACK, "-o", "-"), r"-o -: a directory cannot go to stdout", 2,
+                 id="pack-C-directory-to-stdout"),
+    # ---- D
+    pytest.param(bf.copies("oof"), ("clean", "{oof_copy}", "-o", "{oof_copy}"),
+                 r"-o {oof_copy}: is one of the inputs", 2, id="clean-D-output-is-the-oof"),
+    pytest.param(DEMO, ("clean", "{oof}", "-o", "{folds}"),
+                 r"-o {folds}: is the index of predictions {oof} \(read through an input\)", 2,
+                 id="clean-D-output-is-the-index-of-the-predictions"),
+    pytest.param(bf.copies("test"), ("pseudo", "{test_copy}", "-o", "{test_copy}"),
+                 r"-o {test_copy}: is one of the inputs", 2, id="pseudo-D-output-is-the-predictions"),
+    pytest.param(bf.thresholds(task="seg", classes={}), ("pseudo", "{test}", "--thresholds", "{bad}", "-o", "{bad}"),
+                 r"-o {bad}: is one of the inputs", 2, id="pseudo-D-output-is-the-thresholds"),
+    pytest.param(DEMO, ("pseudo", "{test}", "-o", "{folds}"),
+                 r"-o {folds}: is the index of predictions {test} \(read through an input\)", 2,
+                 id="pseudo-D-output-is-the-index-of-the-predictions"),
+    pytest.param(DEMO, ("pack", "{test}", "{run}", *PACK, "-o", "{run}/pkg"),
+                 r"-o {run}/pkg: lies inside the input run directory {run}", 2, id="pack-D-output-inside-the-run"),
+    pytest.param(DEMO, ("pack", "{test}", *PACK, "-o", "{run}/pkg"),
+                 r"-o {run}/pkg: lies inside the input run directory {run}", 2,
+                 id="pack-D-output-inside-the-run-the-predictions-name"),
+    pytest.param(bf.copies("test"), ("pack", "{test_copy}", *PACK, "-o", "{tmp}"),
+                 r"-o {tmp}: holds input {test_copy}, which this command would write over", 2,
+                 id="pack-D-output-holds-an-input"),
+    # ---- F
+    pytest.param(bf.edited("oof", frame=bf.probs_first(lambda p: p - 0.5)), ("clean", "{bad}", "-o",
+                 "{out}/issues.parquet"), r"{bad}: probs for id '.*' has -0\.\d+\.\.-?0\.\d+; probabilities lie in",
+                 2, id="clean-F-negative-probabilities"),
+    pytest.param(bf.edited("test", frame=bf.probs_first(lambda p: p * 9)), ("pseudo", "{bad}", "-o",
+                 "{out}/pseudo.parquet"), r"{bad}: probs for id '.*' has .*; probabilities lie in \[0, 1\]", 2,
+                 id="pseudo-F-probabilities-above-1"),
+    pytest.param(bf.edited("test", frame=bf.probs_first(lambda p: p[:2])), ("pack", "{bad}", *PACK, "-o",
+                 "{out}/pkg"), r"{bad}: probs for id '.*' has 2 value\(s\), expected the 5 classes", 2,
+                 id="pack-F-fewer-probabilities-than-classes"),
+    # ---- H: an earlier package at -o ({out}/pkg/MANIFEST.json, see _existing_output) survives a failed pack
+    pytest.param(bf.edited("test", frame=bf.first_row("id", None)), ("pack", "{bad}", *PACK, "-o", "{out}/pkg"),
+                 r"{bad}: column id is empty for 1 row\(s\)", 2, id="pack-H-bad-input-over-an-earlier-package"),
+    # ---- J
+    pytest.param(DEMO, ("clean", "{oof}", "-o", "{out}/" + "c" * 256), r"a name longer than 255 bytes \(256\)", 2,
+                 id="clean-J-file-name-of-256-bytes"),
+    pytest.param(DEMO, ("pseudo", "{test}", "-o", "{out}/" + "p" * 252 + ".pqt"), r"a name longer than 255 bytes", 2,
+                 id="pseudo-J-file-name-of-256-bytes"),
+    pytest.param(DEMO, ("pack", "{test}", *PACK, "-o", "{out}/" + "é" * 128), r"a name longer than 255 bytes", 2,
+                 id="pack-J-directory-name-of-256-utf8-bytes"),
+    # ---- K
+    pytest.param(bf.directory("oof.parquet"), ("clean", "{bad}", "-o", "{out}/issues.parquet"),
+                 r"{bad}: is a directory, expected a parquet table", 2, id="clean-K-directory-as-oof"),
+    pytest.param(bf.fifo("test.parquet"), ("pseudo", "{bad}", "-o", "{out}/pseudo.parquet"),
+                 r"{bad}: is a FIFO \(named pipe\), not a regular file", 2, id="pseudo-K-fifo-as-predictions"),
+    pytest.param(bf.fifo("test.parquet"), ("pack", "{bad}", *PACK, "-o", "{out}/pkg"),
+                 r"{bad}: is a FIFO \(named pipe\), not a regular file", 2, id="pack-K-fifo-as-predictions"),
+]
+
 # ---------------------------------------------------------------------------------------------------- checking
 
 
@@ -954,6 +1029,8 @@ def _existing_output(argv: list[str], out: Path) -> Path | None:
     target = Path(argv[argv.index("-o") + 1])
     if argv[0] == "prep":  # -o is the data dir
         target = target / "index.parquet"
+    elif argv[0] == "pack":  # -o is the package dir: an earlier package there must survive a failed pack
+        target = target / "MANIFEST.json"
     elif argv[0] == "report":  # -o is the report dir
         target = target / "index.html"
     elif argv[0] == "train":  # -o is the run dir: a user's dir, or (resume case) an existing run left as it is
@@ -979,17 +1056,23 @@ def _fill(template: str, names: dict[str, Any], escape: bool) -> str:
     return out
 
 
-COMMANDS = ("prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "report")
-# issue 19's root causes -> the commands each applies to (B, special files as -o, is tests/commands/test_outputs.py)
+COMMANDS = ("prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "report",
+            "clean", "pseudo", "pack")
+# issue 19's root causes -> the commands each applies to (B, special files as -o, is tests/commands/test_outputs.py).
+# I (paths leaving the data root) is for the commands that open an index's files; clean, pseudo and pack open none
+# (pseudo copies the relative paths, which `train --extra` resolves in the root).
 CAUSES = {
     "A": COMMANDS,
-    "C": ("prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "report"),
-    "D": ("split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "report"),
-    "F": ("split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "report"),
-    "H": ("prep", "tta", "report"),
+    "C": ("prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "report",
+          "clean", "pseudo", "pack"),
+    "D": ("split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "report", "clean",
+          "pseudo", "pack"),
+    "F": ("split", "train", "oof", "tta", "wbf", "ensemble", "stack", "tune-threshold", "submit", "report", "clean",
+          "pseudo", "pack"),
+    "H": ("prep", "tta", "report", "pack"),
     "I": ("train", "oof", "tta"),
-    "J": ("split", "train", "submit", "report"),
-    "K": ("split", "train", "oof", "ensemble", "tune-threshold", "submit", "report"),
+    "J": ("split", "train", "submit", "report", "clean", "pseudo", "pack"),
+    "K": ("split", "train", "oof", "ensemble", "tune-threshold", "submit", "report", "clean", "pseudo", "pack"),
     "S": ("stack",),
 }
 

@@ -449,7 +449,7 @@ def test_option_refused_before_anything_is_created(setup: Callable[[Ctx], None],
     setup(ctx)
     names = {"tmp": work, "out": out, **{k: v for k, v in ctx.names.items() if k != "roots"}}
     args = [_fill(a, names, escape=False) for a in argv]
-    existing = _existing_output(args) if "-" not in args else None
+    existing = _existing_output(args, out) if "-" not in args else None
     roots = [tmp_path, *ctx.names.get("roots", [])]
     before = _tree(roots)
     monkeypatch.chdir(work)  # a stray relative write (a directory named "-") would land here
