@@ -14,7 +14,7 @@ End to end: `kcomp wbf` on 40 parquet files of SIIM's test size (1,263 images, s
 against the obvious pandas pipeline around ensemble-boxes (`pd.read_parquet`, per image arrays from the box dicts,
 `weighted_boxes_fusion`, dicts back, `to_parquet`; also run as a fresh process, by this script's --eb-pipeline).
 Run: python benchmarks/bench_wbf.py [--images 300] [--scattered 400] [--siim-images 1263] [--repeats 3]
-     [--budget 45] [--no-write]
+     [--budget 45] [--methods wbf nms soft_nms] [--no-write]
 Times are CPU seconds (time.process_time; everything timed is single-threaded) unless marked wall: the machine is
 shared, and wall-clock times swing with the other jobs.
 """
@@ -235,6 +235,7 @@ def main() -> None:
     ap.add_argument("--siim-images", type=int, default=1263, help="images of the end-to-end files (0: skip)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget", type=float, default=45.0, help="CPU s of ensemble-boxes per workload and method")
+    ap.add_argument("--methods", nargs="+", choices=list(OPTIONS), default=list(OPTIONS), help="methods to time")
     ap.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
     ap.add_argument("--eb-pipeline", nargs="+", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -249,7 +250,7 @@ def main() -> None:
         n_in = sum(b.n_boxes for b in data[0])
         lines.append(f"workload {name}: {n} images x {LISTS} lists, {n_in} boxes in")
         print(lines[-1], flush=True)
-        for method in OPTIONS:
+        for method in args.methods:
             line, _ = in_memory(name, data, method, args.repeats, args.budget)
             lines.append(line)
     if args.siim_images:
