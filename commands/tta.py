@@ -55,7 +55,7 @@ def command(
     if preview:  # known from the run's config, before predicting anything
         from kcomp.runs.predict import open_run
 
-        task = open_run(dirs[0]).cfg["task"]
+        task = open_run(dirs[0]).opts.task
         if task not in ("seg", "ink"):
             raise BadUsage(f"--preview does not apply to task {task} (only to seg, ink)")
     options.validated("tta")
