@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kcomp import console
+from kcomp.runtime import distributed
 
 if TYPE_CHECKING:
     from kcomp.artifacts.index import IndexTable
@@ -51,7 +52,7 @@ class DataChanges:
         rows = fold_rows(table, fold, drop=self.drop, relabel=self.relabel, extra=self.extra)
         if self.teacher is not None:
             rows.train = _with_teacher(rows.train, self.teacher, setup["classes"])
-        if self.drop or self.relabel or self.extra:
+        if (self.drop or self.relabel or self.extra) and distributed.is_main():
             console.log(f"fold {fold}: {len(rows.train)} training rows ({len(rows.dropped)} dropped, "
                         f"{len(rows.relabelled)} relabelled, {rows.added} pseudo-labelled added); "
                         f"{len(rows.val)} validation rows as the folds file has them")
