@@ -170,12 +170,12 @@ LOSS: dict[str, Spec] = {
     "loss": Choice(lazy("kcomp.models.losses", "LOSSES"), what="loss"),
     "seg_loss": Choice(lazy("kcomp.models.losses", "SEG_LOSSES"), what="seg loss"),
     "smoothing": Float(0, 1, high_open=True),
-    "t1": Float(0, 2, high_open=True),  # t1 < 1 bounds the loss; at 2 the tempered log diverges
+    "t1": Float(0, 2, high_open=True),  # t1 < 1 bounds the loss
     "t2": Float(0, 10, low_open=True),  # t2 >~ 50 overflows the gradient
     "taylor_n": Int(1, 32),  # terms of the series, one pass over the batch each
     "distill_alpha": Float(0, 1),  # the teacher's share of the loss
-    # at T = 100 a teacher's probabilities in [1e-12, 1] are softened to within 0.3 of uniform in log space: beyond,
-    # the soft targets carry nothing while T^2 keeps growing the loss
+    # the loss clamps a teacher's probabilities at 1e-12: at T = 100 their log-probabilities over T span at most 0.28,
+    # near-uniform targets; beyond, the soft targets carry almost nothing while T^2 keeps growing the loss
     "distill_temperature": Float(0, 100, low_open=True),
 }
 
