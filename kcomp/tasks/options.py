@@ -20,9 +20,10 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, NamedTuple
 
 from kcomp import options
+from kcomp.tasks import task_names
 from kcomp.options import LOSS, MAX_BATCH, MAX_SIDE, TTA, Choice, Flag, Float, Int, Text, lazy, option
 
-TASK_NAMES = ("cls", "seg", "det", "ink")  # the registered tasks (tests/test_tasks.py), in the order help lists them
+TASK_NAMES = tuple(task_names())  # the registered tasks, in the order help lists them
 CLS, INK, NOT_INK = ("cls",), ("ink",), ("cls", "seg", "det")
 # Where a task's sensible default differs (applied under the command line): a seg batch costs several times a
 # classifier's at the same size, and short runs on small data need optimizer steps more than large batches.
