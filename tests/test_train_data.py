@@ -1,7 +1,7 @@
 """`kcomp train --drop / --relabel / --extra / --teacher` (issue 24): through the real command, pseudo rows are in
-every fold's training rows and no validation rows; the options are recorded and a resume with others is refused;
-distillation through the training path is the CE to the teacher at alpha 1 and today's loss at alpha 0. The slow
-tests print what the options do on the demo's held-out labels."""
+every fold's training rows and no validation rows, --drop/--relabel change training rows only; the options are
+recorded and a resume with others is refused; distillation through the training path is the CE to the teacher at
+alpha 1 and today's loss at alpha 0. The slow tests print what the options do on the demo's held-out labels."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from kcomp.artifacts.label_issues import read_label_issues
 from kcomp.artifacts.predictions import read_predictions
 from kcomp.artifacts.pseudo import read_pseudo
 from kcomp.tasks.pseudo import make_pseudo
-from tests.commands.test_options import invoke
+from tests.commands.test_options import SEAM, invoke, seam  # noqa: F401 (seam: a fixture)
 
 FAST = ("--img-size", "32", "--epochs", "1", "--batch-size", "32", "--workers", "0")
 
@@ -49,15 +49,18 @@ def datasets(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, list[Any], Any
     return seen
 
 
+@pytest.mark.usefixtures("seam")
 def test_kcomp_train_extra_trains_pseudo_rows_in_every_fold_and_validates_none(
         demo_run: dict[str, Path], soft_pseudo: Path, tmp_path: Path, datasets: list) -> None:
-    run = tmp_path / "run"
-    train = ("train", "cls", "--folds", demo_run["folds"], "--fold", "all", *FAST, "-o", run)
-    r = invoke(*train, "--extra", soft_pseudo)
-    assert r.code == 0, r.stderr
+    """Through `kcomp train --extra` for each fold, stopped once its loaders are built (a real run with pseudo rows
+    trains in the next test)."""
     table, pseudo = read_index(demo_run["folds"]), read_pseudo(soft_pseudo)
     labelled = table.df[(table.df["split"] == "train") & (table.df["fold"] >= 0)]
     folds = sorted(labelled["fold"].unique())
+    for k in folds:
+        r = invoke("train", "cls", "--folds", demo_run["folds"], "--fold", str(k), *FAST, "--extra", soft_pseudo,
+                   "-o", tmp_path / "run")
+        assert r.code == SEAM, r.stderr
     assert [d[0] for d in datasets] == [True, False] * len(folds)  # per fold: training, then validation rows
     classes = len(table.classes)
     for k, (trained, validated) in zip(folds, zip(datasets[::2], datasets[1::2], strict=True), strict=True):
@@ -70,11 +73,42 @@ def test_kcomp_train_extra_trains_pseudo_rows_in_every_fold_and_validates_none(
         np.testing.assert_allclose(ds.targets[len(own):], np.stack(pseudo.df["soft"].to_numpy()), atol=1e-6)
         assert (ds.targets[:len(own)].max(1) == 1).all() and (ds.targets[:len(own)].sum(1) == 1).all()
         assert validated[2].targets_array().dtype == np.int64  # validation scores hard labels as ever
-    saved = json.loads((run / "config.json").read_text())["config"]
-    assert saved["extra"] == [str(soft_pseudo.resolve())] and saved["drop"] is None
-    # a resume is the same run: other data options are refused before anything changes
-    r = invoke(*train)
-    assert r.code == 2 and "extra: [" in r.stderr and "-> []" in r.stderr, r.stderr
+
+
+@pytest.mark.usefixtures("seam")
+def test_kcomp_train_drop_and_relabel_change_training_rows_only(demo_run: dict[str, Path], tmp_path: Path,
+                                                                datasets: list) -> None:
+    """Through `kcomp train` (stopped once its loaders are built): --drop leaves the flagged rows out of the fold's
+    training rows, --relabel trains them on the suggested class; the validation rows, a flagged one among them, are
+    the folds file's either way."""
+    import pandas as pd
+
+    from kcomp.artifacts.label_issues import write_label_issues
+
+    table = read_index(demo_run["folds"])
+    labelled = table.df[(table.df["split"] == "train") & (table.df["fold"] >= 0)]
+    c = len(table.classes)
+    flagged = pd.concat([labelled[labelled["fold"] != 0].iloc[:5], labelled[labelled["fold"] == 0].iloc[:1]])
+    given = flagged["label"].astype(int).to_numpy()
+    issues = pd.DataFrame({"id": flagged["id"].to_numpy(), "fold": flagged["fold"].to_numpy(), "given": given,
+                           "suggested": (given + 1) % c, "given_class": [table.classes[g] for g in given],
+                           "suggested_class": [table.classes[(g + 1) % c] for g in given], "quality": 0.1})
+    write_label_issues(issues, tmp_path / "issues.parquet", classes=table.classes, target="label")
+    suggested = dict(zip(issues["id"], issues["suggested"], strict=True))
+    own = labelled[labelled["fold"] != 0]
+    val_ids = labelled["id"][labelled["fold"] == 0].tolist()
+    train = ("train", "cls", "--folds", demo_run["folds"], "--fold", "0", *FAST, "-o", tmp_path / "run")
+
+    assert invoke(*train, "--drop", tmp_path / "issues.parquet").code == SEAM
+    (_, dropped, _), (_, val, _) = datasets
+    assert dropped == [i for i in own["id"] if i not in suggested] and val == val_ids
+    datasets.clear()
+    assert invoke(*train, "--relabel", tmp_path / "issues.parquet").code == SEAM
+    (_, ids, ds), (_, val, val_ds) = datasets
+    assert ids == own["id"].tolist() and val == val_ids
+    want = [suggested.get(i, int(k)) for i, k in zip(own["id"], own["label"], strict=True)]
+    assert np.asarray(ds.targets).tolist() == want and sum(w != int(k) for w, k in zip(want, own["label"])) == 5
+    assert val_ds.targets_array().tolist() == labelled["label"][labelled["fold"] == 0].astype(int).tolist()
 
 
 def test_teacher_and_pseudo_rows_train_together_with_mixing(demo_run: dict[str, Path], soft_pseudo: Path,
@@ -84,9 +118,9 @@ def test_teacher_and_pseudo_rows_train_together_with_mixing(demo_run: dict[str, 
     from kcomp.data.teacher import teacher_probs
 
     run = tmp_path / "run"
-    r = invoke("train", "cls", "--folds", demo_run["folds"], "--fold", "0", *FAST, "--extra", soft_pseudo,
-               "--teacher", demo_run["oof"], "--distill-alpha", "0.5", "--distill-temperature", "2",
-               "--mixup", "0.4", "-o", run)
+    train = ("train", "cls", "--folds", demo_run["folds"], "--fold", "0", *FAST, "--teacher", demo_run["oof"],
+             "--distill-alpha", "0.5", "--distill-temperature", "2", "--mixup", "0.4", "-o", run)
+    r = invoke(*train, "--extra", soft_pseudo)
     assert r.code == 0, r.stderr
     (_, ids, ds), (_, val_ids, val) = datasets
     pseudo = read_pseudo(soft_pseudo)
@@ -102,6 +136,10 @@ def test_teacher_and_pseudo_rows_train_together_with_mixing(demo_run: dict[str, 
     saved = json.loads((run / "config.json").read_text())["config"]
     assert (saved["teacher"], saved["distill_alpha"], saved["distill_temperature"]) == (
         str(Path(demo_run["oof"]).resolve()), 0.5, 2.0)
+    assert saved["extra"] == [str(soft_pseudo.resolve())] and saved["drop"] is None
+    # a resume is the same run: other data options are refused before anything changes
+    r = invoke(*train)
+    assert r.code == 2 and "extra: [" in r.stderr and "-> []" in r.stderr, r.stderr
 
 
 def _first_batch_loss(demo_run: dict[str, Path], tmp_path: Path, **opts: Any) -> tuple[Any, ...]:
