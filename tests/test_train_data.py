@@ -109,6 +109,16 @@ def test_kcomp_train_drop_and_relabel_change_training_rows_only(demo_run: dict[s
     want = [suggested.get(i, int(k)) for i, k in zip(own["id"], own["label"], strict=True)]
     assert np.asarray(ds.targets).tolist() == want and sum(w != int(k) for w, k in zip(want, own["label"])) == 5
     assert val_ds.targets_array().tolist() == labelled["label"][labelled["fold"] == 0].astype(int).tolist()
+    # flagging every training row of a class would leave the model nothing to learn it from: refused, naming the file
+    lost = own[own["label"] == own["label"].iloc[0]]
+    every = pd.DataFrame({"id": lost["id"].to_numpy(), "fold": lost["fold"].to_numpy(), "given": lost["label"],
+                          "suggested": (lost["label"] + 1) % c, "given_class": table.classes[lost["label"].iloc[0]],
+                          "suggested_class": table.classes[(lost["label"].iloc[0] + 1) % c], "quality": 0.1})
+    write_label_issues(every, tmp_path / "every.parquet", classes=table.classes, target="label")
+    for option in ("--drop", "--relabel"):
+        r = invoke(*train, option, tmp_path / "every.parquet")
+        assert r.code == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert f"leaves fold 0's training rows no example of class {table.classes[lost['label'].iloc[0]]!r}" in r.stderr
 
 
 def test_teacher_and_pseudo_rows_train_together_with_mixing(demo_run: dict[str, Path], soft_pseudo: Path,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kcomp import console
+from kcomp.errors import BadInput
 from kcomp.runtime import distributed
 
 if TYPE_CHECKING:
@@ -50,6 +51,8 @@ class DataChanges:
         from kcomp.data.training_rows import fold_rows
 
         rows = fold_rows(table, fold, drop=self.drop, relabel=self.relabel, extra=self.extra)
+        if (self.drop or self.relabel) and "target" in setup:
+            _check_classes_kept(table, rows, fold, setup, self.drop or self.relabel)
         if self.teacher is not None:
             rows.train = _with_teacher(rows.train, self.teacher, setup["classes"])
         if (self.drop or self.relabel or self.extra) and distributed.is_main():
@@ -57,6 +60,20 @@ class DataChanges:
                         f"{len(rows.relabelled)} relabelled, {rows.added} pseudo-labelled added); "
                         f"{len(rows.val)} validation rows as the folds file has them")
         return rows
+
+
+def _check_classes_kept(table: IndexTable, rows: FoldRows, fold: int, setup: dict[str, Any],
+                        issues: LabelIssues) -> None:
+    """cls: --drop/--relabel must leave each class some training row of the fold (a model cannot learn a class it
+    never sees). Said here, naming the issues file, rather than as a folds file that needs re-splitting."""
+    target, classes = setup["target"], setup["classes"]
+    labelled = table.df[(table.df["split"] == "train") & (table.df["fold"] >= 0) & (table.df["fold"] != fold)]
+    lost = sorted(set(map(str, labelled[target])) - set(map(str, rows.train[target])))
+    if lost:
+        name = classes[int(lost[0])] if lost[0].isdigit() and labelled[target].dtype.kind in "iu" else lost[0]
+        raise BadInput(f"leaves fold {fold}'s training rows no example of class {name!r} ({len(rows.dropped)} "
+                       f"dropped, {len(rows.relabelled)} relabelled of {len(labelled)}): flag fewer rows (kcomp "
+                       f"clean --filter-by)", path=issues.source)
 
 
 def _with_teacher(train: Any, teacher: Predictions, classes: list[str]) -> Any:
