@@ -147,7 +147,6 @@ class ClsTask(Task[np.ndarray]):
                 "note": "single-label classification submits the argmax class; no threshold applies"}
 
 
-
 def training_targets(rows: pd.DataFrame, labels: np.ndarray, n_classes: int, *, where: str) -> np.ndarray:
     """The class indices `labels`, unless some row trains on more than its class: a `soft` column (pseudo rows'
     probabilities) gives float32 (N, C) rows, one-hot where a row has none; a `teacher` column appends the teacher's
