@@ -98,10 +98,10 @@ def model_only(run: Path, tiles: int, batch: int, tta: int, device: torch.device
 
     r = open_run(run)
     task = get_task("ink")
-    model = task.build_model(r.cfg, r.setup)
+    model = task.build_model(r.opts, r.setup)
     model.load_state_dict(load_checkpoint(paths.best_checkpoint(run, 0), task="ink")["model"])
     model = model.to(device).to(memory_format=torch.channels_last).eval()
-    dtype = amp_dtype(device, r.cfg["amp"])
+    dtype = amp_dtype(device, r.opts.amp)
     patch, c = r.setup["patch"], len(r.setup["layers"])
     x = (torch.rand(batch, c, patch, patch, generator=torch.Generator().manual_seed(0)) * 160 + 10).half().to(device)
     sizes = [batch] * (tiles // batch) + ([tiles % batch] if tiles % batch else [])

@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from _results import alternate, append_section
@@ -128,7 +129,7 @@ def plain_train(files: list[Path], size: int, batch: int, workers: int, device: 
     return n / (time.perf_counter() - t0)
 
 
-def data_cpu_seconds(task_name: str, index: Path, cfg: dict, *, train: bool, items: int = 48) -> float:
+def data_cpu_seconds(task_name: str, index: Path, opts: Any, *, train: bool, items: int = 48) -> float:
     """CPU seconds one dataset item costs (read, decode, augment), measured in this process. On a CPU the model
     already keeps every core busy, so this work is taken from the model wherever it runs (a worker process or
     in-process): it explains the gap to the limit that no loop can close."""
@@ -137,7 +138,7 @@ def data_cpu_seconds(task_name: str, index: Path, cfg: dict, *, train: bool, ite
 
     table, task = read_index(index), get_task(task_name)
     rows = table.rows("train" if train else "test")
-    ds = task.dataset(table, rows, cfg, task.setup(table, cfg), train=train, with_targets=train)
+    ds = task.dataset(table, rows, opts, task.setup(table, opts), train=train, with_targets=train)
     n = min(items, len(ds))
     for _ in range(2):  # the first pass warms the page cache and lazy imports; the second is timed
         t0 = time.process_time()
@@ -178,7 +179,7 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
         data = tmp / ("cache" if extra else "jpeg")
         kcomp_cli("prep", "cassava", raw, "-o", data, *extra)
         kcomp_cli("split", data / "index.parquet", "--folds", "5", "-o", data / "folds.parquet")
-        cfg = config.resolve(task="cls", folds=str(data / "folds.parquet"), model=args.model, img_size=size,
+        opts = config.resolve(task="cls", folds=str(data / "folds.parquet"), model=args.model, img_size=size,
                              epochs=2, batch_size=bs, aug="light", workers=args.workers, device=args.device,
                              log_every=50)
         torch.manual_seed(0)
@@ -189,7 +190,7 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
 
         def ours_train() -> float:
             shutil.rmtree(data / "run", ignore_errors=True)  # a fresh run each time (a finished one would resume)
-            train(cfg, run=data / "run", fold=0)
+            train(opts, run=data / "run", fold=0)
             history = pd.read_parquet(paths.metrics(data / "run", 0))
             return float(history["img_per_s"].iloc[-1])  # second epoch: workers warm, as in a real run
 
@@ -208,10 +209,10 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
                 limit_train, args.train_repeats))
         lines += [
             bracketed(f"train cls {args.model} {size}px batch {bs}, {args.workers} workers, {variant}", ours_train,
-                      limit_train, args.train_repeats, data_cpu_seconds("cls", index, cfg, train=True)),
+                      limit_train, args.train_repeats, data_cpu_seconds("cls", index, opts, train=True)),
             bracketed(f"tta cls {args.model} {size}px batch {bs}, {n} test images, {variant} (incl. model load)",
                       lambda: infer_rate(data / "run", args.workers, args.device)[0], limit_infer, args.repeats,
-                      data_cpu_seconds("cls", index, cfg, train=False)),
+                      data_cpu_seconds("cls", index, opts, train=False)),
         ]
         if not extra:
             lines.append(bench_cls_folds(data, args, n, limit_infer))
@@ -249,9 +250,9 @@ def bench_seg(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
         data = tmp / ("seg-cache" if extra else "seg-jpeg")
         kcomp_cli("prep", "clouds", layout.raw, "-o", data, *extra)
         kcomp_cli("split", data / "index.parquet", "--folds", "2", "-o", data / "folds.parquet")
-        cfg = config.resolve(task="seg", folds=str(data / "folds.parquet"), model=args.seg_model, img_size=size,
+        opts = config.resolve(task="seg", folds=str(data / "folds.parquet"), model=args.seg_model, img_size=size,
                              epochs=1, batch_size=bs, aug="none", workers=args.workers, device=args.device)
-        train(cfg, run=data / "run", fold=0)
+        train(opts, run=data / "run", fold=0)
         torch.manual_seed(0)
         model = create_seg_model("unet", args.seg_model, 4).to(device).to(memory_format=torch.channels_last)
         n = args.seg_images
@@ -259,7 +260,7 @@ def bench_seg(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
             f"tta seg unet-{args.seg_model} {size}px batch {bs}, {n} test images, {variant}, maps 350x525 "
             f"(incl. model load)", lambda: infer_rate(data / "run", args.workers, args.device)[0],
             lambda: model_only_infer(model, bs, size, max(3, n // bs), device, act="sigmoid"), args.repeats,
-            data_cpu_seconds("seg", data / "index.parquet", cfg, train=False)))
+            data_cpu_seconds("seg", data / "index.parquet", opts, train=False)))
     return lines
 
 

@@ -11,6 +11,8 @@ from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Node
                                     parallel_folds, relaunch_if_asked, under_torchrun)
 
 Opt = typer.Option
+# A training option is declared twice: its field in kcomp/tasks/options.py (type, default, accepted values, tasks) and
+# its typer.Option below under the same name (flag and help). None means "not given": the default, or the task's.
 
 
 def command(
@@ -63,6 +65,18 @@ def command(
     amp: Annotated[str | None, Opt(help="auto | bf16 | fp16 | off. auto: bf16/fp16 on CUDA, fp32 on CPU.")] = None,
     channels_last: Annotated[bool | None, Opt("--channels-last/--no-channels-last")] = None,
     sync_bn: Annotated[bool, Opt("--sync-bn", help="DDP: BatchNorm statistics over the global batch (CUDA).")] = False,
+    drop: Annotated[str | None, Opt(help="Label issues from `kcomp clean`: leave those rows out of training (cls; "
+                                         "validation rows never change).")] = None,
+    relabel: Annotated[str | None, Opt(help="Label issues from `kcomp clean`: train those rows on the suggested "
+                                            "label (cls).")] = None,
+    extra: Annotated[list[str] | None, Opt(help="Pseudo-labelled rows from `kcomp pseudo`, added to every fold's "
+                                                "training rows and never validated (repeatable).")] = None,
+    teacher: Annotated[str | None, Opt(help="cls OOF predictions (`kcomp oof`) to distil from: soft targets beside "
+                                            "the labels, mixed by --distill-alpha.")] = None,
+    distill_alpha: Annotated[float | None, Opt(help="The teacher's share of the loss, 0..1 (1: cross-entropy to its "
+                                                    "probabilities only).")] = None,
+    distill_temperature: Annotated[float | None, Opt(help="Softens teacher and student alike (loss x T^2). "
+                                                          "Default 1.")] = None,
     device: Device = "auto",
     workers: Workers = 2,
     compile_model: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,
@@ -83,46 +97,27 @@ def command(
     An interrupted fold (Ctrl-C, SIGTERM) saves last.pt and exits 130; the same command resumes it.
     --gpus N runs DDP under torchrun (global batch = N x --batch-size); with --fold all --parallel-folds it trains
     N folds at once instead (docs/cluster.md)."""
-    from pathlib import Path
-
+    params = dict(locals())  # first: the parameters above, named as the training options they set
     from kcomp.artifacts.outputs import check_outputs
 
-    check_outputs(dirs={"-o": output}, inputs=[folds, weights], owns_dirs=True)  # before torch is imported
+    inputs = [folds, weights, drop, relabel, *(extra or []), teacher]
+    check_outputs(dirs={"-o": output}, inputs=inputs, owns_dirs=True)  # before torch is imported
     from kcomp.runs import config
     from kcomp.runs.train import fold_scores, train
 
-    cfg = config.resolve(
-        task=task, folds=str(Path(folds).resolve()), target=target, model=model, img_size=img_size, epochs=epochs,
-        batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs, accum=accum,
-        loss=loss, smoothing=smoothing, t1=t1, t2=t2, taylor_n=taylor_n, mixup=mixup, cutmix=cutmix,
-        mix_prob=mix_prob, ema=ema, aug=aug, drop_rate=drop_rate, drop_path=drop_path, weights=weights,
-        weights_partial=weights_partial or None,
-        metric=metric, val_tta=val_tta, arch=arch, seg_loss=seg_loss, layers=layers, layer_start=layer_start,
-        patch=patch, stride=stride, layer_shift=layer_shift, neg_fraction=neg_fraction, seed=seed,
-        deterministic=deterministic or None, amp=amp, channels_last=channels_last, device=device, workers=workers,
-        compile=compile_model or None, save_every=save_every, sync_bn=sync_bn or None,
-        **layout(gpus, nodes))
+    opts = config.resolve(**{k: v for k, v in params.items() if k in config.DEFAULTS} | {"compile": compile_model}
+                          | layout(gpus, nodes))
     check_launch(gpus, nodes, node_rank, master_addr, master_port)
     if in_parallel and not under_torchrun():
-        parallel_folds(cfg["folds"], fold, gpus, device, as_json)
+        parallel_folds(opts.folds, fold, gpus, device, as_json)
         return
     relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)
-    results = train(cfg, run=output, fold=fold if fold == "all" else _int(fold), resume=resume)
+    results = train(opts, run=output, fold=fold, resume=resume)
     if not is_main():
         return
-    summary = fold_scores(results)
     for r in results:
         log(f"fold {r.fold}: best {r.metric} {r.best_score:.4f} at epoch {r.best_epoch}")
-    emit([str(r.checkpoint) for r in results], summary, as_json)
-
-
-def _int(text: str) -> int:
-    from kcomp.errors import BadUsage
-
-    try:
-        return int(text)
-    except ValueError:
-        raise BadUsage(f"--fold {text}: expected a fold number or 'all'") from None
+    emit([str(r.checkpoint) for r in results], fold_scores(results), as_json)
 
 
 def register(app: typer.Typer) -> None:

@@ -3,9 +3,11 @@
 A command's options are a mapping name -> value (None = not given). `check` refuses, in one line naming the option
 and the value, a value out of its range (NaN and infinities always; integers past what they feed, e.g. numpy
 seeds >= 2**32), a choice that does not exist, and an option given where it means nothing (`--mixup` for a seg
-run, `--t1` without `--loss bi_tempered`). Tables: `kcomp.runs.config.SPECS` for `train`, `COMMANDS` below for
-the others, `LAUNCH` for the multi-GPU options of train/oof/tta. Each entry maps one-to-one onto a field of a
-typed options dataclass, should the tables become those.
+run, `--t1` without `--loss bi_tempered`). Tables: the fields of `kcomp.tasks.options.TrainOptions` for `train`
+and of `kcomp.runs.predict.PredictOptions` for oof/tta (a typed options dataclass whose fields carry their Spec,
+declared with `option`: one declaration gives an option's name, type, default, values and tasks), `COMMANDS`
+below for the others, `LAUNCH` for the multi-GPU options of train/oof/tta. A library function that takes one of
+these values checks it against the same Spec (`check_values`), so its callers are guarded by the same rule.
 
 `validated(command)` marks the end of a command's checking phase: every option has been checked and nothing has
 been created yet. It does nothing; tests replace it to stop a command there (tests/commands/test_options.py).
@@ -16,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from kcomp.errors import BadUsage
@@ -45,11 +47,18 @@ class Spec:
     only: tuple[str, ...] = ()
     needs: tuple[str, Callable[[Mapping[str, Any]], bool]] | None = None
     default: Any = None
+    repeated: bool = False  # the value is a list (an option given several times), each item checked
 
     def check(self, name: str, value: Any) -> None:
         """Raise BadUsage naming `--name value` if the value is not accepted."""
         opt = flag(name)
         if self.kind is bool or value is None:
+            return
+        if self.repeated:
+            if not isinstance(value, (list, tuple)):
+                raise BadUsage(f"{opt} {value!r}: expected a list")
+            for item in value:
+                replace(self, repeated=False).check(name, item)
             return
         if self.kind in (int, float):
             self._number(opt, value)
@@ -108,6 +117,27 @@ def Flag(**kw: Any) -> Spec:
     return Spec(bool, **kw)
 
 
+def option(spec: Spec, default: Any = None) -> Any:
+    """A field of a typed options dataclass, its Spec in the field's metadata: the field's name is the option's (the
+    flag with dashes), its annotation the type, `default` the default, and the Spec what it accepts and where it
+    applies. The Spec judges the value as given on the command line and stored in a run's config.json; a field may
+    hold it parsed (`--layers 5x7` as `Layers(5, 7)`)."""
+    return field(default=default, metadata={"spec": spec})
+
+
+def specs(cls: type) -> dict[str, Spec]:
+    """The option table of a typed options dataclass, in field order."""
+    return {f.name: f.metadata["spec"] for f in fields(cls) if "spec" in f.metadata}
+
+
+def check_values(table: Mapping[str, Spec], **values: Any) -> None:
+    """The library side of an option table: each value checked against the command's own Spec (range, choices),
+    so a function called without the command is held to the same rule with the same message. Where an option
+    applies is the command's business and is not judged here."""
+    for name, value in values.items():
+        table[name].check(name, value)
+
+
 SEED = Int(0, SEED_MAX)
 WORKERS = Int(0, MAX_WORKERS)
 BATCH = Int(1, MAX_BATCH)
@@ -135,7 +165,21 @@ def lazy(module: str, name: str) -> Callable[[], Sequence[Any]]:
     return get
 
 
-# Every command but train (kcomp.runs.config.SPECS) and the options oof/tta share (kcomp.runs.predict.PREDICT).
+# The values the losses take: train's options (with the tasks they apply to) and kcomp.models.losses check them.
+LOSS: dict[str, Spec] = {
+    "loss": Choice(lazy("kcomp.models.losses", "LOSSES"), what="loss"),
+    "seg_loss": Choice(lazy("kcomp.models.losses", "SEG_LOSSES"), what="seg loss"),
+    "smoothing": Float(0, 1, high_open=True),
+    "t1": Float(0, 2, high_open=True),  # t1 < 1 bounds the loss
+    "t2": Float(0, 10, low_open=True),  # t2 >~ 50 overflows the gradient
+    "taylor_n": Int(1, 32),  # terms of the series, one pass over the batch each
+    "distill_alpha": Float(0, 1),  # the teacher's share of the loss
+    # the loss clamps a teacher's probabilities at 1e-12: at T = 100 their log-probabilities over T span at most 0.28,
+    # near-uniform targets; beyond, the soft targets carry almost nothing while T^2 keeps growing the loss
+    "distill_temperature": Float(0, 100, low_open=True),
+}
+
+# Every command but train (kcomp.tasks.options.TrainOptions) and oof/tta (kcomp.runs.predict.PredictOptions).
 COMMANDS: dict[str, dict[str, Spec]] = {
     "prep": {"seed": SEED, "size": Int(16, 4096), "bits": Choice((8, 16), kind=int), "workers": WORKERS,
              "split_fragment": Text(), "skip_bad": Flag()},

@@ -141,7 +141,7 @@ def test_missing_image_and_missing_csv(small: CloudsLayout, tmp_path: Path):
 
 def _truth_maps(index: Path, ids: list[str], size: tuple[int, int]) -> list[np.ndarray]:
     table = read_index(index)
-    setup = get_task("seg").setup(table, {})
+    setup = get_task("seg").setup(table)
     rows = table.df.set_index("id").loc[ids].reset_index()
     return [truth_masks(rows.iloc[i], setup, size) * np.uint8(255) for i in range(len(rows))]
 

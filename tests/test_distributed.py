@@ -188,3 +188,24 @@ def test_parallel_folds_train_every_fold(runs, tmp_path):
     # each fold is the ordinary single-process training: fold 0 matches the sequential run's first epoch
     first = _metrics(runs["single"]).iloc[0]["train_loss"]
     assert pd.read_parquet(run / "fold0" / "metrics.parquet").iloc[0]["train_loss"] == pytest.approx(first, rel=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_with_pseudo_rows_and_dropped_rows_follows_the_single_process(runs, tmp_path):
+    """--extra and --drop change each rank's rows alike: 2 ranks train what one process trains at the global batch."""
+    root = runs["root"]
+    steps = [("oof", runs["single"], "-o", root / "oof.parquet"), ("tta", runs["single"], "-o", root / "test.parquet"),
+             ("clean", root / "oof.parquet", "-o", root / "issues.parquet"),
+             ("pseudo", root / "test.parquet", "-o", root / "pseudo.parquet", "--soft")]
+    for step in steps:
+        r = run_cli(*step, *(("--workers", "0", "--device", "cpu") if step[0] in ("oof", "tta") else ()))
+        assert r.code == 0, r.stderr
+    # fold 1 trains on fold 0's rows, where the OOF of the fold-0 run found its issues
+    args = [*BASE, "--fold", "1", "--epochs", "1", "--folds", str(runs["folds"]),
+            "--extra", str(root / "pseudo.parquet"), "--drop", str(root / "issues.parquet")]
+    single = run_cli(*args, "--batch-size", "32", "-o", tmp_path / "single")
+    ddp = run_cli(*args, *DDP, "-o", tmp_path / "ddp")
+    assert single.code == 0 and ddp.code == 0, single.stderr + ddp.stderr
+    a, b = (pd.read_parquet(tmp_path / r / "fold1" / "metrics.parquet") for r in ("single", "ddp"))
+    np.testing.assert_allclose(b["train_loss"], a["train_loss"], rtol=1e-4)
+    np.testing.assert_allclose(b["val_accuracy"], a["val_accuracy"], atol=1e-9)

@@ -125,7 +125,7 @@ def test_bad_usage() -> None:
         combine([_probs(0)], method="median")
     with pytest.raises(BadUsage, match="no arrays"):
         combine([])
-    with pytest.raises(BadUsage, match="power must be a positive"):
+    with pytest.raises(BadUsage, match=r"--power 0: must be in \(0, 64\]"):
         combine([_probs(0)], method="power", power=0)
     with pytest.raises(BadInput, match="negative values"):
         combine([-_probs(0)], method="power")

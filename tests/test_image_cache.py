@@ -46,11 +46,12 @@ def test_folds_elsewhere_find_the_same_cache(cached: Path) -> None:
 
 def _dataset(table, img_size: int, train: bool = False):
     from kcomp.tasks import get_task
+    from kcomp.tasks.options import TrainOptions
 
     task = get_task("cls")
-    cfg = {"img_size": img_size, "aug": "light"}
-    setup = task.setup(table, cfg)
-    return task.dataset(table, table.rows("train"), cfg, setup, train=train)
+    opts = TrainOptions(img_size=img_size, aug="light")
+    setup = task.setup(table, opts)
+    return task.dataset(table, table.rows("train"), opts, setup, train=train)
 
 
 def test_datasets_read_the_cache_when_it_is_large_enough(cached: Path) -> None:
@@ -114,13 +115,14 @@ def test_seg_items_are_identical_from_cache_and_files(tmp_path: Path) -> None:
     for out, extra in (("plain", []), ("cached", ["--size", "64", "--workers", "0"])):
         assert run_cli("prep", "clouds", layout.raw, "-o", tmp_path / out, *extra).code == 0
     from kcomp.tasks import get_task
+    from kcomp.tasks.options import TrainOptions
 
     task = get_task("seg")
     items = []
     for out in ("plain", "cached"):
         table = read_index(tmp_path / out / "index.parquet")
-        cfg = {"img_size": 64, "aug": "none", "seg_loss": None}
-        ds = task.dataset(table, table.rows("train"), cfg, task.setup(table, cfg), train=False)
+        opts = TrainOptions(task="seg", img_size=64, aug="none")
+        ds = task.dataset(table, table.rows("train"), opts, task.setup(table), train=False)
         assert (ds.cache is not None) == (out == "cached")
         items.append([ds[i] for i in range(len(ds))])
     for (xa, ma), (xb, mb) in zip(*items, strict=True):

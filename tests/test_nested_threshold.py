@@ -193,7 +193,7 @@ def clouds_oof(tmp_path_factory: pytest.TempPathFactory) -> Path:
     get_competition("clouds").prep(layout.raw, root / "d")
     table = read_index(root / "d" / "index.parquet")
     rows = table.rows("train")
-    setup = get_task("seg").setup(table, {})
+    setup = get_task("seg").setup(table)
     from kcomp.tasks.seg import truth_masks
 
     rng = np.random.default_rng(2)
@@ -229,7 +229,7 @@ def test_clouds_heldout_dice_per_class_and_min_sizes_by_the_rule(clouds_oof: Pat
     oof = pd.read_parquet(clouds_oof)
     maps = np.load(clouds_oof.with_suffix(".npz"))
     table = read_index(clouds_oof.parent / "d" / "index.parquet")
-    setup = get_task("seg").setup(table, {})
+    setup = get_task("seg").setup(table)
     rows = table.df.set_index("id").loc[oof["id"]].reset_index()
     from kcomp.tasks.seg import truth_mask
 

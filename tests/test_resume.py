@@ -105,10 +105,11 @@ def test_resume_with_other_options_is_refused(demo_run, tmp_path):
 def test_options_added_by_a_newer_kcomp_do_not_block_resume():
     from kcomp.runs import config
 
-    old = config.resolve(task="cls", folds="f.parquet")
+    old = config.resolve(task="cls", folds="f.parquet").to_config()
     del old["smoothing"]
-    assert config.differences(old, config.resolve(task="cls", folds="f.parquet")) == []
-    assert config.differences(old, config.resolve(task="cls", folds="f.parquet", smoothing=0.1)) == ["smoothing"]
+    assert config.differences(old, config.resolve(task="cls", folds="f.parquet").to_config()) == []
+    assert config.differences(old, config.resolve(task="cls", folds="f.parquet", smoothing=0.1).to_config()) == [
+        "smoothing"]
 
 
 # What last.pt held when run directories were first written (kcomp 0.1.0): a run directory from then must resume.

@@ -256,7 +256,7 @@ def test_output_size_from_option_then_index_then_a_quarter():
 def test_seg_gets_its_own_default_batch_size():
     from kcomp.runs import config
 
-    assert config.resolve(task="seg")["batch_size"] == 8
-    assert config.resolve(task="seg", batch_size=3)["batch_size"] == 3
-    assert config.resolve(task="cls")["batch_size"] == config.DEFAULTS["batch_size"]
-    assert config.resolve(task="seg")["arch"] == "unet" and config.resolve(task="seg")["seg_loss"] == "bce_dice"
+    assert config.resolve(task="seg").batch_size == 8
+    assert config.resolve(task="seg", batch_size=3).batch_size == 3
+    assert config.resolve(task="cls").batch_size == config.DEFAULTS["batch_size"]
+    assert config.resolve(task="seg").arch == "unet" and config.resolve(task="seg").seg_loss == "bce_dice"

@@ -335,8 +335,8 @@ def test_tree_problems(tmp_path: Path):
 
 @pytest.mark.parametrize(("options", "message"), [
     ({"bits": 12}, "--bits 12: expected 8 or 16"),
-    ({"size": 0}, "--size 0: expected at least 8 pixels"),
-    ({"workers": -1}, "--workers -1: expected 0"),
+    ({"size": 0}, "--size 0: must be at least 16"),  # prep's own rule, kcomp.options.COMMANDS["prep"]
+    ({"workers": -1}, "--workers -1: must be at least 0"),
 ])
 def test_bad_options(tmp_path: Path, options: dict, message: str):
     with pytest.raises(BadUsage, match=message):

@@ -59,12 +59,12 @@ def test_a_runs_folds_predict_each_test_batch_together(demo_run, monkeypatch, ch
     assert sorted(reads) == list(range(len(rows))) and set(reads.values()) == {1}
 
     monkeypatch.setattr(ImageDataset, "read", read)
-    ds = task.dataset(run.table, rows, run.cfg, run.setup, train=False, with_targets=False)
+    ds = task.dataset(run.table, rows, run.opts, run.setup, train=False, with_targets=False)
     x = torch.stack([ds[i][0] for i in range(len(ds))]).contiguous(memory_format=torch.channels_last)
     alone = []
     for fold in run.folds:
         for which in checkpoints.split("+"):
-            model = task.build_model(run.cfg, run.setup)
+            model = task.build_model(run.opts, run.setup)
             model.load_state_dict(_weights(run, fold, which, "cls"))
             with torch.inference_mode():
                 alone.append(task.predict(model.eval(), x, 1).numpy())

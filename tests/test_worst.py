@@ -56,7 +56,7 @@ def clouds_oof(tmp_path_factory: pytest.TempPathFactory) -> dict:
     get_competition("clouds").prep(layout.raw, tmp / "data")
     index = read_index(tmp / "data" / "index.parquet")
     train = index.rows("train")
-    setup = get_task("seg").setup(index, {})
+    setup = get_task("seg").setup(index)
     rng = np.random.default_rng(0)
     maps, truths = [], []
     for k in range(len(train)):

@@ -32,6 +32,7 @@ from kcomp.artifacts._input import directory
 from kcomp.competitions import register_competition
 from kcomp.data.pool import WorkerPool, default_workers
 from kcomp.errors import BadInput, BadUsage
+from kcomp.options import COMMANDS, check_values
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -220,15 +221,10 @@ def _bad_files_error(bad: list[tuple[str, str]], stage: str) -> BadInput:
 
 
 def _options(size: Any, bits: Any, workers: Any) -> tuple[int, int, int]:
-    size = DEFAULT_SIZE if size is None else int(size)
-    bits = DEFAULT_BITS if bits is None else int(bits)
-    workers = default_workers() if workers is None else int(workers)
-    if size < 8:
-        raise BadUsage(f"--size {size}: expected at least 8 pixels")
-    if bits not in (8, 16):
-        raise BadUsage(f"--bits {bits}: expected 8 or 16")
-    if workers < 0:
-        raise BadUsage(f"--workers {workers}: expected 0 (this process) or more")
+    size = DEFAULT_SIZE if size is None else size
+    bits = DEFAULT_BITS if bits is None else bits
+    workers = default_workers() if workers is None else workers
+    check_values(COMMANDS["prep"], size=size, bits=bits, workers=workers)  # prep's own rules
     return size, bits, workers
 
 

@@ -52,10 +52,12 @@ class SeededSampler(Sampler):
 
 
 class ImageDataset(ThreadedReads, Dataset):
-    """RGB images with optional integer targets; returns (uint8 CxHxW tensor, target or -1)."""
+    """RGB images with optional targets: class indices, or float rows (soft or packed targets, a (N, K) array);
+    returns (uint8 CxHxW tensor, target or -1)."""
 
-    def __init__(self, files: Sequence[Path], targets: Sequence[int] | None, transform: Callable[..., Any],
-                 reduce_to: int | None = None, cache: Sequence[np.ndarray] | None = None) -> None:
+    def __init__(self, files: Sequence[Path], targets: Sequence[int] | np.ndarray | None,
+                 transform: Callable[..., Any], reduce_to: int | None = None,
+                 cache: Sequence[np.ndarray] | None = None) -> None:
         """`cache[i]`, when given, is files[i] already decoded (`kcomp.data.image_cache`)."""
         self.files, self.targets, self.transform, self.reduce_to = list(files), targets, transform, reduce_to
         self.cache = cache
@@ -66,13 +68,16 @@ class ImageDataset(ThreadedReads, Dataset):
     def read(self, idx: int) -> np.ndarray:
         return self.cache[idx] if self.cache is not None else read_rgb(self.files[idx], self.reduce_to)
 
-    def item(self, entry: int | tuple[int, int], img: np.ndarray) -> tuple[torch.Tensor, int]:
+    def item(self, entry: int | tuple[int, int], img: np.ndarray) -> tuple[torch.Tensor, int | torch.Tensor]:
         idx, seed = split_entry(entry)
         if seed is not None:
             self.transform.set_random_seed(seed)
         img = self.transform(image=img)["image"]
         x = chw_tensor(img)
-        return x, (int(self.targets[idx]) if self.targets is not None else -1)
+        if self.targets is None:
+            return x, -1
+        t = self.targets[idx]
+        return x, (torch.from_numpy(t) if isinstance(t, np.ndarray) else int(t))
 
     def targets_array(self) -> np.ndarray:
         return np.asarray(self.targets if self.targets is not None else [-1] * len(self.files), dtype=np.int64)

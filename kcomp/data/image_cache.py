@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp import console
-from kcomp.errors import BadInput, BadUsage
+from kcomp.errors import BadInput
+from kcomp.options import COMMANDS, check_values
 
 if TYPE_CHECKING:
     import numpy as np
@@ -35,22 +36,14 @@ def cache_name(size: int) -> str:
     return f"{CACHE_DIR}/images_{size}.npy"
 
 
-def check_size(size: int | None) -> int | None:
-    if size is not None and not 16 <= int(size) <= 4096:
-        raise BadUsage(f"--size {size}: expected an image cache side between 16 and 4096 pixels")
-    return None if size is None else int(size)
-
-
 def add_image_cache(df: Any, root: Path, out: Path, size: int | None, workers: int | None) -> dict[str, Any]:
     """Cache the images of index rows `df` (paths relative to `root`) under `out` and add the `cache_row` column;
     returns the index metadata that records the cache ({} when `size` is None: no cache asked for)."""
     from kcomp.data.pool import WorkerPool, default_workers
 
-    size = check_size(size)
+    check_values(COMMANDS["prep"], size=size, workers=workers)  # prep's own rules
     if size is None:
         return {}
-    if workers is not None and workers < 0:
-        raise BadUsage(f"--workers {workers}: expected 0 (this process) or more")
     with WorkerPool(default_workers() if workers is None else workers) as pool:
         build_image_cache([root / p for p in df["path"]], out / cache_name(size), size, pool)
     df[ROW_COLUMN] = range(len(df))

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kcomp.errors import BadUsage
+from kcomp.options import LOSS, check_values
 
 LOSSES = ("ce", "bi_tempered", "taylor")
 SEG_LOSSES = ("bce_dice", "bce", "dice", "lovasz", "focal")
@@ -175,18 +175,18 @@ def bi_tempered_logistic_loss(logits: Tensor, target: Tensor, t1: float = 0.8, t
     """Bi-tempered logistic loss: t1<1 bounds the loss against mislabelled outliers, t2>1 gives heavy tails that
     keep gradients alive for examples near noisy decision boundaries. t1=t2=1 is KL(target || softmax), i.e. cross
     entropy minus the target entropy (exactly CE for one-hot targets)."""
-    _check_temperatures(t1, t2, ValueError)
+    _check_temperatures(t1, t2)
     if num_iters < 1:
         raise ValueError(f"num_iters must be >= 1, got {num_iters}")
     x, t = _prepare(logits, target, smoothing)
     return _BiTempered.apply(x, t, float(t1), float(t2), int(num_iters)).mean()
 
 
-def _check_temperatures(t1: float, t2: float, error: type[Exception]) -> None:
+def _check_temperatures(t1: float, t2: float) -> None:
     if not 0.0 <= t1 < 2.0:
-        raise error(f"bi-tempered t1 must be in [0, 2), got {t1} (t1 < 1 bounds the loss)")
+        raise ValueError(f"bi-tempered t1 must be in [0, 2), got {t1} (t1 < 1 bounds the loss)")
     if not t2 > 0.0:
-        raise error(f"bi-tempered t2 must be > 0, got {t2} (t2 > 1 gives heavy tails)")
+        raise ValueError(f"bi-tempered t2 must be > 0, got {t2} (t2 > 1 gives heavy tails)")
 
 
 # --- Taylor cross-entropy (Feng et al. 2020, "Can Cross Entropy Loss Be Robust to Label Noise?") --------------------
@@ -215,18 +215,15 @@ def taylor_cross_entropy(logits: Tensor, target: Tensor, n: int = 2, smoothing: 
 
 def build_loss(name: str, *, smoothing: float = 0.0, t1: float = 0.8, t2: float = 1.4,
                taylor_n: int = 2) -> LossFn:
-    """The loss named on the command line as ``loss(logits, target)``; bad names or parameters raise BadUsage."""
-    if name not in LOSSES:
-        raise BadUsage(f"unknown loss {name!r}; choose one of: {', '.join(LOSSES)}")
-    if not 0.0 <= smoothing < 1.0:
-        raise BadUsage(f"label smoothing must be in [0, 1), got {smoothing}")
+    """The loss named on the command line as ``loss(logits, target)``; bad names or parameters raise BadUsage, by the
+    rules `train` checks its options with (`kcomp.options.LOSS`)."""
+    check_values(LOSS, loss=name, smoothing=smoothing)
     if name == "ce":
         return functools.partial(soft_cross_entropy, smoothing=smoothing)
     if name == "bi_tempered":
-        _check_temperatures(t1, t2, BadUsage)
+        check_values(LOSS, t1=t1, t2=t2)
         return functools.partial(bi_tempered_logistic_loss, t1=t1, t2=t2, smoothing=smoothing)
-    if isinstance(taylor_n, bool) or not isinstance(taylor_n, int) or taylor_n < 1:
-        raise BadUsage(f"taylor order must be an integer >= 1, got {taylor_n!r}")
+    check_values(LOSS, taylor_n=taylor_n)
     return functools.partial(taylor_cross_entropy, n=taylor_n, smoothing=smoothing)
 
 
@@ -237,8 +234,7 @@ def build_seg_loss(name: str, *, smoothing: float = 0.0) -> LossFn:
     """Loss on (B, C, H, W) logits and 0/1 targets (any dtype), computed in float32."""
     from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
 
-    if name not in SEG_LOSSES:
-        raise BadUsage(f"--seg-loss {name}: choose one of {', '.join(SEG_LOSSES)}")
+    check_values(LOSS, seg_loss=name, smoothing=smoothing)
     dice = DiceLoss("multilabel", from_logits=True)
     lovasz = LovaszLoss("multilabel", from_logits=True)
     focal = FocalLoss("multilabel")
@@ -287,10 +283,7 @@ def build_distillation(label_loss: LossFn, *, alpha: float, temperature: float =
     """``loss(logits, packed)`` for the training loop, ``packed`` being ``(N, 2C)``: the label targets (one-hot or
     soft, C columns) then the teacher's probabilities (C columns), as `pack_teacher` builds them. Batch mixing
     (mixup/cutmix) mixes the packed rows as one, so the label and teacher halves stay paired."""
-    if not 0.0 <= alpha <= 1.0:
-        raise BadUsage(f"--distill-alpha {alpha}: must be in [0, 1]")
-    if not temperature > 0.0:
-        raise BadUsage(f"--distill-temperature {temperature}: must be > 0")
+    check_values(LOSS, distill_alpha=alpha, distill_temperature=temperature)
 
     def loss(logits: Tensor, packed: Tensor) -> Tensor:
         c = logits.shape[-1]

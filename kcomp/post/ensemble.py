@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
+from kcomp.options import COMMANDS, check_values
 
 METHODS = ("mean", "rank", "geometric", "power")
 GEOMETRIC_EPS = 1e-7
@@ -55,12 +56,9 @@ def combine(
     With `normalize`, 2-D results of mean/geometric/power are rescaled to rows summing to 1 when the first
     input's rows already sum to 1 (single-label class distributions); multi-label or map inputs are left alone.
     """
-    if method not in METHODS:
-        raise BadUsage(f"unknown ensemble method {method!r}; choose one of: {', '.join(METHODS)}")
+    check_values(COMMANDS["ensemble"], method=method, **({"power": power} if method == "power" else {}))
     if len(arrays) == 0:
         raise BadUsage("nothing to combine: no arrays given")
-    if method == "power" and not (np.isfinite(power) and power > 0):
-        raise BadUsage(f"power must be a positive number, got {power}")
     shape = np.shape(arrays[0])
     if len(shape) == 0:
         raise BadInput("array 0 is a scalar; expected at least one row axis")

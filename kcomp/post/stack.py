@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
+from kcomp.options import COMMANDS, check_values
 
 MODELS = ("logreg", "mlp", "gbm")
 LOG_EPS = 1e-7
@@ -114,14 +115,11 @@ def stack(
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
-    if model not in MODELS:
-        raise BadUsage(f"unknown stacking model {model!r}; choose one of: {', '.join(MODELS)}")
+    check_values(COMMANDS["stack"], model=model, folds=n_splits, seed=seed)
     if len(oof) != len(test):
         raise BadUsage(f"got {len(oof)} OOF arrays but {len(test)} test arrays; give one of each per model")
     if len(oof) == 0:
         raise BadUsage("nothing to stack: no OOF arrays given")
-    if n_splits < 2:
-        raise BadUsage(f"n_splits must be at least 2, got {n_splits}")
 
     oofs = [_as_2d(a, f"oof[{i}]") for i, a in enumerate(oof)]
     tests = [_as_2d(a, f"test[{i}]") for i, a in enumerate(test)]

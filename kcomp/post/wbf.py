@@ -15,6 +15,7 @@ import numpy as np
 
 from kcomp.artifacts.boxes import Boxes
 from kcomp.errors import BadUsage
+from kcomp.options import COMMANDS, check_values
 
 METHODS = ("wbf", "nms", "soft_nms")
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
@@ -27,12 +28,7 @@ def fuse_boxes(lists: Sequence[Boxes], heights: np.ndarray, widths: np.ndarray, 
     """Box lists in pixels of the same images (image i of every list is a heights[i] x widths[i] picture), fused
     image by image; returns pixels. NMS ignores `skip_box_thr`; soft-NMS drops boxes whose decayed score is not
     above it."""
-    if method not in METHODS:
-        raise BadUsage(f"--method {method}: choose one of {', '.join(METHODS)}")
-    if conf_type not in CONF_TYPES:
-        raise BadUsage(f"--conf-type {conf_type}: choose one of {', '.join(CONF_TYPES)}")
-    if not 0 < iou_thr <= 1:
-        raise BadUsage(f"--iou {iou_thr}: must be in (0, 1]")
+    check_values(COMMANDS["wbf"], method=method, conf_type=conf_type, iou=iou_thr, skip_box_thr=skip_box_thr)
     if impl not in IMPLS:
         raise BadUsage(f"impl {impl!r}: choose one of {', '.join(IMPLS)}")
     if weights is not None and len(weights) != len(lists):

@@ -66,7 +66,7 @@ class _Truth:
         if preds.task == "seg":
             from kcomp.tasks import get_task
 
-            self.setup = get_task("seg").setup(table, {})
+            self.setup = get_task("seg").setup(table)
 
     def seg(self, rid: Any, row: Any, size: Sequence[int]) -> np.ndarray:
         from kcomp.tasks.seg import truth_masks

@@ -65,7 +65,7 @@ def _seg(preds: Predictions, thresholds: Any) -> dict[str, Any]:
     from kcomp.tasks.seg import truth_masks
 
     table = preds.index("needed for the true masks")
-    setup = get_task("seg").setup(table, {})
+    setup = get_task("seg").setup(table)
     by_id = table.df.set_index("id", drop=False)
     dice = np.zeros((len(preds.df), len(preds.classes)))
     by_size: dict[tuple[int, ...], Any] = {}

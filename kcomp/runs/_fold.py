@@ -23,11 +23,13 @@ from kcomp.artifacts import paths, write_json
 from kcomp.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from kcomp.artifacts.index import IndexTable
 from kcomp.data.datasets import SeededSampler
-from kcomp.errors import BadInput, BadUsage
+from kcomp.errors import BadUsage
 from kcomp.infer.predict import loader_workers
 from kcomp.runs import config as config_mod
+from kcomp.runs._data import DataChanges
 from kcomp.runtime import distributed
 from kcomp.runtime.device import amp_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+from kcomp.tasks.options import TrainOptions
 
 # The position's entries of a checkpoint's "position" dict, besides the running loss and the world size.
 POSITION_KEYS = ("epoch", "batch", "step", "best", "best_epoch", "loss_count")
@@ -77,7 +79,7 @@ class Position:
 class Fold:
     """What trains one fold, built once: options, data, the model and everything whose state a checkpoint keeps."""
 
-    cfg: dict[str, Any]
+    opts: TrainOptions
     task: Any
     setup: dict[str, Any]
     run: Path
@@ -112,8 +114,15 @@ class Fold:
         return len(self.train_dl)
 
     @property
-    def num_classes(self) -> int:
-        return len(self.setup.get("classes", []))
+    def target_columns(self) -> int:
+        """Columns of a training target row, for batch mixing: the classes, twice when a teacher's probabilities
+        ride beside the labels (`kcomp.models.losses.pack_teacher`)."""
+        return len(self.setup.get("classes", [])) * (2 if self.opts.distilled else 1)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The options as config.json and the checkpoints store them."""
+        return self.opts.to_config()
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -121,88 +130,84 @@ class Fold:
         return self.ema.module if self.ema is not None else self.model
 
 
-def build_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str, Any], run: Path,
-               fold: int) -> Fold:
+def build_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str, Any], run: Path, fold: int,
+               changes: DataChanges | None = None) -> Fold:
     """Seeded, then data, then the model (its init draws from the shared seed), then the optimizer state holders.
     The order is part of what makes a run reproducible."""
     from kcomp.metrics import get_metric
 
-    device = distributed.local_device(resolve_device(cfg["device"]))
-    dtype = amp_dtype(device, cfg["amp"])
-    seed_everything(cfg["seed"], cfg["deterministic"])
-    metric_name = cfg["metric"] or task.default_metric
+    device = distributed.local_device(resolve_device(opts.device))
+    dtype = amp_dtype(device, opts.amp)
+    seed_everything(opts.seed, opts.deterministic)
+    metric_name = opts.metric or task.default_metric
     metric = get_metric(metric_name)
-    loaders = _loaders(cfg, table, task, setup, fold, device)
-    parts = _training_parts(cfg, task, setup, run, device, dtype, batches=len(loaders[0]))
-    return Fold(cfg, task, setup, run, fold, device, dtype, metric_name, metric, *loaders, *parts)
+    loaders = _loaders(opts, table, task, setup, fold, device, changes or DataChanges())
+    parts = _training_parts(opts, task, setup, run, device, dtype, batches=len(loaders[0]))
+    return Fold(opts, task, setup, run, fold, device, dtype, metric_name, metric, *loaders, *parts)
 
 
-def _training_parts(cfg: dict[str, Any], task: Any, setup: dict[str, Any], run: Path, device: torch.device,
+def _training_parts(opts: TrainOptions, task: Any, setup: dict[str, Any], run: Path, device: torch.device,
                     dtype: torch.dtype | None, *, batches: int) -> tuple[Any, ...]:
     """(model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn), as `Fold` holds them."""
     from timm.utils import ModelEmaV3
 
-    model = task.build_model(cfg, setup, weights=cfg["weights"]).to(device)
-    if cfg["sync_bn"]:
+    model = task.build_model(opts, setup, weights=opts.weights).to(device)
+    if opts.sync_bn:
         model = distributed.sync_batchnorm(model, device)
-    if cfg["channels_last"]:
+    if opts.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(model, cfg)
-    steps_per_epoch = math.ceil(batches / cfg["accum"])
+    optimizer = build_optimizer(model, opts)
+    steps_per_epoch = math.ceil(batches / opts.accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        steps_per_epoch * cfg["epochs"], int(cfg["warmup_epochs"] * steps_per_epoch), cfg["min_lr_ratio"]))
+        steps_per_epoch * opts.epochs, int(opts.warmup_epochs * steps_per_epoch), opts.min_lr_ratio))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = ModelEmaV3(model, decay=cfg["ema"], use_warmup=True) if cfg["ema"] else None
-    distributed.seed_rank(cfg["seed"], cfg["deterministic"])  # after the shared-seed model init
+    ema = ModelEmaV3(model, decay=opts.ema, use_warmup=True) if opts.ema else None
+    distributed.seed_rank(opts.seed, opts.deterministic)  # after the shared-seed model init
     ddp = distributed.wrap_ddp(model, device)  # `model` stays the module that is saved and evaluated
-    step_model = torch.compile(ddp) if cfg["compile"] else ddp
-    loss_fn = task.loss(cfg, setup)
+    step_model = torch.compile(ddp) if opts.compile else ddp
+    loss_fn = task.loss(opts, setup)
     options.validated("train")  # everything the options build is built: a bad one has left no run dir behind
-    write_run_config(run, cfg, setup)
+    write_run_config(run, opts, setup)
     return model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn
 
 
-def check_run_config(run: Path, cfg: dict[str, Any]) -> bool:
+def check_run_config(run: Path, opts: TrainOptions) -> bool:
     """config.json is shared by all folds of a run; a second fold with other options is an error, not a mix."""
     from kcomp.artifacts.run_config import read_run_config
 
     path = paths.config(run)
     if path.exists():
         saved = read_run_config(run)
-        config_mod.require_same(saved["config"], cfg, str(path))
+        config_mod.require_same(saved["config"], opts.to_config(), str(path))
         return True
     return False
 
 
-def write_run_config(run: Path, cfg: dict[str, Any], setup: dict[str, Any]) -> None:
+def write_run_config(run: Path, opts: TrainOptions, setup: dict[str, Any]) -> None:
     """Written once a fold's data and model are built, so a bad option (fold, model, weights) leaves no run dir."""
-    if not check_run_config(run, cfg) and distributed.is_main():
-        write_json(paths.config(run), "run-config", {"config": cfg, "setup": setup})
+    if not check_run_config(run, opts) and distributed.is_main():
+        write_json(paths.config(run), "run-config", {"config": opts.to_config(), "setup": setup})
 
 
-def _loaders(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str, Any], fold: int,
-             device: torch.device) -> tuple[DataLoader, DataLoader, SeededSampler, Any]:
-    """Loaders of the fold's training and validation rows, the sampler to position on resume, and the
-    validation targets the metric compares with."""
-    df = table.df
-    train_rows = df[(df["split"] == "train") & (df["fold"] >= 0) & (df["fold"] != fold)].reset_index(drop=True)
-    val_rows = df[(df["split"] == "train") & (df["fold"] == fold)].reset_index(drop=True)
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise BadInput(f"fold {fold} leaves {len(train_rows)} training and {len(val_rows)} validation rows",
-                       path=table.source)
-    train_ds = task.dataset(table, train_rows, cfg, setup, train=True)
-    val_ds = task.dataset(table, val_rows, cfg, setup, train=False)
+def _loaders(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str, Any], fold: int,
+             device: torch.device, changes: DataChanges) -> tuple[DataLoader, DataLoader, SeededSampler, Any]:
+    """Loaders of the fold's training rows (with --drop, --relabel, --extra, --teacher applied) and of its
+    validation rows (as the folds file has them), the sampler to position on resume, and the validation targets
+    the metric compares with."""
+    rows = changes.fold_rows(table, fold, setup)
+    train_ds = task.dataset(rows.table, rows.train, opts, setup, train=True)
+    val_ds = task.dataset(table, rows.val, opts, setup, train=False)
     # Under DDP every rank takes every world-th sample of the same permutation: the ranks' batches together are
     # the batch one process draws at batch_size x world (the global batch), augmentation seeds included.
     replicas, rank = distributed.replica()
-    sampler = SeededSampler(len(train_ds), seed=cfg["seed"], num_replicas=replicas, rank=rank)
-    drop_last = sampler.per_replica >= cfg["batch_size"]
-    train_dl = DataLoader(train_ds, batch_size=cfg["batch_size"], sampler=sampler, drop_last=drop_last,
-                          **_loader_options(int(cfg["workers"]), device))
+    sampler = SeededSampler(len(train_ds), seed=opts.seed, num_replicas=replicas, rank=rank)
+    drop_last = sampler.per_replica >= opts.batch_size
+    train_dl = DataLoader(train_ds, batch_size=opts.batch_size, sampler=sampler, drop_last=drop_last,
+                          **_loader_options(opts.workers, device))
     # Validation is inference: on a CPU the model's threads already hold every core, and validating through worker
     # processes slows the next epoch's first training step (benchmarks/RESULTS.md); on a GPU, as given.
-    val_dl = DataLoader(distributed.shard_dataset(val_ds), batch_size=cfg["batch_size"], shuffle=False,
-                        **_loader_options(loader_workers(int(cfg["workers"]), device, val_ds), device))
+    val_dl = DataLoader(distributed.shard_dataset(val_ds), batch_size=opts.batch_size, shuffle=False,
+                        **_loader_options(loader_workers(opts.workers, device, val_ds), device))
     return train_dl, val_dl, sampler, val_ds.targets_array()
 
 
@@ -213,14 +218,14 @@ def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:
             "generator": torch.Generator().manual_seed(0)} | ({"prefetch_factor": 4} if workers else {})
 
 
-def build_optimizer(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+def build_optimizer(model: torch.nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
     """AdamW without weight decay on norms and biases (the usual timm recipe)."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg["lr"], fused=False)
+    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=opts.lr, fused=False)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):  # noqa: ANN201 - a LambdaLR factor
@@ -244,9 +249,9 @@ def resume(f: Fold, asked: bool) -> Position:
     if not asked:
         console.log(f"[yellow]fold {f.fold}: {last} exists; resuming it (delete the fold dir to start over)")
     ck = load_checkpoint(last, task=f.task.name)
-    config_mod.require_same(ck["config"], f.cfg, str(last))
+    config_mod.require_same(ck["config"], f.config, str(last))
     trained_by = int(ck["position"].get("world_size", 1))
-    if trained_by != f.world and ck["position"]["epoch"] < f.cfg["epochs"]:
+    if trained_by != f.world and ck["position"]["epoch"] < f.opts.epochs:
         raise BadUsage(f"fold {f.fold}: {last} was trained by {trained_by} process(es), this run has {f.world}; "
                        f"the global batch would change mid-run: resume with the same --gpus/--nodes")
     f.model.load_state_dict(ck["model"])
@@ -263,7 +268,7 @@ def save_last(f: Fold, pos: Position) -> None:
     wait for the file to be complete before going on."""
     rngs = distributed.all_gather_object(rng_state()) if f.world > 1 else None
     distributed.mean_(pos.loss_sum)
-    state = {"task": f.task.name, "config": f.cfg, "setup": f.setup, "fold": f.fold,
+    state = {"task": f.task.name, "config": f.config, "setup": f.setup, "fold": f.fold,
              "model": f.model.state_dict(), "ema": f.ema.module.state_dict() if f.ema is not None else None,
              "optimizer": f.optimizer.state_dict(), "scheduler": f.scheduler.state_dict(),
              "scaler": f.scaler.state_dict(), **pos.to_checkpoint(f.world)}
@@ -274,7 +279,7 @@ def save_last(f: Fold, pos: Position) -> None:
 def save_best(f: Fold, epoch: int, score: float) -> None:
     """best.pt: the evaluated weights and the score they reached, without optimizer state."""
     _save_on_main(paths.best_checkpoint(f.run, f.fold), {
-        "task": f.task.name, "config": f.cfg, "setup": f.setup, "fold": f.fold, "epoch": epoch,
+        "task": f.task.name, "config": f.config, "setup": f.setup, "fold": f.fold, "epoch": epoch,
         "metric": f.metric_name, "score": score, "model": f.eval_model.state_dict()})
 
 

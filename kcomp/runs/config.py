@@ -1,159 +1,60 @@
-"""Layered run configuration: library defaults, then the options given on the command line (None = default)."""
+"""A run's configuration: the command line resolved into `TrainOptions` (library defaults, then the task's, then
+the options given; None = not given), and the rule for resuming a run directory with them.
+
+The options themselves, with what each accepts and where it applies, are the fields of
+`kcomp.tasks.options.TrainOptions`; `DEFAULTS` and `SPECS` are their table (config.json keys in order).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from kcomp import options
 from kcomp.errors import BadUsage, ConfigMismatch
-from kcomp.options import MAX_BATCH, MAX_SIDE, Choice, Flag, Float, Int, Spec, Text, lazy
-from kcomp.tasks import task_names
+from kcomp.tasks.options import DEFAULTS, SPECS, TASK_DEFAULTS, TASK_NAMES, TrainOptions, canonical
 
-DEFAULTS: dict[str, Any] = {
-    "task": "cls",
-    "folds": None,
-    "target": None,
-    "model": "resnet18",
-    "img_size": 224,
-    "epochs": 10,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "weight_decay": 0.05,
-    "warmup_epochs": 1.0,
-    "min_lr_ratio": 0.01,
-    "accum": 1,
-    "loss": "ce",
-    "smoothing": 0.0,
-    "t1": 0.8,
-    "t2": 1.4,
-    "taylor_n": 2,
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "mix_prob": 1.0,
-    "ema": 0.0,
-    "aug": "medium",
-    "drop_rate": 0.0,
-    "drop_path": 0.0,
-    "weights": None,
-    "metric": None,
-    "val_tta": 1,
-    # task seg
-    "arch": "unet",
-    "seg_loss": "bce_dice",
-    # task ink
-    "layers": "5x7",
-    "layer_start": None,
-    "patch": 224,
-    "stride": None,
-    "layer_shift": 2,
-    "neg_fraction": 1.0,
-    "infer_stride": None,
-    "seed": 42,
-    "deterministic": False,
-    "amp": "auto",
-    "channels_last": True,
-    "sync_bn": False,  # BatchNorm statistics over all ranks' batches (DDP on CUDA only)
-    # below: how to run, not what to compute; they may change between a run and its resume
-    "device": "auto",
-    "workers": 2,
-    "compile": False,
-    "save_every": 0,
-    "log_every": 50,
-    # data-parallel processes per node and nodes (`--gpus`, `--nodes`): recorded, but free to differ between
-    # folds; a fold's last.pt records its world size and resumes only with the same one (the global batch)
-    "gpus": 1,
-    "nodes": 1,
-    "weights_partial": False,  # load --weights even when they fill less than MIN_WEIGHTS_SHARE of the model
-}
-# Where a task's sensible default differs (applied under the command line): a seg batch costs several times a
-# classifier's at the same size, and short runs on small data need optimizer steps more than large batches.
-TASK_DEFAULTS: dict[str, dict[str, Any]] = {"seg": {"batch_size": 8}}
+__all__ = ["DEFAULTS", "RUNTIME_KEYS", "SPECS", "TrainOptions", "differences", "require_same", "resolve"]
+
 RUNTIME_KEYS = frozenset({"device", "workers", "compile", "save_every", "log_every", "gpus", "nodes"})
-
-TASKS = tuple(task_names())
-CLS, INK, NOT_INK = ("cls",), ("ink",), ("cls", "seg", "det")
-
-
-def _loss(name: str) -> tuple[str, Any]:
-    return f"--loss {name}", lambda v: v["loss"] == name
+# Options naming files train reads: recorded as absolute paths, so a resume from another directory reads the same.
+FILES = ("folds", "drop", "relabel", "teacher", "extra")
 
 
-# What each key accepts and for which tasks it means something (checked before anything is created; see
-# kcomp.options). Upper bounds are where a value stops meaning anything or overflows what it feeds.
-SPECS: dict[str, Spec] = {
-    "task": Choice(TASKS, what="task"),
-    "folds": Text(),
-    "target": Text(only=CLS),
-    "model": Text(),
-    "img_size": Int(1, MAX_SIDE, only=NOT_INK),  # ink: --patch
-    "epochs": Int(1, 100_000),
-    "batch_size": Int(1, MAX_BATCH),
-    "lr": Float(0, 1, low_open=True),  # AdamW moves each weight by about lr per step
-    "weight_decay": Float(0),
-    "warmup_epochs": Float(0),
-    "min_lr_ratio": Float(0, 1),
-    "accum": Int(1, MAX_BATCH),
-    "loss": Choice(lazy("kcomp.models.losses", "LOSSES"), what="loss", only=CLS),
-    "smoothing": Float(0, 1, high_open=True, only=("cls", "seg", "ink")),
-    "t1": Float(0, 2, high_open=True, only=CLS, needs=_loss("bi_tempered")),
-    "t2": Float(0, 10, low_open=True, only=CLS, needs=_loss("bi_tempered")),  # t2 >~ 50 overflows the gradient
-    "taylor_n": Int(1, 32, only=CLS, needs=_loss("taylor")),  # terms of the series, one pass over the batch each
-    "mixup": Float(0, only=CLS),
-    "cutmix": Float(0, only=CLS),
-    "mix_prob": Float(0, 1, only=CLS, needs=("--mixup or --cutmix", lambda v: bool(v["mixup"] or v["cutmix"]))),
-    "ema": Float(0, 1, high_open=True),
-    "aug": Choice(lazy("kcomp.data.transforms", "AUG_LEVELS"), what="augmentation level", only=NOT_INK),
-    "drop_rate": Float(0, 1, high_open=True, only=("cls", "ink")),
-    "drop_path": Float(0, 1, high_open=True, only=("cls", "ink")),
-    "weights": Text(),
-    "weights_partial": Flag(needs=("--weights", lambda v: bool(v["weights"]))),
-    "metric": Text(),  # checked against the task's metrics in `_check`
-    "val_tta": options.TTA,
-    "arch": Text(only=("seg",)),  # smp's names, checked when the model is built
-    "seg_loss": Choice(lazy("kcomp.models.losses", "SEG_LOSSES"), what="seg loss", only=("seg",)),
-    "layers": Text(pattern=r"\d+x\d+", what="GROUPSxLAYERS, e.g. 5x7", only=INK),
-    "layer_start": Int(0, MAX_SIDE, only=INK),
-    "patch": Int(32, MAX_SIDE, multiple_of=32, only=INK),  # the encoder's stride
-    "stride": Int(1, MAX_SIDE, only=INK),
-    "layer_shift": Int(0, MAX_SIDE, only=INK),
-    "neg_fraction": Float(0, 1, only=INK),
-    "infer_stride": Int(1, MAX_SIDE, only=INK),
-    "seed": options.SEED,
-    "deterministic": Flag(),
-    "amp": Choice(("auto", "bf16", "fp16", "off"), what="precision"),
-    "channels_last": Flag(),
-    "sync_bn": Flag(),
-    "device": options.DEVICE,
-    "workers": options.WORKERS,
-    "compile": Flag(),
-    "save_every": Int(0),
-    "log_every": Int(0),
-    "gpus": options.LAUNCH["gpus"],
-    "nodes": options.LAUNCH["nodes"],
-}
-
-
-def resolve(**overrides: Any) -> dict[str, Any]:
+def resolve(**overrides: Any) -> TrainOptions:
+    """The options of `kcomp train`, checked before anything is created: every value in range, every option the
+    user gave meaningful for the task, then what ties options together. An unset flag (False where the default is
+    False) counts as not given, like None."""
     unknown = sorted(set(overrides) - set(DEFAULTS))
     if unknown:
         raise BadUsage(f"unknown training option(s): {', '.join(unknown)}")
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given = {k: v for k, v in overrides.items() if v is not None and not (v is False and DEFAULTS[k] is False)}
     task = given.get("task", DEFAULTS["task"])
-    if task not in TASKS:  # first: every other option is judged against the task
-        raise BadUsage(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
-    cfg = {**DEFAULTS, **TASK_DEFAULTS.get(task, {}), **given}
-    _check(cfg, given)
-    return cfg
+    if task not in TASK_NAMES:  # first: every other option is judged against the task
+        raise BadUsage(f"unknown task {task!r}; choose one of: {', '.join(TASK_NAMES)}")
+    values = {**DEFAULTS, **TASK_DEFAULTS.get(task, {}), **given}
+    options.check(values, SPECS, given=given, context=("task", task))
+    _check_together(values)
+    return TrainOptions(**{**values, **{k: _absolute(k, values[k]) for k in FILES if values[k]}})
 
 
-def _check(cfg: dict[str, Any], given: dict[str, Any]) -> None:
-    """Every value in range, and every option the user gave meaningful for the task; then what ties options."""
-    options.check(cfg, SPECS, given=given, context=("task", cfg["task"]))
+def _absolute(key: str, value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_absolute(key, v) for v in value]
+    if str(value) == "-":
+        raise BadUsage(f"--{key} -: train records the files it reads in config.json to resume; give a file")
+    return str(Path(value).resolve())
+
+
+def _check_together(cfg: dict[str, Any]) -> None:
+    """What ties options: values each in range that make no sense together."""
     if cfg["lr"] * cfg["weight_decay"] >= 1:  # AdamW multiplies every weight by 1 - lr * wd each step
         raise BadUsage(f"--weight-decay {cfg['weight_decay']}: with --lr {cfg['lr']} it would zero or flip every "
                        f"weight each step (lr x weight decay must be < 1)")
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise BadUsage(f"--warmup-epochs {cfg['warmup_epochs']}: longer than --epochs {cfg['epochs']}")
+    if cfg["teacher"] and cfg["distill_alpha"] is None:
+        raise BadUsage("--teacher needs --distill-alpha A: the teacher's share of the loss, in [0, 1]")
     if cfg["metric"] is not None:
         from kcomp.tasks import get_task
 
@@ -167,7 +68,11 @@ def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys that change what a run computes; runtime keys are free to differ on resume. A key the saved run does
     not know (a newer kcomp added it) counts as its default, so upgrading kcomp does not orphan runs."""
     keys = (set(saved) | set(current)) - RUNTIME_KEYS
-    return sorted(k for k in keys if saved.get(k, DEFAULTS.get(k)) != current.get(k, DEFAULTS.get(k)))
+
+    def value(cfg: dict[str, Any], k: str) -> Any:
+        return canonical(k, cfg.get(k, DEFAULTS.get(k)))
+
+    return sorted(k for k in keys if value(saved, k) != value(current, k))
 
 
 def require_same(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:

@@ -22,12 +22,13 @@ from kcomp.models._factory import build_with_weights
 from kcomp.runtime import distributed
 from kcomp.runtime.device import amp_dtype, resolve_device
 from kcomp.tasks import Task, get_task
+from kcomp.tasks.options import TrainOptions
 
 
 @dataclass
 class Run:
     path: Path
-    cfg: dict[str, Any]
+    opts: TrainOptions  # what the run was trained with
     setup: dict[str, Any]
     folds: list[int]
 
@@ -35,7 +36,7 @@ class Run:
     def table(self) -> IndexTable:
         """The run's folds file, read on first use: test rows of another index never need it (a packed run
         travels without it)."""
-        return read_index(self.cfg["folds"], "folds")
+        return read_index(self.opts.folds, "folds")
 
 
 def open_run(run: str | Path) -> Run:
@@ -44,35 +45,36 @@ def open_run(run: str | Path) -> Run:
     folds = paths.trained_folds(run)
     if not folds:
         raise BadInput("has no trained fold (no fold*/best.pt)", path=run)
-    return Run(run, saved["config"], saved["setup"], folds)
+    return Run(run, TrainOptions.from_config(saved["config"]), saved["setup"], folds)
 
 
 def _check_same(runs: list[Run]) -> None:
     first = runs[0]
     for r in runs[1:]:
-        if r.cfg["task"] != first.cfg["task"] or r.setup != first.setup:
-            raise BadInput(f"predicts {r.cfg['task']} {r.setup} unlike {first.path}", path=r.path)
+        if r.opts.task != first.opts.task or r.setup != first.setup:
+            raise BadInput(f"predicts {r.opts.task} {r.setup} unlike {first.path}", path=r.path)
 
 
 CHECKPOINTS = ("best", "last", "best+last")
-# What `oof` and `tta` accept (kcomp.options); out_size is parsed from HxW by the commands.
-PREDICT = {"tta": options.TTA, "device": options.DEVICE, "batch_size": options.BATCH, "workers": options.WORKERS,
-           "checkpoints": options.Choice(CHECKPOINTS, what="checkpoint choice")}
 
 
-@dataclass
+@dataclass(frozen=True)
 class PredictOptions:
-    """How to predict, shared by `oof` and `tta`; `out_size` reaches the task through its config (seg maps)."""
+    """How to predict, shared by `oof` and `tta` (each field with its Spec, as `TrainOptions`); `out_size` (seg
+    maps, parsed from HxW by the commands) goes to the task's `predict_rows`."""
 
-    tta: int = 1
-    device: str = "auto"
-    batch_size: int | None = None
-    workers: int = 2
-    checkpoints: str = "best"
+    tta: int = options.option(options.TTA, 1)
+    device: str = options.option(options.DEVICE, "auto")
+    batch_size: int | None = options.option(options.BATCH)  # default: the run's training batch size
+    workers: int = options.option(options.WORKERS, 2)
+    checkpoints: str = options.option(options.Choice(CHECKPOINTS, what="checkpoint choice"), "best")
     out_size: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
-        options.check({k: v for k, v in vars(self).items() if k != "out_size"}, PREDICT)
+        options.check({k: getattr(self, k) for k in PREDICT}, PREDICT)
+
+
+PREDICT = options.specs(PredictOptions)  # what `oof` and `tta` accept (kcomp.options)
 
 
 def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:
@@ -116,22 +118,21 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     """Each fold's predictions, in order; with `best+last` its two checkpoints' predictions are averaged (Clouds'
     trick). The folds' models go to the task together (`Task.one_model_at_a_time` says how it takes them). Under
     torchrun each rank predicts a contiguous share of the rows and every rank gets them all back in order."""
-    task = get_task(run.cfg["task"])
+    task = get_task(run.opts.task)
     dev = distributed.local_device(resolve_device(opts.device))
-    cfg = {**run.cfg, "out_size": opts.out_size}
     lo, hi = distributed.shard_range(len(rows))
     share = rows if (lo, hi) == (0, len(rows)) else rows.iloc[lo:hi].reset_index(drop=True)
     checkpoints = opts.checkpoints.split("+")
     pairs = [(fold, which) for fold in folds for which in checkpoints]
     feed = ModelFeed(task, len(pairs), lambda i: build_with_weights(
-        lambda: task.build_model(run.cfg, run.setup), _weights(run, *pairs[i], task.name), _checkpoint(run, *pairs[i])
+        lambda: task.build_model(run.opts, run.setup), _weights(run, *pairs[i], task.name), _checkpoint(run, *pairs[i])
     ).to(dev).to(memory_format=torch.channels_last))
     predicted = None
     if len(share) or not len(rows):  # a rank may get no rows
         predicted = feed.predictions(task.predict_rows(
-            feed.models(), table or run.table, share, cfg, run.setup, tta=opts.tta, device=dev,
-            dtype=amp_dtype(dev, run.cfg["amp"]), batch_size=opts.batch_size or run.cfg["batch_size"],
-            workers=opts.workers, with_targets=with_targets,
+            feed.models(), table or run.table, share, run.opts, run.setup, tta=opts.tta, device=dev,
+            dtype=amp_dtype(dev, run.opts.amp), batch_size=opts.batch_size or run.opts.batch_size,
+            workers=opts.workers, with_targets=with_targets, out_size=opts.out_size,
             labels=[f"{run.path.name} fold {fold} {which}" for fold, which in pairs]))
     for _ in folds:
         mine = None
@@ -153,7 +154,7 @@ def _predict_oof(run_dirs: list[str | Path], opts: PredictOptions) -> tuple[Any,
 
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
-    task = get_task(runs[0].cfg["task"])
+    task = get_task(runs[0].opts.task)
     df = runs[0].table.df
     parts = []
     for fold in runs[0].folds:
@@ -163,7 +164,7 @@ def _predict_oof(run_dirs: list[str | Path], opts: PredictOptions) -> tuple[Any,
         frame.insert(1, "fold", fold)
         parts.append(frame)
     out = pd.concat(parts, ignore_index=True)
-    metric = runs[0].cfg["metric"] or task.default_metric
+    metric = runs[0].opts.metric or task.default_metric
     score = task.oof_score(metric, out, runs[0].table)
     missing = sorted(set(df[(df["split"] == "train") & (df["fold"] >= 0)]["fold"]) - set(runs[0].folds))
     meta = {"metric": metric, "score": score, "folds": runs[0].folds, "untrained_folds": missing,
@@ -185,7 +186,7 @@ def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str |
     start = time.perf_counter()
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
-    task = get_task(runs[0].cfg["task"])
+    task = get_task(runs[0].opts.task)
     table = read_index(index) if index is not None else runs[0].table
     rows = table.rows("test")
     if len(rows) == 0:

@@ -22,10 +22,12 @@ from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput, BadUsage, Interrupted
 from kcomp.infer.predict import predict_loader
 from kcomp.runs import tensorboard
+from kcomp.runs._data import DataChanges
 from kcomp.runs._fold import Fold, Position, build_fold, check_run_config, resume, save_best, save_last, stop_requests
 from kcomp.runtime import distributed
 from kcomp.runtime.device import resolve_device, step_generator
 from kcomp.tasks import get_task
+from kcomp.tasks.options import TrainOptions
 
 
 @dataclass
@@ -37,43 +39,52 @@ class FoldResult:
     checkpoint: Path
 
 
-def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: bool = False) -> list[FoldResult]:
-    """Train one fold or all folds of `cfg['folds']` into the run directory."""
-    table = read_index(cfg["folds"], "folds")
-    task = get_task(cfg["task"])
-    setup = task.setup(table, cfg)
-    check_run_config(Path(run), cfg)
+def train(opts: TrainOptions, *, run: str | Path, fold: int | str = 0, resume: bool = False) -> list[FoldResult]:
+    """Train one fold or all folds (`fold="all"`) of `opts.folds` into the run directory."""
+    table = read_index(opts.folds, "folds")
+    task = get_task(opts.task)
+    setup = task.setup(table, opts)
+    check_run_config(Path(run), opts)
+    changes = DataChanges.read(opts)  # every file the options name, read before anything is created
+    todo = _folds(table, fold)
+    with distributed.session(resolve_device(opts.device).type):  # no-op outside torchrun
+        return [train_fold(opts, table, task, setup, Path(run), k, resume, changes) for k in todo]
+
+
+def _folds(table: IndexTable, fold: int | str) -> list[int]:
+    """The folds `--fold` names: a fold number, or "all" of the folds file's."""
     available = sorted(int(f) for f in table.df["fold"].unique() if f >= 0)
-    if fold == "all":
-        todo = available
-        if not todo:
+    if str(fold) == "all":
+        if not available:
             raise BadInput("has no fold to train (every train row has fold -1); re-split it with `kcomp split`",
                            path=table.source)
-    else:
-        if int(fold) not in available:
-            raise BadUsage(f"--fold {fold}: folds file {table.source} has folds {available}")
-        todo = [int(fold)]
-    with distributed.session(resolve_device(cfg["device"]).type):  # no-op outside torchrun
-        return [train_fold(cfg, table, task, setup, Path(run), k, resume) for k in todo]
+        return available
+    try:
+        k = int(fold)
+    except ValueError:
+        raise BadUsage(f"--fold {fold}: expected a fold number or 'all'") from None
+    if k not in available:
+        raise BadUsage(f"--fold {fold}: folds file {table.source} has folds {available}")
+    return [k]
 
 
-def train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[str, Any], run: Path, fold: int,
-               resume_asked: bool) -> FoldResult:
-    """Train one fold to `cfg['epochs']`, from its last.pt when there is one."""
-    f = build_fold(cfg, table, task, setup, run, fold)
+def train_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str, Any], run: Path, fold: int,
+               resume_asked: bool, changes: DataChanges | None = None) -> FoldResult:
+    """Train one fold to `opts.epochs`, from its last.pt when there is one."""
+    f = build_fold(opts, table, task, setup, run, fold, changes)
     pos = resume(f, resume_asked)
-    if pos.epoch >= cfg["epochs"]:
+    if pos.epoch >= opts.epochs:
         if not paths.best_checkpoint(run, fold).is_file():
             raise BadInput(f"fold {fold} finished training but its best.pt is gone; delete the fold directory "
                            f"to train it again", path=paths.fold_dir(run, fold))
-        console.log(f"fold {fold}: already trained ({cfg['epochs']} epochs)")
+        console.log(f"fold {fold}: already trained ({opts.epochs} epochs)")
         return _result(f, pos)
     paths.train_log(run, fold).parent.mkdir(parents=True, exist_ok=True)
-    bs = cfg["batch_size"]
+    bs = opts.batch_size
     with stop_requests() as stop, console.progress(f.batches * bs, f"fold {fold}") as bar:
-        while pos.epoch < cfg["epochs"]:
+        while pos.epoch < opts.epochs:
             f.sampler.set_epoch(pos.epoch, start=pos.batch * bs)
-            bar.reset(f.batches * bs, f"fold {fold} epoch {pos.epoch + 1}/{cfg['epochs']}")
+            bar.reset(f.batches * bs, f"fold {fold} epoch {pos.epoch + 1}/{opts.epochs}")
             bar.advance(pos.batch * bs)
             t0 = time.perf_counter()
             seen = train_one_epoch(f, pos, bar, stop)
@@ -92,17 +103,17 @@ def train_fold(cfg: dict[str, Any], table: IndexTable, task: Any, setup: dict[st
 def train_one_epoch(f: Fold, pos: Position, bar: Any, stop: dict[str, bool]) -> int:
     """The rest of epoch `pos.epoch` from batch `pos.batch`; returns the images this process saw. Saves last.pt
     every `--save-every` optimizer steps, and on a stop request at the next step (then raises Interrupted)."""
-    cfg = f.cfg
+    opts = f.opts
     f.model.train()
     seen = 0
     for x, y in f.train_dl:
         boundary = _train_step(f, pos, x, y)
         seen += x.shape[0]
         bar.advance(x.shape[0])
-        if cfg["log_every"] and pos.step % cfg["log_every"] == 0 and boundary:
+        if opts.log_every and pos.step % opts.log_every == 0 and boundary:
             bar.advance(0, info=f"loss {(pos.loss_sum / pos.loss_count).item():.4f}")
         stopping = boundary and distributed.any_flag(stop["stop"])  # all ranks stop at the same step
-        if stopping or (boundary and cfg["save_every"] and pos.step % cfg["save_every"] == 0):
+        if stopping or (boundary and opts.save_every and pos.step % opts.save_every == 0):
             save_last(f, pos)
             if stopping:
                 raise Interrupted(f"fold {f.fold}: stopped at epoch {pos.epoch + 1} batch {pos.batch}; "
@@ -115,24 +126,24 @@ def _train_step(f: Fold, pos: Position, x: torch.Tensor, y: torch.Tensor) -> boo
     whether it stepped). Mixing draws from a generator of (seed, epoch, batch), so a resumed run mixes alike."""
     from kcomp.data.mix import mix_batch
 
-    cfg, i = f.cfg, pos.batch
+    opts, i = f.opts, pos.batch
     x = x.to(f.device, non_blocking=True)
     y = y.to(f.device, non_blocking=True)
-    if cfg["channels_last"] and x.ndim == 4:
+    if opts.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
-    if f.task.supports_mix and (cfg["mixup"] or cfg["cutmix"]):
-        x, y = mix_batch(x, y, f.num_classes, mixup_alpha=cfg["mixup"], cutmix_alpha=cfg["cutmix"],
-                         prob=cfg["mix_prob"], generator=step_generator(cfg["seed"], pos.epoch, i))
-    skip_sync = (i + 1) % cfg["accum"] != 0 and i + 1 != f.batches  # DDP: all-reduce before a step only
+    if f.task.supports_mix and (opts.mixup or opts.cutmix):
+        x, y = mix_batch(x, y, f.target_columns, mixup_alpha=opts.mixup, cutmix_alpha=opts.cutmix,
+                         prob=opts.mix_prob, generator=step_generator(opts.seed, pos.epoch, i))
+    skip_sync = (i + 1) % opts.accum != 0 and i + 1 != f.batches  # DDP: all-reduce before a step only
     with distributed.no_sync(f.ddp, skip_sync):
         with torch.autocast(f.device.type, dtype=f.dtype or torch.float32, enabled=f.dtype is not None):
             out = f.step_model(x)
         loss = f.loss_fn(out, y)
-        f.scaler.scale(loss / cfg["accum"]).backward()
+        f.scaler.scale(loss / opts.accum).backward()
     pos.loss_sum += loss.detach()
     pos.loss_count += 1
     pos.batch = i + 1
-    if pos.batch % cfg["accum"] and pos.batch != f.batches:
+    if pos.batch % opts.accum and pos.batch != f.batches:
         return False
     f.scaler.step(f.optimizer)
     f.scaler.update()
@@ -149,8 +160,8 @@ def validate(f: Fold) -> float:
     predicts its share with rank 0's weights and every rank gets the score."""
     model = f.eval_model
     distributed.broadcast_module(model)
-    [preds] = predict_loader([model], f.val_dl, f.task, tta=f.cfg["val_tta"], device=f.device, dtype=f.dtype,
-                             channels_last=f.cfg["channels_last"])
+    [preds] = predict_loader([model], f.val_dl, f.task, tta=f.opts.val_tta, device=f.device, dtype=f.dtype,
+                             channels_last=f.opts.channels_last)
     preds = distributed.gather_concat(preds)  # each rank predicted its contiguous share of the rows
     return f.task.score(f.metric_name, preds, f.val_targets)
 
@@ -168,7 +179,7 @@ def _end_epoch(f: Fold, pos: Position, train_loss: float, score: float, *, img_p
         save_best(f, epoch, score)
     pos.next_epoch()
     save_last(f, pos)
-    line = (f"fold {f.fold} epoch {epoch}/{f.cfg['epochs']}: train_loss {train_loss:.4f} "
+    line = (f"fold {f.fold} epoch {epoch}/{f.opts.epochs}: train_loss {train_loss:.4f} "
             f"val_{f.metric_name} {score:.4f}{' *' if improved else ''} ({img_per_s:.1f} img/s)")
     if distributed.is_main():
         _write_metrics(f.run, f.fold, pos.history, f.metric_name)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.tasks.options import TrainOptions
 
 P = TypeVar("P")  # one model's predictions for a set of rows
 
@@ -34,20 +35,20 @@ class Task(ABC, Generic[P]):
     and reads each batch once for all of them."""
 
     @abstractmethod
-    def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
+    def setup(self, table: IndexTable, opts: TrainOptions) -> dict[str, Any]:
         """Resolve what the model's output means (classes, target column); stored in config and checkpoints."""
 
     @abstractmethod
-    def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
+    def dataset(self, table: IndexTable, rows: pd.DataFrame, opts: TrainOptions, setup: dict[str, Any], *,
                 train: bool, with_targets: bool = True) -> Dataset:
         """Items are (input tensor, target); the dataset also offers `targets_array()` for validation scores."""
 
     @abstractmethod
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module: ...
 
     @abstractmethod
-    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+    def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         """`loss(model_output, target)`, from `kcomp.models.losses`."""
 
     @abstractmethod
@@ -62,9 +63,9 @@ class Task(ABC, Generic[P]):
 
     @abstractmethod
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
-                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> Iterator[P]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[P]:
         """Each model's predictions for `rows`, in model order, with `labels[i]` naming model i's progress.
         `models` may build each model when asked for it; see `one_model_at_a_time` for when to ask."""
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.tasks.options import TrainOptions
 
 
 @TASKS.register("cls")
@@ -28,8 +29,8 @@ class ClsTask(Task[np.ndarray]):
     supports_mix = True
     one_model_at_a_time = False
 
-    def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
-        target = cfg.get("target") or "label"
+    def setup(self, table: IndexTable, opts: TrainOptions) -> dict[str, Any]:
+        target = opts.target or "label"
         if target not in table.df.columns:
             raise BadUsage(f"--target {target}: no such column in {table.source} "
                            f"(columns: {', '.join(map(str, table.df.columns))})")
@@ -56,14 +57,16 @@ class ClsTask(Task[np.ndarray]):
             raise BadInput(f"column {setup['target']} has value {unknown[0]!r} not among the trained classes")
         return np.array([lookup[str(v)] for v in col], dtype=np.int64)
 
-    def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
+    def dataset(self, table: IndexTable, rows: pd.DataFrame, opts: TrainOptions, setup: dict[str, Any], *,
                 train: bool, with_targets: bool = True) -> Any:
+        """Training rows may carry `soft` (pseudo rows of `kcomp pseudo --soft`) and `teacher` (`train --teacher`,
+        kcomp.runs._data) probabilities: then targets are float rows (`training_targets`), else class indices."""
         from kcomp.data import transforms
         from kcomp.data.datasets import ImageDataset
         from kcomp.data.image_cache import cached_images
 
         files = [table.file(p) for p in rows["path"]]
-        tf = transforms.cls_train(cfg["img_size"], cfg["aug"]) if train else transforms.cls_eval(cfg["img_size"])
+        tf = transforms.cls_train(opts.img_size, opts.aug) if train else transforms.cls_eval(opts.img_size)
         targets = self.targets(rows, setup) if with_targets else None
         if train and targets is not None:
             counts = np.bincount(targets, minlength=len(setup["classes"]))
@@ -71,22 +74,27 @@ class ClsTask(Task[np.ndarray]):
                 missing = setup["classes"][int(np.argmin(counts))]
                 raise BadInput(f"this fold's training rows have no example of class {missing!r}; re-split with "
                                f"fewer folds or --strategy stratified", path=table.source)
-        return ImageDataset(files, targets, tf, reduce_to=cfg["img_size"],
-                            cache=cached_images(table, rows, cfg["img_size"]))
+            targets = training_targets(rows, targets, len(setup["classes"]), where=table.source)
+        return ImageDataset(files, targets, tf, reduce_to=opts.img_size,
+                            cache=cached_images(table, rows, opts.img_size))
 
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module:
         from kcomp.models import create_cls_model
 
-        return create_cls_model(cfg["model"], len(setup["classes"]), weights=weights,
-                                drop_rate=cfg["drop_rate"], drop_path_rate=cfg["drop_path"],
-                                weights_partial=bool(cfg.get("weights_partial")))
+        return create_cls_model(opts.model, len(setup["classes"]), weights=weights,
+                                drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path,
+                                weights_partial=opts.weights_partial)
 
-    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
-        from kcomp.models.losses import build_loss
+    def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
+        """The label loss; with `--teacher`, mixed with the cross-entropy to the teacher's probabilities, on the
+        packed targets `training_targets` builds."""
+        from kcomp.models.losses import build_distillation, build_loss
 
-        return build_loss(cfg["loss"], smoothing=cfg["smoothing"], t1=cfg["t1"], t2=cfg["t2"],
-                          taylor_n=cfg["taylor_n"])
+        label_loss = build_loss(opts.loss, smoothing=opts.smoothing, t1=opts.t1, t2=opts.t2, taylor_n=opts.taylor_n)
+        if not opts.distilled:
+            return label_loss
+        return build_distillation(label_loss, alpha=opts.distill_alpha, temperature=opts.distill_temperature)
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """All flips go through the model as one batch; class labels are flip-invariant, so no inverse."""
@@ -99,14 +107,14 @@ class ClsTask(Task[np.ndarray]):
         return logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
-                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> Iterator[np.ndarray]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
         """All models predict each batch as it is read: (N, C) probabilities are small, and decoding the images
         once instead of once a fold is what a test set of JPEGs costs on few CPU cores."""
         from kcomp.infer.predict import inference_loader, predict_loader, shared_label
 
-        ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=with_targets)
+        ds = self.dataset(table, rows, opts, setup, train=False, with_targets=with_targets)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         yield from predict_loader(list(models), dl, self, tta=tta, device=device, dtype=dtype,
                                   label=shared_label(labels))
@@ -138,3 +146,31 @@ class ClsTask(Task[np.ndarray]):
                 "metric": metric, "score": self.score(metric, probs, targets), "oof": preds.source,
                 "note": "single-label classification submits the argmax class; no threshold applies"}
 
+
+def training_targets(rows: pd.DataFrame, labels: np.ndarray, n_classes: int, *, where: str) -> np.ndarray:
+    """The class indices `labels`, unless some row trains on more than its class: a `soft` column (pseudo rows'
+    probabilities) gives float32 (N, C) rows, one-hot where a row has none; a `teacher` column appends the teacher's
+    probabilities, (N, 2C) as `kcomp.models.losses.pack_teacher` lays them out, a row without any (a pseudo row)
+    taking its own label targets there."""
+    soft = "soft" in rows.columns and bool(rows["soft"].notna().any())
+    if not soft and "teacher" not in rows.columns:
+        return labels
+    out = np.eye(n_classes, dtype=np.float32)[labels]
+    if soft:
+        for i, p in enumerate(rows["soft"]):
+            if p is not None and not (np.isscalar(p) and np.isnan(p)):
+                out[i] = _probabilities(p, n_classes, f"id {rows['id'].iloc[i]!r} soft", where)
+    if "teacher" not in rows.columns:
+        return out
+    from kcomp.models.losses import pack_teacher
+
+    teacher = np.stack([out[i] if t is None else np.asarray(t, np.float32) for i, t in enumerate(rows["teacher"])])
+    return pack_teacher(torch.from_numpy(out), torch.from_numpy(teacher)).numpy()
+
+
+def _probabilities(p: Any, n_classes: int, what: str, where: str) -> np.ndarray:
+    q = np.asarray(p, np.float32)
+    if q.shape != (n_classes,) or not np.isfinite(q).all() or (q < 0).any() or abs(float(q.sum()) - 1) > 1e-3:
+        raise BadInput(f"{what}: expected {n_classes} probabilities summing to 1, got {np.asarray(p).tolist()}",
+                       path=where)
+    return q

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from kcomp.artifacts.boxes import Boxes
     from kcomp.artifacts.index import IndexTable
+    from kcomp.tasks.options import TrainOptions
 
 FUSE_IOU = 0.55  # IoU at which TTA views' / models' boxes are fused
 FUSE_SKIP = 0.001  # boxes scoring below this are dropped before fusion (low boxes still add recall to mAP)
@@ -46,14 +47,14 @@ class DetTask(Task[list[np.ndarray]]):
     supports_mix = False
     one_model_at_a_time = False
 
-    def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
+    def setup(self, table: IndexTable, opts: TrainOptions) -> dict[str, Any]:
         from kcomp.models.det import det_config
 
         if "boxes" not in table.df.columns:
             raise BadInput("missing column boxes: not a detection index (made by `kcomp prep siim-covid19`?)",
                            path=table.source)
         classes = _classes(table)
-        det_config(cfg["model"], len(classes), int(cfg["img_size"]))  # model name and input size, checked early
+        det_config(opts.model, len(classes), opts.img_size)  # model name and input size, checked early
         return {"classes": list(classes)}
 
     @staticmethod
@@ -72,27 +73,27 @@ class DetTask(Task[list[np.ndarray]]):
                        else scaled_boxes(r.boxes, lookup, h, w, size))
         return out
 
-    def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
+    def dataset(self, table: IndexTable, rows: pd.DataFrame, opts: TrainOptions, setup: dict[str, Any], *,
                 train: bool, with_targets: bool = True) -> Any:
         from kcomp.data.det_dataset import DetDataset, det_train_transform
 
-        size = int(cfg["img_size"])
+        size = opts.img_size
         files = [table.file(p) for p in rows["path"]]
         boxes = self.truth(rows, setup, size) if with_targets else [np.zeros((0, 5), np.float32)] * len(rows)
-        return DetDataset(files, boxes, size, det_train_transform(cfg["aug"]) if train else None)
+        return DetDataset(files, boxes, size, det_train_transform(opts.aug) if train else None)
 
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module:
         from kcomp.models.det import create_det_model
 
-        return create_det_model(cfg["model"], len(setup["classes"]), int(cfg["img_size"]), weights=weights,
-                                weights_partial=bool(cfg.get("weights_partial")))
+        return create_det_model(opts.model, len(setup["classes"]), opts.img_size, weights=weights,
+                                weights_partial=opts.weights_partial)
 
-    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+    def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         from kcomp.models.det import det_config
         from kcomp.models.losses import DetLoss
 
-        return DetLoss(det_config(cfg["model"], len(setup["classes"]), int(cfg["img_size"])))
+        return DetLoss(det_config(opts.model, len(setup["classes"]), opts.img_size))
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """(B, V*100, 7) [x1, y1, x2, y2, score, label, view] normalised to [0, 1], each view's boxes mapped back to
@@ -139,14 +140,14 @@ class DetTask(Task[list[np.ndarray]]):
         return float(get_metric(metric).fn(list(targets), self.fuse_views(preds).rows()))
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
-                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> Iterator[Boxes]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[Boxes]:
         """Per model, the rows' boxes normalised to [0, 1], TTA views fused. All models predict each batch as it
         is read (boxes are small; decoding full-size radiographs is not)."""
         from kcomp.infer.predict import inference_loader, predict_loader, shared_label
 
-        ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
+        ds = self.dataset(table, rows, opts, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         yield from (self.fuse_views(p) for p in predict_loader(list(models), dl, self, tta=tta, device=device,
                                                                dtype=dtype, label=shared_label(labels)))

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from kcomp.artifacts.index import IndexTable
     from kcomp.data.ink_patches import Fragment
+    from kcomp.tasks.options import TrainOptions
 
 IGNORE = 2
 
@@ -37,24 +38,21 @@ class InkTask(Task[list[np.ndarray]]):
     supports_mix = False
     one_model_at_a_time = True
 
-    def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
-        from kcomp.models.ink import parse_layers, select_layers
+    def setup(self, table: IndexTable, opts: TrainOptions) -> dict[str, Any]:
+        from kcomp.errors import BadUsage
+        from kcomp.models.ink import select_layers
 
         for col in ("mask", "y0", "y1", "n_layers"):
             if col not in table.df.columns:
                 raise BadInput(f"missing column {col}: not an ink index (made by `kcomp prep vesuvius`?)",
                                path=table.source)
-        groups, per_group = parse_layers(cfg["layers"])
-        layers = select_layers(int(table.df["n_layers"].min()), groups, per_group, cfg["layer_start"])
-        from kcomp.errors import BadUsage
-
-        if cfg["patch"] % 32:
-            raise BadUsage(f"--patch {cfg['patch']}: must be a multiple of 32 (the encoder's stride)")
+        groups, per_group = opts.layers
+        layers = select_layers(int(table.df["n_layers"].min()), groups, per_group, opts.layer_start)
         largest = int(np.maximum(table.df["y1"] - table.df["y0"], table.df["width"]).max())
-        if cfg["patch"] > largest:  # every window would be mostly padding, at patch**2 x layers floats each
-            raise BadUsage(f"--patch {cfg['patch']}: larger than every fragment (the longest side is {largest} px)")
+        if opts.patch > largest:  # every window would be mostly padding, at patch**2 x layers floats each
+            raise BadUsage(f"--patch {opts.patch}: larger than every fragment (the longest side is {largest} px)")
         return {"classes": ["ink"], "groups": groups, "per_group": per_group, "layers": layers,
-                "patch": cfg["patch"]}
+                "patch": opts.patch}
 
     def fragments(self, table: IndexTable, rows: pd.DataFrame, *, with_targets: bool) -> list[Fragment]:
         from kcomp.data.ink_patches import Fragment
@@ -71,33 +69,33 @@ class InkTask(Task[list[np.ndarray]]):
             out.append(Fragment(str(r.id), LayerStack(table.file(r.path), expected=shape), mask, labels, y0))
         return out
 
-    def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
+    def dataset(self, table: IndexTable, rows: pd.DataFrame, opts: TrainOptions, setup: dict[str, Any], *,
                 train: bool, with_targets: bool = True) -> Any:
         from kcomp.data.ink_patches import InkPatches
 
         patch = setup["patch"]
-        stride = (cfg["stride"] or patch // 2) if train else patch
+        stride = (opts.stride or patch // 2) if train else patch
         return InkPatches(self.fragments(table, rows, with_targets=with_targets), layers=setup["layers"],
-                          patch=patch, stride=stride, train=train, layer_shift=cfg["layer_shift"] if train else 0,
-                          with_targets=with_targets, neg_fraction=cfg["neg_fraction"] if train else 1.0,
-                          seed=cfg["seed"])
+                          patch=patch, stride=stride, train=train, layer_shift=opts.layer_shift if train else 0,
+                          with_targets=with_targets, neg_fraction=opts.neg_fraction if train else 1.0,
+                          seed=opts.seed)
 
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module:
         from kcomp.models import load_pretrained
         from kcomp.models.ink import InkNet
 
-        model = InkNet(cfg["model"], setup["groups"], setup["per_group"], drop_path_rate=cfg["drop_path"],
-                       drop_rate=cfg["drop_rate"])
+        model = InkNet(opts.model, setup["groups"], setup["per_group"], drop_path_rate=opts.drop_path,
+                       drop_rate=opts.drop_rate)
         if weights:
             # a timm state dict; the stem's in_chans differ and is skipped
-            load_pretrained(model.encoder, weights, partial=bool(cfg.get("weights_partial")), into="encoder")
+            load_pretrained(model.encoder, weights, partial=opts.weights_partial, into="encoder")
         return model
 
-    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+    def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         from kcomp.models.losses import masked_bce
 
-        return masked_bce(smoothing=cfg["smoothing"], ignore=IGNORE)
+        return masked_bce(smoothing=opts.smoothing, ignore=IGNORE)
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """8x TTA = {identity, flip W, flip H, flip HW} x {depth flip}; spatial flips are inverted exactly.
@@ -120,14 +118,14 @@ class InkTask(Task[list[np.ndarray]]):
         return torch.stack(back).mean(0)
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
-                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> Iterator[list[np.ndarray]]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[list[np.ndarray]]:
         """Per model, each fragment's uint8 map; one model at a time (a fragment's map is ~100 Mpx)."""
         from kcomp.infer.sliding import predict_region
 
         patch = setup["patch"]
-        stride = cfg.get("infer_stride") or patch // 2
+        stride = opts.infer_stride or patch // 2
         fragments = self.fragments(table, rows, with_targets=False)
         for model, label in zip(models, labels, strict=True):
             maps = [predict_region(model, self, f.stack, setup["layers"], f.mask, f.y0, patch=patch, stride=stride,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.tasks.options import TrainOptions
 
 MASK_PREFIX = "mask_"
 # images per block when scoring/tuning OOF maps, so truths are never held for every row at once
@@ -46,7 +47,8 @@ class SegTask(Task[list[np.ndarray]]):
     supports_mix = False
     one_model_at_a_time = True
 
-    def setup(self, table: IndexTable, cfg: dict[str, Any]) -> dict[str, Any]:
+    def setup(self, table: IndexTable, opts: TrainOptions | None = None) -> dict[str, Any]:
+        """Classes, mask columns and RLE order, all from the index (no option changes them)."""
         classes = table.classes
         if not classes:
             raise BadInput("index has no classes in its metadata (made by `kcomp prep clouds`?)", path=table.source)
@@ -54,39 +56,34 @@ class SegTask(Task[list[np.ndarray]]):
         if missing:
             raise BadInput(f"missing mask column(s) {', '.join(missing)}: not a seg index (made by `kcomp prep "
                            f"clouds`?)", path=table.source)
-        from kcomp.models.losses import SEG_LOSSES
-
-        loss = cfg.get("seg_loss") or "bce_dice"
-        if loss not in SEG_LOSSES:
-            raise BadUsage(f"--seg-loss {loss}: choose one of {', '.join(SEG_LOSSES)}")
         order = table.meta.get("rle_order", "column")
         return {"classes": classes, "mask_columns": [mask_column(c) for c in classes], "rle_order": order}
 
     # ------------------------------------------------------------------------------------------------ data
 
-    def dataset(self, table: IndexTable, rows: pd.DataFrame, cfg: dict[str, Any], setup: dict[str, Any], *,
+    def dataset(self, table: IndexTable, rows: pd.DataFrame, opts: TrainOptions, setup: dict[str, Any], *,
                 train: bool, with_targets: bool = True) -> Any:
         from kcomp.data.image_cache import cached_images
         from kcomp.data.seg_dataset import SegDataset, seg_train_transform
 
         masks = rows[setup["mask_columns"]].astype(str).to_numpy().tolist() if with_targets else None
-        return SegDataset([table.file(p) for p in rows["path"]], _shapes(rows), masks, int(cfg["img_size"]),
-                          order=setup["rle_order"], transform=seg_train_transform(cfg["aug"]) if train else None,
-                          ids=rows["id"].astype(str).tolist(), cache=cached_images(table, rows, int(cfg["img_size"])))
+        return SegDataset([table.file(p) for p in rows["path"]], _shapes(rows), masks, opts.img_size,
+                          order=setup["rle_order"], transform=seg_train_transform(opts.aug) if train else None,
+                          ids=rows["id"].astype(str).tolist(), cache=cached_images(table, rows, opts.img_size))
 
     # ------------------------------------------------------------------------------------------------ model
 
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
                     ) -> torch.nn.Module:
         from kcomp.models.seg import create_seg_model
 
-        return create_seg_model(cfg.get("arch") or "unet", cfg["model"], len(setup["classes"]), weights=weights,
-                                weights_partial=bool(cfg.get("weights_partial")))
+        return create_seg_model(opts.arch, opts.model, len(setup["classes"]), weights=weights,
+                                weights_partial=opts.weights_partial)
 
-    def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+    def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         from kcomp.models.losses import build_seg_loss
 
-        return build_seg_loss(cfg.get("seg_loss") or "bce_dice", smoothing=float(cfg.get("smoothing") or 0.0))
+        return build_seg_loss(opts.seg_loss, smoothing=opts.smoothing)
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """Flip views through the model as one batch, sigmoid, each inverted exactly, averaged: (B, C, H, W)."""
@@ -104,9 +101,9 @@ class SegTask(Task[list[np.ndarray]]):
     # ------------------------------------------------------------------------------------------------ oof/tta
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
-                     cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
+                     opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str]) -> Iterator[list[np.ndarray]]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[list[np.ndarray]]:
         """Per model, (C, h, w) uint8 maps at the output size, converted batch by batch (no float map of every row)
         on a host thread while the model runs the next batch. One model at a time: 5 folds of 3,700 Clouds test
         maps would not fit in memory together."""
@@ -114,10 +111,10 @@ class SegTask(Task[list[np.ndarray]]):
         from kcomp.infer.predict import inference_loader
         from kcomp.runtime.host_stage import HostStage
 
-        ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
+        ds = self.dataset(table, rows, opts, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         for model, label in zip(models, labels, strict=True):
-            sizes = iter(output_sizes(rows, cfg.get("out_size"), table.meta.get("submit_size")))
+            sizes = iter(output_sizes(rows, out_size, table.meta.get("submit_size")))
             stage = HostStage(lambda batch, sizes=sizes: [to_uint8_map(p, next(sizes)) for p in batch])
             model.eval()
             with torch.inference_mode(), console.progress(len(ds), label, unit="img") as bar:
@@ -149,7 +146,7 @@ class SegTask(Task[list[np.ndarray]]):
         from kcomp.metrics import get_metric
 
         fn = get_metric(metric).fn
-        setup = self.setup(table, {})
+        setup = self.setup(table)
         rows = table.rows_for(frame["id"])
         total, pairs = 0.0, 0
         for block in _blocks(len(frame)):
@@ -176,7 +173,7 @@ class SegTask(Task[list[np.ndarray]]):
         if unused:
             raise BadUsage(f"--{unused[0].replace('_', '-')} does not apply to seg predictions")
         table = preds.index("needed for the true masks")
-        setup = self.setup(table, {})
+        setup = self.setup(table)
         if preds.classes and preds.classes != setup["classes"]:
             raise BadInput(f"classes {preds.classes} differ from the index's {setup['classes']}", path=preds.source)
         rows = table.rows_for(preds.df["id"], where=preds.source)

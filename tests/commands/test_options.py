@@ -345,6 +345,23 @@ ROWS = [
         "train-taylor-n-2-63"),
     row(_demo, (*TRAIN, "--mix-prob", "0.5"), r"--mix-prob 0\.5 applies only with --mixup or --cutmix",
         "train-mix-prob-without-mixing"),
+    # ---- the data-centric options (issue 24): checked, and the files they name read, before anything is created
+    row(_demo, (*SEG, "--drop", "{oof}"), r"--drop does not apply to task seg \(only to cls\)", "train-seg-drop"),
+    row(_demo, (*DET, "--teacher", "{oof}", "--distill-alpha", "0.5"), r"--teacher does not apply to task det",
+        "train-det-teacher"),
+    row(_demo, (*TRAIN, "--distill-alpha", "0.5"), r"--distill-alpha 0\.5 applies only with --teacher",
+        "train-distill-alpha-without-teacher"),
+    row(_demo, (*TRAIN, "--teacher", "{oof}"), r"--teacher needs --distill-alpha A", "train-teacher-without-alpha"),
+    row(_demo, (*TRAIN, "--teacher", "{oof}", "--distill-alpha", "1.5"), r"--distill-alpha 1\.5: must be in \[0, 1\]",
+        "train-distill-alpha-above-1"),
+    row(_demo, (*TRAIN, "--teacher", "{oof}", "--distill-alpha", "0.5", "--distill-temperature", "0"),
+        r"--distill-temperature 0\.0: must be in \(0, 100\]", "train-distill-temperature-zero"),
+    row(_demo, (*TRAIN, "--teacher", "{test}", "--distill-alpha", "0.5"),
+        r"{test}: holds test predictions, expected oof", "train-teacher-of-test-rows"),
+    row(_demo, (*TRAIN, "--extra", "{oof}"), r"{oof}: is a kcomp 'predictions' file, expected pseudo",
+        "train-extra-not-pseudo-rows"),
+    row(_demo, (*TRAIN, "--drop", "{tmp}/missing.parquet"), r"missing\.parquet: no such file", "train-drop-missing"),
+    row(_demo, (*TRAIN, "--relabel", "-"), r"--relabel -: train records the files it reads", "train-relabel-stdin"),
     # ---- oof / tta
     row(_demo, (*OOF, "--tta", "3"), r"--tta 3: expected 1, 2, 4 or 8", "oof-tta-3"),
     row(_demo, (*OOF, "--checkpoints", "worst"), r"--checkpoints worst: unknown checkpoint choice",
@@ -537,6 +554,8 @@ WITH = {
     ("train", "t1"): ("--loss", "bi_tempered"), ("train", "t2"): ("--loss", "bi_tempered"),
     ("train", "taylor_n"): ("--loss", "taylor"), ("train", "mix_prob"): ("--mixup", "0.2"),
     ("tta", "preview_count"): ("--preview", "{out}/previews"), ("ensemble", "power"): ("--method", "power"),
+    ("train", "distill_alpha"): ("--teacher", "{oof}"),
+    ("train", "distill_temperature"): ("--teacher", "{oof}", "--distill-alpha", "0.5"),
 }
 
 
