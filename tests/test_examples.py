@@ -528,7 +528,7 @@ def test_cassava_makefile_runs_on_a_miniature_download(tmp_path: Path, cassava_r
     before = _repo_files(CASSAVA)
     variables = [f"RAW={cassava_raw}", f"DATA={tmp_path}/data", f"RUNS={tmp_path}/runs", f"OUT={tmp_path}/out",
                  f"KCOMP={KCOMP_MODULE}", "MODEL=resnet18", "MODEL2=resnet18", "NAME2=resnet18-b", "FOLDS=2",
-                 "EPOCHS=1", "IMG=32", "TTA=2", "EXTRA=--batch-size 16 --workers 0"]
+                 "EPOCHS=1", "IMG=32", "TTA=2", "EXTRA=--batch-size 16 --workers 0 --no-pretrained"]
     proc = _make(CASSAVA, *variables, "all", "stack", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(cassava_raw / "sample_submission.csv") as f:
@@ -545,7 +545,7 @@ def test_cassava_makefile_runs_on_a_miniature_download(tmp_path: Path, cassava_r
 def test_pipeline_sh_runs_on_a_miniature_download(tmp_path: Path, cassava_raw: Path) -> None:
     env = {"KCOMP": KCOMP_MODULE, "DATA": str(tmp_path / "d"), "RUNS": str(tmp_path / "r"),
            "OUT": str(tmp_path / "o"), "MODEL": "resnet18", "FOLDS": "2", "EPOCHS": "1", "IMG": "32", "TTA": "2",
-           "EXTRA": "--batch-size 16 --workers 0"}
+           "EXTRA": "--batch-size 16 --workers 0 --no-pretrained"}
     proc = _pipeline(str(cassava_raw), env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "o" / "submission.csv").read_text().startswith("image_id,label\n")

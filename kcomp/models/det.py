@@ -14,7 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from kcomp.artifacts.checkpoint import load_weights_file
 from kcomp.errors import BadInput, BadUsage
+from kcomp.models.pretrained import Init, fetch, file_record, load_with, loaded, timm_source, url_source
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -57,14 +59,20 @@ def input_stride(cfg: Any) -> int:
 
 class DetNet(nn.Module):
     """EfficientDet returning (class logits per level, box regressions per level); `decode` turns them into
-    detections. The network sits in `.model` so state dicts read like effdet bench checkpoints (`model.` keys)."""
+    detections. The network sits in `.model` so state dicts read like effdet bench checkpoints (`model.` keys).
 
-    def __init__(self, config: Any) -> None:
+    Inputs of any size are taken: they are padded at the bottom and right (with the mean colour) up to a multiple
+    of the network's stride, and `decode` uses anchors for the padded size, so boxes keep the input's origin and
+    `oof`/`tta` can predict at other sizes than training's (multi-scale TTA, `--img-size`). effdet fixes its
+    feature pyramid's resampling sizes at construction, so another size runs through a twin network built for it
+    that shares this one's tensors (`_sized`; no copy)."""
+
+    def __init__(self, config: Any, model: nn.Module | None = None) -> None:
         from effdet import EfficientDet
         from effdet.anchors import Anchors
 
         super().__init__()
-        self.model = EfficientDet(config, pretrained_backbone=False)  # weights only ever from --weights files
+        self.model = model if model is not None else EfficientDet(config, pretrained_backbone=False)
         self.config = config
         # constants made on the CPU even under `torch.device("meta")` (`build_with_weights`)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device="cpu").view(1, 3, 1, 1) * 255.0,
@@ -101,13 +109,41 @@ class DetNet(nn.Module):
         return torch.cat([boxes, det[..., 4:5], label], -1)
 
 
-def create_det_model(name: str, num_classes: int, img_size: int, *, weights: str | None = None,
-                     weights_partial: bool = False) -> DetNet:
-    """An EfficientDet `name` (effdet config) for `num_classes` at `img_size`; `weights`: a local effdet state dict
-    (bench `model.` prefixes stripped), a kcomp checkpoint, or timm weights of the backbone alone."""
-    net = DetNet(det_config(name, num_classes, img_size))
-    if weights:
-        load_det_weights(net, weights, partial=weights_partial)
+def create_det_model(name: str, num_classes: int, img_size: int, *, init: Init | None = None,
+                     weights: str | None = None, weights_partial: bool = False) -> DetNet:
+    """An EfficientDet `name` (effdet config) for `num_classes` at `img_size`, initialised as `init` says:
+    pretrained as effdet's `create_model(pretrained=True)` does it (the COCO detector from the torch hub cache,
+    its class head then reset for `num_classes`; configs without COCO weights: the timm backbone's ImageNet
+    weights), a local file (`weights`, shorthand: an effdet state dict with bench `model.` prefixes stripped, a
+    kcomp checkpoint, or timm weights of the backbone alone), or random init."""
+    config = det_config(name, num_classes, img_size)
+    init = init or Init(weights=weights, partial=weights_partial)
+    net = DetNet(config, pretrained_effdet(config, init) if init.pretrained else None)
+    if init.weights:
+        load_det_weights(net, init.weights, partial=init.partial)
+        init.source = file_record(init.weights)
+    return net
+
+
+def pretrained_effdet(config: Any, init: Init) -> nn.Module:
+    """effdet's `create_model_from_config(config, pretrained=True, num_classes=...)`, loading its URL from the
+    torch hub cache with `weights_only=True` (effdet's own call unpickles anything)."""
+    import copy
+
+    from effdet import EfficientDet
+    from effdet.config import get_efficientdet_config
+
+    if not config.url:  # effdet has no COCO weights for this config: ImageNet weights of the backbone (timm)
+        return load_with(timm_source(config.backbone_name), init, lambda: EfficientDet(config), "effdet backbone")
+    src = url_source(config.url, f"effdet {config.name} (COCO)")
+    path = fetch(src)
+    coco = copy.deepcopy(config)
+    coco.num_classes = get_efficientdet_config(config.name).num_classes
+    net = EfficientDet(coco, pretrained_backbone=False)
+    net.load_state_dict(load_weights_file(path))  # strict, as effdet's load_pretrained
+    if coco.num_classes != config.num_classes:
+        net.reset_head(num_classes=int(config.num_classes))
+    loaded(init, src, path, "effdet")
     return net
 
 

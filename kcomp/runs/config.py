@@ -7,7 +7,7 @@ from typing import Any
 from kcomp import options
 from kcomp.errors import BadUsage, ConfigMismatch
 from kcomp.options import MAX_BATCH, MAX_SIDE, Choice, Flag, Float, Int, Spec, Text, lazy
-from kcomp.tasks import list_tasks
+from kcomp.tasks import task_names
 
 DEFAULTS: dict[str, Any] = {
     "task": "cls",
@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "drop_rate": 0.0,
     "drop_path": 0.0,
     "weights": None,
+    # None: pretrained unless --weights names a local file or the data's preset trains from scratch (demo);
+    # settled to True/False before anything is built (`settle_pretrained`) and recorded so
+    "pretrained": None,
+    "pretrained_tag": None,
     "metric": None,
     "val_tta": 1,
     # task seg
@@ -68,14 +72,21 @@ DEFAULTS: dict[str, Any] = {
 # Where a task's sensible default differs (applied under the command line): a seg batch costs several times a
 # classifier's at the same size, and short runs on small data need optimizer steps more than large batches.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {"seg": {"batch_size": 8}}
+# What runs started before a key existed did, where that differs from its default: they started from random
+# weights (or --weights), never from the hub.
+LEGACY: dict[str, Any] = {"pretrained": False}
 RUNTIME_KEYS = frozenset({"device", "workers", "compile", "save_every", "log_every", "gpus", "nodes"})
 
-TASKS = tuple(list_tasks())
+TASKS = tuple(task_names())
 CLS, INK, NOT_INK = ("cls",), ("ink",), ("cls", "seg", "det")
 
 
 def _loss(name: str) -> tuple[str, Any]:
     return f"--loss {name}", lambda v: v["loss"] == name
+
+
+def _from_hub(v: dict[str, Any]) -> bool:
+    return v["pretrained"] is not False and not v["weights"]
 
 
 # What each key accepts and for which tasks it means something (checked before anything is created; see
@@ -107,6 +118,10 @@ SPECS: dict[str, Spec] = {
     "drop_path": Float(0, 1, high_open=True, only=("cls", "ink")),
     "weights": Text(),
     "weights_partial": Flag(needs=("--weights", lambda v: bool(v["weights"]))),
+    "pretrained": Flag(),
+    # a timm tag (cls, ink, seg tu- encoders: a1_in1k) or smp's name of an encoder's weights (seg: imagenet, ssl)
+    "pretrained_tag": Text(pattern=r"\.?[A-Za-z0-9_]+", what="a pretrained tag, e.g. a1_in1k",
+                           only=("cls", "seg", "ink"), needs=("--pretrained (not --weights)", _from_hub)),
     "metric": Text(),  # checked against the task's metrics in `_check`
     "val_tta": options.TTA,
     "arch": Text(only=("seg",)),  # smp's names, checked when the model is built
@@ -143,7 +158,28 @@ def resolve(**overrides: Any) -> dict[str, Any]:
         raise BadUsage(f"unknown task {task!r}; choose one of: {', '.join(TASKS)}")
     cfg = {**DEFAULTS, **TASK_DEFAULTS.get(task, {}), **given}
     _check(cfg, given)
+    if cfg["weights"] and cfg["pretrained"] is None:
+        cfg["pretrained"] = False  # --weights: a local file instead of the hub's weights
     return cfg
+
+
+def settle_pretrained(cfg: dict[str, Any], competition: str | None) -> dict[str, Any]:
+    """`pretrained` left unset becomes the default of the data's competition preset: True, except where the preset
+    says it trains from scratch (the demo: its quick start must run without network), which is logged."""
+    if cfg["pretrained"] is not None:
+        return cfg
+    pretrained = True
+    if competition:
+        from kcomp.competitions import get_competition, list_competitions
+
+        if competition in list_competitions():
+            pretrained = bool(getattr(get_competition(competition), "pretrained", True))
+    if not pretrained:
+        from kcomp import console
+
+        console.log(f"{competition}: training from random weights, the {competition} preset's default "
+                    f"(--pretrained starts from the hub's pretrained weights)")
+    return {**cfg, "pretrained": pretrained}
 
 
 def _check(cfg: dict[str, Any], given: dict[str, Any]) -> None:
@@ -152,6 +188,9 @@ def _check(cfg: dict[str, Any], given: dict[str, Any]) -> None:
     if cfg["lr"] * cfg["weight_decay"] >= 1:  # AdamW multiplies every weight by 1 - lr * wd each step
         raise BadUsage(f"--weight-decay {cfg['weight_decay']}: with --lr {cfg['lr']} it would zero or flip every "
                        f"weight each step (lr x weight decay must be < 1)")
+    if given.get("pretrained") is True and cfg["weights"]:
+        raise BadUsage(f"--pretrained with --weights {cfg['weights']}: both name the starting weights; --weights "
+                       f"loads the local file instead of the hub's, so give one of the two")
     if cfg["warmup_epochs"] > cfg["epochs"]:
         raise BadUsage(f"--warmup-epochs {cfg['warmup_epochs']}: longer than --epochs {cfg['epochs']}")
     if cfg["metric"] is not None:
@@ -165,14 +204,16 @@ def _check(cfg: dict[str, Any], given: dict[str, Any]) -> None:
 
 def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Keys that change what a run computes; runtime keys are free to differ on resume. A key the saved run does
-    not know (a newer kcomp added it) counts as its default, so upgrading kcomp does not orphan runs."""
+    not know (a newer kcomp added it) counts as what kcomp did before it (`LEGACY`, else its default), so upgrading
+    kcomp does not orphan runs."""
     keys = (set(saved) | set(current)) - RUNTIME_KEYS
-    return sorted(k for k in keys if saved.get(k, DEFAULTS.get(k)) != current.get(k, DEFAULTS.get(k)))
+    return sorted(k for k in keys
+                  if saved.get(k, LEGACY.get(k, DEFAULTS.get(k))) != current.get(k, DEFAULTS.get(k)))
 
 
 def require_same(saved: dict[str, Any], current: dict[str, Any], where: str) -> None:
     diff = differences(saved, current)
     if diff:
-        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:6])
+        shown = "; ".join(f"{k}: {saved.get(k, LEGACY.get(k))!r} -> {current.get(k)!r}" for k in diff[:6])
         raise ConfigMismatch(f"run was started with other options ({shown}); use another -o RUN or the same options",
                              path=where)

@@ -21,7 +21,7 @@ from kcomp.artifacts import paths, read_index, write_table
 from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput, BadUsage, Interrupted
 from kcomp.infer.predict import predict_loader
-from kcomp.runs import tensorboard
+from kcomp.runs import config, tensorboard
 from kcomp.runs._fold import Fold, Position, build_fold, check_run_config, resume, save_best, save_last, stop_requests
 from kcomp.runtime import distributed
 from kcomp.runtime.device import resolve_device, step_generator
@@ -42,6 +42,7 @@ def train(cfg: dict[str, Any], *, run: str | Path, fold: int | str = 0, resume: 
     if str(run) == "-":
         raise BadUsage("-o -: train writes a run directory; give its path")
     table = read_index(cfg["folds"], "folds")
+    cfg = config.settle_pretrained(cfg, table.competition)
     task = get_task(cfg["task"])
     setup = task.setup(table, cfg)
     check_run_config(Path(run), cfg)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
 
 P = TypeVar("P")  # one model's predictions for a set of rows
 
@@ -43,8 +44,11 @@ class Task(ABC, Generic[P]):
         """Items are (input tensor, target); the dataset also offers `targets_array()` for validation scores."""
 
     @abstractmethod
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
-                    ) -> torch.nn.Module: ...
+    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, init: Init | None = None
+                    ) -> torch.nn.Module:
+        """The task's model for `cfg` (its normalisation follows `cfg`'s model and pretrained tag). `init` says
+        where its first weights come from (training: hub, local file, random; it records which); without it the
+        weights are random, to be overwritten (oof/tta load checkpoints)."""
 
     @abstractmethod
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
 
 
 @TASKS.register("cls")
@@ -74,13 +75,13 @@ class ClsTask(Task[np.ndarray]):
         return ImageDataset(files, targets, tf, reduce_to=cfg["img_size"],
                             cache=cached_images(table, rows, cfg["img_size"]))
 
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, init: Init | None = None
                     ) -> torch.nn.Module:
         from kcomp.models import create_cls_model
+        from kcomp.models.pretrained import with_tag
 
-        return create_cls_model(cfg["model"], len(setup["classes"]), weights=weights,
-                                drop_rate=cfg["drop_rate"], drop_path_rate=cfg["drop_path"],
-                                weights_partial=bool(cfg.get("weights_partial")))
+        return create_cls_model(with_tag(cfg["model"], cfg.get("pretrained_tag")), len(setup["classes"]),
+                                init=init, drop_rate=cfg["drop_rate"], drop_path_rate=cfg["drop_path"])
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
         from kcomp.models.losses import build_loss

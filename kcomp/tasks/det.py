@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from kcomp.artifacts.boxes import Boxes
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
 
 FUSE_IOU = 0.55  # IoU at which TTA views' / models' boxes are fused
 FUSE_SKIP = 0.001  # boxes scoring below this are dropped before fusion (low boxes still add recall to mAP)
@@ -81,12 +82,11 @@ class DetTask(Task[list[np.ndarray]]):
         boxes = self.truth(rows, setup, size) if with_targets else [np.zeros((0, 5), np.float32)] * len(rows)
         return DetDataset(files, boxes, size, det_train_transform(cfg["aug"]) if train else None)
 
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, init: Init | None = None
                     ) -> torch.nn.Module:
         from kcomp.models.det import create_det_model
 
-        return create_det_model(cfg["model"], len(setup["classes"]), int(cfg["img_size"]), weights=weights,
-                                weights_partial=bool(cfg.get("weights_partial")))
+        return create_det_model(cfg["model"], len(setup["classes"]), int(cfg["img_size"]), init=init)
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
         from kcomp.models.det import det_config

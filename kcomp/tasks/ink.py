@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
     from kcomp.data.ink_patches import Fragment
 
 IGNORE = 2
@@ -82,17 +83,14 @@ class InkTask(Task[list[np.ndarray]]):
                           with_targets=with_targets, neg_fraction=cfg["neg_fraction"] if train else 1.0,
                           seed=cfg["seed"])
 
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, init: Init | None = None
                     ) -> torch.nn.Module:
-        from kcomp.models import load_pretrained
-        from kcomp.models.ink import InkNet
+        from kcomp.models.ink import create_ink_model
+        from kcomp.models.pretrained import with_tag
 
-        model = InkNet(cfg["model"], setup["groups"], setup["per_group"], drop_path_rate=cfg["drop_path"],
-                       drop_rate=cfg["drop_rate"])
-        if weights:
-            # a timm state dict; the stem's in_chans differ and is skipped
-            load_pretrained(model.encoder, weights, partial=bool(cfg.get("weights_partial")), into="encoder")
-        return model
+        return create_ink_model(with_tag(cfg["model"], cfg.get("pretrained_tag")), setup["groups"],
+                                setup["per_group"], init=init, drop_path_rate=cfg["drop_path"],
+                                drop_rate=cfg["drop_rate"])
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
         from kcomp.models.losses import masked_bce

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
 
 MASK_PREFIX = "mask_"
 # images per block when scoring/tuning OOF maps, so truths are never held for every row at once
@@ -76,12 +77,12 @@ class SegTask(Task[list[np.ndarray]]):
 
     # ------------------------------------------------------------------------------------------------ model
 
-    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, cfg: dict[str, Any], setup: dict[str, Any], *, init: Init | None = None
                     ) -> torch.nn.Module:
         from kcomp.models.seg import create_seg_model
 
-        return create_seg_model(cfg.get("arch") or "unet", cfg["model"], len(setup["classes"]), weights=weights,
-                                weights_partial=bool(cfg.get("weights_partial")))
+        return create_seg_model(cfg.get("arch") or "unet", cfg["model"], len(setup["classes"]), init=init,
+                                tag=cfg.get("pretrained_tag"))
 
     def loss(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
         from kcomp.models.losses import build_seg_loss

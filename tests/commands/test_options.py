@@ -45,7 +45,8 @@ from tests.conftest import CliResult, run_cli
 
 SEAM = -1  # CliResult.code of a command stopped at kcomp.options.validated
 TRAIN_FAST = ("--fold", "0", "--img-size", "32", "--epochs", "1", "--workers", "0")
-INK_FAST = ("--fold", "0", "--layers", "2x4", "--patch", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0")
+INK_FAST = ("--fold", "0", "--layers", "2x4", "--patch", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--no-pretrained")
 
 
 class _Stop(BaseException):
@@ -325,6 +326,14 @@ ROWS = [
         "train-weights-of-another-architecture"),
     row(_demo, (*TRAIN, "--weights-partial"), r"--weights-partial applies only with --weights",
         "train-weights-partial-without-weights"),
+    row(_demo, (*TRAIN, "--pretrained", "--weights", "{folds}"),
+        r"--pretrained with --weights \S+: both name the starting weights", "train-pretrained-with-weights"),
+    row(_demo, (*TRAIN, "--no-pretrained", "--pretrained-tag", "a1_in1k"),
+        r"--pretrained-tag a1_in1k applies only with --pretrained", "train-pretrained-tag-without-pretrained"),
+    row(_demo, (*TRAIN, "--pretrained-tag", "a/b"), r"--pretrained-tag a/b: expected a pretrained tag",
+        "train-pretrained-tag-malformed"),
+    row(_demo, (*DET, "--pretrained-tag", "a1_in1k"), r"--pretrained-tag does not apply to task det",
+        "train-det-pretrained-tag"),
     # ---- G: options that mean nothing for the task (or without the option they refine)
     row(_demo, (*SEG, "--mixup", "0.2"), r"--mixup does not apply to task seg \(only to cls\)", "train-seg-mixup"),
     row(_demo, (*DET, "--cutmix", "1"), r"--cutmix does not apply to task det", "train-det-cutmix"),
