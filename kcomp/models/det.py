@@ -80,29 +80,76 @@ class DetNet(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD, device="cpu").view(1, 3, 1, 1) * 255.0,
                              persistent=False)
         self.register_buffer("anchors", Anchors.from_config(config).boxes, persistent=False)
+        self._other_anchors: dict[tuple[int, int], torch.Tensor] = {}
+        self._twins: dict[tuple[int, int], tuple[nn.Module, int]] = {}
 
     @property
     def num_classes(self) -> int:
         return int(self.config.num_classes)
 
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        import torch.nn.functional as F
+
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        return self.model((x.float() - self.mean) / self.std)
+        x = (x.float() - self.mean) / self.std
+        stride = input_stride(self.config)
+        ph, pw = -x.shape[-2] % stride, -x.shape[-1] % stride
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph))  # 0 = the mean colour once normalised
+        return self._sized((int(x.shape[-2]), int(x.shape[-1])))(x)
+
+    def _sized(self, size: tuple[int, int]) -> nn.Module:
+        """The network for inputs of `size` (a multiple of the stride): `self.model` at the configured size, else
+        a twin built on the meta device and given this network's tensors (rebuilt when they were replaced)."""
+        if size == tuple(self.config.image_size):
+            return self.model
+        import copy
+
+        from effdet import EfficientDet
+        from effdet.config import set_config_writeable
+
+        from kcomp.models._factory import build_with_weights
+
+        first = next(self.model.parameters()).data_ptr()
+        twin, ptr = self._twins.get(size, (None, 0))
+        if twin is None or ptr != first:
+            cfg = copy.deepcopy(self.config)
+            set_config_writeable(cfg)
+            cfg.image_size = size
+            twin = build_with_weights(lambda: EfficientDet(cfg, pretrained_backbone=False), self.model.state_dict())
+            self._twins[size] = (twin, first)
+        return twin.train(self.model.training)
+
+    def anchors_for(self, class_out: list[torch.Tensor]) -> torch.Tensor:
+        """Anchor boxes of the (padded) input the outputs came from, read off the first level's feature map."""
+        from effdet.anchors import Anchors
+
+        fh, fw = class_out[0].shape[-2:]
+        size = (int(fh) << int(self.config.min_level), int(fw) << int(self.config.min_level))
+        if size == tuple(self.config.image_size):
+            return self.anchors
+        if size not in self._other_anchors:
+            c = self.config
+            boxes = Anchors(c.min_level, c.max_level, c.num_scales, c.aspect_ratios, c.anchor_scale, size).boxes
+            self._other_anchors[size] = boxes
+        return self._other_anchors[size].to(self.anchors.device)
 
     def decode(self, class_out: list[torch.Tensor], box_out: list[torch.Tensor]) -> torch.Tensor:
-        """(B, MAX_DETECTIONS, 6) [x1, y1, x2, y2, score, label] in input pixels, clipped to the image, best first;
-        per-class NMS at IoU 0.5 as DetBenchPredict does."""
+        """(B, MAX_DETECTIONS, 6) [x1, y1, x2, y2, score, label] in input pixels, clipped to the (padded) input,
+        best first; per-class NMS at IoU 0.5 as DetBenchPredict does."""
         from effdet.bench import _batch_detection, _post_process
 
         class_out = [c.float() for c in class_out]
         box_out = [b.float() for b in box_out]
-        points = min(int(self.config.max_detection_points), self.anchors.shape[0] * self.num_classes)
+        anchors = self.anchors_for(class_out)
+        points = min(int(self.config.max_detection_points), anchors.shape[0] * self.num_classes)
         cls_top, box_top, indices, classes = _post_process(class_out, box_out, num_levels=self.config.num_levels,
                                                            num_classes=self.num_classes, max_detection_points=points)
-        det = _batch_detection(class_out[0].shape[0], cls_top, box_top, self.anchors, indices, classes,
+        det = _batch_detection(class_out[0].shape[0], cls_top, box_top, anchors, indices, classes,
                                None, None, max_det_per_image=MAX_DETECTIONS, soft_nms=False)
-        h, w = self.config.image_size
+        fh, fw = class_out[0].shape[-2:]
+        h, w = int(fh) << int(self.config.min_level), int(fw) << int(self.config.min_level)
         size = torch.tensor([w, h, w, h], device=det.device, dtype=det.dtype)
         boxes = det[..., :4].clamp(min=0).minimum(size)
         label = det[..., 5:6] - 1  # effdet's classes start at 1; its padding rows (class 0) become -1

@@ -56,14 +56,19 @@ def _check_same(runs: list[Run]) -> None:
 
 
 CHECKPOINTS = ("best", "last", "best+last")
+RESIZABLE = ("cls", "seg", "det")  # tasks predicting whole resized images (ink: sliding windows at the patch size)
+SCALE = options.Float(0.25, 4)  # an element of --tta-scales
 # What `oof` and `tta` accept (kcomp.options); out_size is parsed from HxW by the commands.
 PREDICT = {"tta": options.TTA, "device": options.DEVICE, "batch_size": options.BATCH, "workers": options.WORKERS,
-           "checkpoints": options.Choice(CHECKPOINTS, what="checkpoint choice")}
+           "checkpoints": options.Choice(CHECKPOINTS, what="checkpoint choice"),
+           "tta_scales": options.Text(only=RESIZABLE), "img_size": options.Int(1, options.MAX_SIDE, only=RESIZABLE)}
 
 
 @dataclass
 class PredictOptions:
-    """How to predict, shared by `oof` and `tta`; `out_size` reaches the task through its config (seg maps)."""
+    """How to predict, shared by `oof` and `tta`; `out_size`, `tta_scales` and `img_size` reach the task through
+    its config. `tta_scales`: comma-separated input scales (multi-scale TTA, e.g. "0.9,1,1.1"); `img_size`: the
+    input size to predict at instead of training's."""
 
     tta: int = 1
     device: str = "auto"
@@ -71,9 +76,26 @@ class PredictOptions:
     workers: int = 2
     checkpoints: str = "best"
     out_size: tuple[int, int] | None = None
+    tta_scales: str | None = None
+    img_size: int | None = None
 
     def __post_init__(self) -> None:
         options.check({k: v for k, v in vars(self).items() if k != "out_size"}, PREDICT)
+        _ = self.scales  # parsed and checked now, before anything is created
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return tuple(options.parse_list("tta_scales", self.tta_scales, SCALE)) if self.tta_scales else (1.0,)
+
+    def check_task(self, task: str) -> None:
+        """The options that apply to some tasks only, against the runs' task."""
+        options.check({"tta_scales": self.tta_scales, "img_size": self.img_size}, PREDICT, context=("task", task))
+
+
+def runs_task(run_dirs: list[str | Path]) -> str:
+    """The task of the first run (config.json only): what `oof`/`tta` check their options against before they
+    create anything."""
+    return open_run(run_dirs[0]).cfg["task"]
 
 
 def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:
@@ -116,7 +138,8 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     torchrun each rank predicts a contiguous share of the rows and every rank gets them all back in order."""
     task = get_task(run.cfg["task"])
     dev = distributed.local_device(resolve_device(opts.device))
-    cfg = {**run.cfg, "out_size": opts.out_size}
+    cfg = {**run.cfg, "out_size": opts.out_size, "tta_scales": opts.scales,
+           "img_size": opts.img_size or run.cfg["img_size"]}
     lo, hi = distributed.shard_range(len(rows))
     share = rows if (lo, hi) == (0, len(rows)) else rows.iloc[lo:hi].reset_index(drop=True)
     checkpoints = opts.checkpoints.split("+")
@@ -151,6 +174,7 @@ def _predict_oof(run_dirs: list[str | Path], opts: PredictOptions) -> tuple[Any,
 
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
+    opts.check_task(runs[0].cfg["task"])
     task = get_task(runs[0].cfg["task"])
     df = runs[0].table.df
     parts = []
@@ -183,6 +207,7 @@ def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str |
     start = time.perf_counter()
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
+    opts.check_task(runs[0].cfg["task"])
     task = get_task(runs[0].cfg["task"])
     table = read_index(index) if index is not None else runs[0].table
     rows = table.rows("test")
@@ -208,7 +233,8 @@ def _timing(seconds: float, images: int, device: str) -> dict[str, Any]:
 
 def _opts_meta(opts: PredictOptions) -> dict[str, Any]:
     return {"tta": opts.tta, "checkpoints": opts.checkpoints,
-            "out_size": list(opts.out_size) if opts.out_size else None}
+            "out_size": list(opts.out_size) if opts.out_size else None, "tta_scales": list(opts.scales),
+            "img_size": opts.img_size}
 
 
 def _pred_meta(run: Run, task: Any, kind: str, extra: dict[str, Any]) -> dict[str, Any]:

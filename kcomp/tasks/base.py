@@ -55,8 +55,10 @@ class Task(ABC, Generic[P]):
         """`loss(model_output, target)`, from `kcomp.models.losses`."""
 
     @abstractmethod
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """Probabilities for a batch, averaged over `tta` augmentations whose inverses are applied."""
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
+        """Probabilities for a batch, averaged over `tta` flip views at each of `scales` (input sizes relative to
+        the batch's), each view's output mapped back to the batch's geometry exactly."""
 
     def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
         """The metric of validation predictions (`predict` over the validation loader) against `targets_array()`."""

@@ -89,15 +89,21 @@ class ClsTask(Task[np.ndarray]):
         return build_loss(cfg["loss"], smoothing=cfg["smoothing"], t1=cfg["t1"], t2=cfg["t2"],
                           taylor_n=cfg["taylor_n"])
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """All flips go through the model as one batch; class labels are flip-invariant, so no inverse."""
-        from kcomp.infer.tta import flips
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
+        """All flips of a scale go through the model as one batch; class labels are flip- and scale-invariant, so
+        no inverse: the views' probabilities are averaged."""
+        from kcomp.infer.tta import at_scales, flips
 
-        views = flips(x, tta)
-        if len(views) == 1:
-            return model(x).float().softmax(1)
-        logits = model(torch.cat(views)).float()
-        return logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
+        total = None
+        for xs in at_scales(x, scales):
+            views = flips(xs, tta)
+            if len(views) == 1:
+                probs = model(xs).float().softmax(1)
+            else:
+                probs = model(torch.cat(views)).float().softmax(1).view(len(views), x.shape[0], -1).mean(0)
+            total = probs if total is None else total + probs
+        return total if len(scales) == 1 else total / len(scales)
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      cfg: dict[str, Any], setup: dict[str, Any], *, tta: int, device: torch.device,
@@ -110,7 +116,7 @@ class ClsTask(Task[np.ndarray]):
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=with_targets)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         yield from predict_loader(list(models), dl, self, tta=tta, device=device, dtype=dtype,
-                                  label=shared_label(labels))
+                                  label=shared_label(labels), scales=cfg.get("tta_scales") or (1.0,))
 
     def average(self, preds: Iterable[np.ndarray]) -> np.ndarray:
         from kcomp.post.ensemble import mean_probs

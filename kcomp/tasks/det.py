@@ -94,22 +94,34 @@ class DetTask(Task[list[np.ndarray]]):
 
         return DetLoss(det_config(cfg["model"], len(setup["classes"]), int(cfg["img_size"])))
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """(B, V*100, 7) [x1, y1, x2, y2, score, label, view] normalised to [0, 1], each view's boxes mapped back to
-        the original orientation; padding rows have score 0 and label -1. Views are fused later, on the host."""
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
+        """(B, S*V*100, 7) [x1, y1, x2, y2, score, label, view] normalised to [0, 1]: per scale S, the V flip views
+        in one batch, each view's boxes mapped back to the original orientation and normalised by its own size
+        (which undoes the scale exactly); padding rows have score 0 and label -1. Views are fused later, on the
+        host."""
+        from kcomp.infer.tta import at_scales
+
+        out = []
+        for i, xs in enumerate(at_scales(x, scales)):
+            out.append(self._views(model, xs, tta, first=i * tta))
+        return out[0] if len(out) == 1 else torch.cat(out, 1)
+
+    @staticmethod
+    def _views(model: torch.nn.Module, x: torch.Tensor, tta: int, first: int) -> torch.Tensor:
         from kcomp.infer.box_tta import unflip_boxes
         from kcomp.infer.tta import flips
 
         views = flips(x, tta)
         batch = views[0] if len(views) == 1 else torch.cat(views)
-        det = model.decode(*model(batch)).float()  # (V*B, K, 6) in input pixels
-        h, w = x.shape[-2:]
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        det = model.decode(*model(batch)).float()  # (V*B, K, 6) in input pixels (a padded input's, at most)
         det = det.view(len(views), x.shape[0], det.shape[1], 6)
         scale = det.new_tensor([w, h, w, h])
         out = []
         for v in range(len(views)):
-            boxes = unflip_boxes(det[v, ..., :4], v, (h, w)) / scale
-            view = torch.full_like(det[v, ..., :1], float(v))
+            boxes = unflip_boxes(det[v, ..., :4].minimum(scale), v, (h, w)) / scale  # clipped to the view
+            view = torch.full_like(det[v, ..., :1], float(first + v))
             out.append(torch.cat([boxes, det[v, ..., 4:6], view], -1))
         return torch.cat(out, 1)
 
@@ -148,8 +160,10 @@ class DetTask(Task[list[np.ndarray]]):
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
+        scales = cfg.get("tta_scales") or (1.0,)
         yield from (self.fuse_views(p) for p in predict_loader(list(models), dl, self, tta=tta, device=device,
-                                                               dtype=dtype, label=shared_label(labels)))
+                                                               dtype=dtype, label=shared_label(labels),
+                                                               scales=scales))
 
     def average(self, preds: Iterable[Boxes]) -> Boxes:
         """Several models' boxes fused with WBF (equal weights), every image in one call; boxes are small, so the

@@ -97,12 +97,14 @@ class InkTask(Task[list[np.ndarray]]):
 
         return masked_bce(smoothing=cfg["smoothing"], ignore=IGNORE)
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
         """8x TTA = {identity, flip W, flip H, flip HW} x {depth flip}; spatial flips are inverted exactly.
 
         The views go through the model as one batch. They are concatenated with autocast off: under bf16 autocast
         `torch.cat` of float16 tiles raises (autocast's type promotion knows only float32/64 and the autocast
-        dtype), and the model casts its input itself."""
+        dtype), and the model casts its input itself. `scales` must stay (1.0,): tiles are predicted at the patch
+        size trained on (`--tta-scales` does not apply to ink)."""
         from kcomp.infer.tta import flips, unflip
 
         views = flips(x, min(tta, 4))

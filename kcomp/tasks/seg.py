@@ -89,12 +89,24 @@ class SegTask(Task[list[np.ndarray]]):
 
         return build_seg_loss(cfg.get("seg_loss") or "bce_dice", smoothing=float(cfg.get("smoothing") or 0.0))
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """Flip views through the model as one batch, sigmoid, each inverted exactly, averaged: (B, C, H, W)."""
-        from kcomp.infer.tta import flips, unflip
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
+        """(B, C, H, W) probabilities: per scale, the flip views through the model as one batch, sigmoid, each
+        inverted exactly, averaged, then resized back to the input's size; the scales averaged."""
+        from kcomp.infer.tta import at_scales, resize
 
         if tta == 8 and x.shape[-1] != x.shape[-2]:
             raise BadUsage(f"--tta 8 needs square inputs, got {x.shape[-2]}x{x.shape[-1]}")
+        total = None
+        for xs in at_scales(x, scales):
+            probs = resize(self._flip_probs(model, xs, tta), (int(x.shape[-2]), int(x.shape[-1])))
+            total = probs if total is None else total + probs
+        return total if len(scales) == 1 else total / len(scales)
+
+    @staticmethod
+    def _flip_probs(model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+        from kcomp.infer.tta import flips, unflip
+
         views = flips(x, tta)
         if len(views) == 1:  # no copies of the batch to concatenate, stack and average
             return model(x).float().sigmoid()
@@ -117,6 +129,7 @@ class SegTask(Task[list[np.ndarray]]):
 
         ds = self.dataset(table, rows, cfg, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
+        scales = cfg.get("tta_scales") or (1.0,)
         for model, label in zip(models, labels, strict=True):
             sizes = iter(output_sizes(rows, cfg.get("out_size"), table.meta.get("submit_size")))
             stage = HostStage(lambda batch, sizes=sizes: [to_uint8_map(p, next(sizes)) for p in batch])
@@ -125,7 +138,7 @@ class SegTask(Task[list[np.ndarray]]):
                 for x, _ in dl:
                     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        stage.submit(self.predict(model, x, tta).float())
+                        stage.submit(self.predict(model, x, tta, scales).float())
                     bar.advance(x.shape[0])
             del model  # before the next one is built
             yield stage.results()
