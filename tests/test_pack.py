@@ -220,7 +220,7 @@ ERRORS = [
     ([lambda d, t: d["run"]], r"give the test predictions `kcomp submit` takes"),
     ([_test, ("time_limit", "soon")], r"--time-limit soon: expected a positive duration"),
     ([_test, ("test_images", 0)], r"--test-images 0: must be at least 1"),
-    ([_test, ("none_power", 0.3)], r"--none-power does not apply to demo"),
+    ([_test, ("none_power", 0.3)], r"--none-power does not apply to competition demo"),
     ([_test, ("base", lambda d, t: t / "none.txt")], r"none.txt: no such file"),
     ([_test, ("sample", "../x.csv")], r"--sample \.\./x\.csv"),
     ([_test, ("work", "/tmp/$HOME")], r"--work '/tmp/\$HOME': give a path without quotes"),

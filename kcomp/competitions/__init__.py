@@ -74,6 +74,9 @@ def check_options(comp: Competition, name: str, step: str, options: dict[str, An
     params = inspect.signature(getattr(comp, step)).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
+    accepted = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p != "thresholds"]
     for key in options:
         if key not in params:
-            raise BadUsage(f"--{key.replace('_', '-')} does not apply to {name}")
+            flags = ", ".join("--" + p.replace("_", "-") for p in accepted)
+            reads = f"it reads {flags}" if accepted else "it reads no options"
+            raise BadUsage(f"--{key.replace('_', '-')} does not apply to competition {name} ({reads})")

@@ -255,6 +255,8 @@ def build_seg_loss(name: str, *, smoothing: float = 0.0) -> LossFn:
             return bce
         return dice(y, t) if name == "dice" else bce + dice(y, t)
 
+    return loss
+
 
 # --- Distillation from a teacher's out-of-fold probabilities (Hinton, Vinyals, Dean 2015, arXiv:1503.02531) ---------
 

@@ -168,7 +168,7 @@ def _check_options(comp: Any, name: str, *, time_limit: str, test_images: int | 
     params = inspect.signature(comp.submit).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if none_power is not None and not takes_any and "none_power" not in params:
-        raise BadUsage(f"--none-power does not apply to {name}")
+        raise BadUsage(f"--none-power does not apply to competition {name}")
     return limit
 
 

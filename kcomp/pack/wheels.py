@@ -9,8 +9,10 @@ brings its own dependencies)."""
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from email.parser import Parser
@@ -97,6 +99,9 @@ def missing(requires: list[str], base: dict[str, str | None]) -> tuple[list[Pin]
     return sorted(pins.values(), key=lambda p: p.name), sorted(set(notes))
 
 
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "kcomp", "commands")  # what setuptools reads to build the wheel
+
+
 def build_kcomp_wheel(dest: Path) -> Path:
     """kcomp's own wheel, from the source tree this kcomp runs from (what the local chain ran)."""
     import kcomp
@@ -105,10 +110,21 @@ def build_kcomp_wheel(dest: Path) -> Path:
     if not (source / "pyproject.toml").is_file():
         raise BadUsage(f"kcomp's wheel is built from its source tree, and {source} is not one: install kcomp from a "
                        f"checkout (pip install -e .) to pack")
-    args = ["wheel", "--no-deps", "--quiet", "-w", str(dest), str(source)]
-    if _builds_in_place():
-        args.insert(1, "--no-build-isolation")
-    _pip(args)
+    with tempfile.TemporaryDirectory(prefix="kcomp-wheel-") as tmp:
+        # A copy of just what the wheel holds: building in the checkout would leave build/ and *.egg-info there
+        # (and copying the whole tree could drag in a data/ or runs/ directory of many GB).
+        copy = Path(tmp) / "kcomp"
+        copy.mkdir()
+        for name in WHEEL_SOURCES:
+            src = source / name
+            if src.is_dir():
+                shutil.copytree(src, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            elif src.is_file():
+                shutil.copy2(src, copy / name)
+        args = ["wheel", "--no-deps", "--quiet", "-w", str(dest), str(copy)]
+        if _builds_in_place():
+            args.insert(1, "--no-build-isolation")
+        _pip(args)
     wheels = sorted(dest.glob("kcomp-*.whl"))
     if len(wheels) != 1:
         raise EnvironmentFailure(f"pip wheel left {len(wheels)} kcomp wheels", path=dest)

@@ -433,7 +433,8 @@ ROWS = [
         "submit-none-power-negative"),
     row(_demo, (*SUBMIT, "--none-power", "nan"), r"--none-power nan: expected a finite number",
         "submit-none-power-nan"),
-    row(_demo, (*SUBMIT, "--none-power", "0.3"), r"--none-power does not apply to demo", "submit-none-power-for-demo"),
+    row(_demo, (*SUBMIT, "--none-power", "0.3"), r"--none-power does not apply to competition demo",
+        "submit-none-power-for-demo"),
     row(_demo, ("report", "{oof}", "-o", "{out}/report", "--previews", "-1"), r"--previews -1: must be at least 0",
         "report-previews-negative"),
     # ---- click's own usage errors: one line too
