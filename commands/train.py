@@ -45,7 +45,7 @@ def command(
                                            "downloaded once when online). Default: on (demo data: off).")] = None,
     pretrained_tag: Annotated[str | None, Opt(help="Which pretrained weights: a timm tag, e.g. a1_in1k (cls, ink, "
                                                    "seg tu- encoders), or smp's weights name (seg, e.g. ssl). "
-                                                   "Default: the model's default.")] = None,
+                                                   "Implies --pretrained. Default: the model's default.")] = None,
     weights: Annotated[str | None, Opt(help="Local weights file instead of the hub's: timm state dict or kcomp "
                                             "checkpoint; they must fill >= 90% of the model's tensors.")] = None,
     weights_partial: Annotated[bool, Opt("--weights-partial", help="Load --weights even if they fill less of the "

@@ -189,7 +189,7 @@ def test_cassava_variables_reach_the_commands(tmp_path: Path) -> None:
     calls, other = _dry_run(CASSAVA, "RAW=/r", f"DATA={tmp_path}/d", f"RUNS={tmp_path}/r", f"OUT={tmp_path}/o",
                             "MODEL=convnext_tiny", "MODEL2=deit_small_patch16_224", "FOLDS=2", "EPOCHS=1", "IMG=224",
                             "TTA=8", "DEVICE=cuda", "SEED=7", "NGPU=2", "EXTRA=--batch-size 8 --deterministic",
-                            "WEIGHTS=/w/convnext.pth", "ENSEMBLE=rank")
+                            "WEIGHTS=/w/convnext.pth", "ENSEMBLE=rank", "TTA_SCALES=0.9,1,1.1")
     _assert_chain(calls, comp="cassava", raw="/r", data=tmp_path / "d", runs=tmp_path / "r", out=tmp_path / "o",
                   models={"convnext_tiny": "convnext_tiny", "deit_small_patch16_224": "deit_small_patch16_224"},
                   folds=2, tta="8", sample="/r/sample_submission.csv")
@@ -201,6 +201,8 @@ def test_cassava_variables_reach_the_commands(tmp_path: Path) -> None:
         assert c.opt("--weights") == ("/w/convnext.pth" if c.opt("--model") == "convnext_tiny" else None)
         assert c.env == {"CUDA_VISIBLE_DEVICES": f"$(( {c.opt('--fold')} % 2 ))"}
     assert [c.opt("--method") for c in calls if c.sub == "ensemble"] == ["rank", "rank"]
+    scaled = [c.opt("--tta-scales") for c in calls if c.sub in ("oof", "tta")]
+    assert scaled == ["0.9,1,1.1"] * 4  # OOF and test predictions of both models, at the same scales
     assert next(c for c in calls if c.sub == "split").opt("--seed") == "7"
     _assert_writes_only_under(calls, other, tmp_path)
 
@@ -396,7 +398,7 @@ def test_siim_variables_reach_the_commands(tmp_path: Path) -> None:
     calls, other = _dry_run(SIIM, "RAW=/s", f"DATA={tmp_path}/d", f"RUNS={tmp_path}/r", f"OUT={tmp_path}/o",
                             "FOLDS=2", "DET_MODEL2=tf_efficientdet_d0", "DET_NAME2=d0-768", "DET_IMG2=768",
                             "CLS_MODEL=resnet50", "NONE_POWER=0.5", "DET_TTA=8", "SIZE=1024",
-                            "DET_WEIGHTS=/w/d0.pth", "EXTRA=--batch-size 4")
+                            "DET_WEIGHTS=/w/d0.pth", "EXTRA=--batch-size 4", "TTA_SCALES=1,1.25")
     trains = [c for c in calls if c.sub == "train"]
     assert {Path(c.opt("-o")).name for c in trains} == {"det-tf_efficientdet_d0", "d0-768", "study-resnet50",
                                                         "opacity-resnet50"}
@@ -408,6 +410,7 @@ def test_siim_variables_reach_the_commands(tmp_path: Path) -> None:
             assert (c.opt("--model"), c.opt("--img-size")) == ("tf_efficientdet_d0", "768")
     assert calls[0].opt("--size") == "1024"
     assert {c.opt("--tta") for c in calls if c.sub in ("oof", "tta") and "det" in c.opt("-o")} == {"8"}
+    assert {c.opt("--tta-scales") for c in calls if c.sub in ("oof", "tta")} == {"1,1.25"}
     assert next(c for c in calls if c.sub == "submit").opt("--none-power") == "0.5"
     _assert_writes_only_under(calls, other, tmp_path)
 

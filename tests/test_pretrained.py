@@ -271,6 +271,8 @@ def test_pretrained_is_the_default_except_with_weights_or_on_demo_data():
     assert config.settle_pretrained(config.resolve(), None)["pretrained"] is True
     assert config.settle_pretrained(config.resolve(), "demo")["pretrained"] is False
     assert config.settle_pretrained(config.resolve(pretrained=True), "demo")["pretrained"] is True
+    # a tag asks for pretrained weights, whatever the preset's default (it would mean nothing on random ones)
+    assert config.settle_pretrained(config.resolve(pretrained_tag="a1_in1k"), "demo")["pretrained"] is True
     assert config.resolve(weights="w.pth")["pretrained"] is False
     assert config.resolve(pretrained=False, weights="w.pth")["pretrained"] is False
     with pytest.raises(BadUsage, match=r"--pretrained with --weights w\.pth: both name the starting weights"):

@@ -167,8 +167,8 @@ def test_tta_at_scales_and_another_size_end_to_end(demo_run, tmp_path):
     from kcomp.artifacts.predictions import read_predictions
     from tests.conftest import run_cli
 
-    out = {}
-    for name, extra in (("plain", ()), ("scaled", ("--tta-scales", "0.75,1,1.25")), ("sized", ("--img-size", "48"))):
+    out = {"plain": read_predictions(demo_run["test"])}  # `kcomp tta RUN -o test.parquet --workers 0`
+    for name, extra in (("scaled", ("--tta-scales", "0.75,1,1.25")), ("sized", ("--img-size", "48"))):
         r = run_cli("tta", demo_run["run"], "-o", tmp_path / f"{name}.parquet", "--workers", "0", *extra)
         assert r.code == 0, r.stderr
         out[name] = read_predictions(tmp_path / f"{name}.parquet")

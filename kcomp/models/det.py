@@ -132,8 +132,8 @@ class DetNet(nn.Module):
         if size not in self._other_anchors:
             c = self.config
             boxes = Anchors(c.min_level, c.max_level, c.num_scales, c.aspect_ratios, c.anchor_scale, size).boxes
-            self._other_anchors[size] = boxes
-        return self._other_anchors[size].to(self.anchors.device)
+            self._other_anchors[size] = boxes.to(self.anchors.device)  # copied to the device once per size
+        return self._other_anchors[size].to(self.anchors.device)  # a no-op unless the model moved since
 
     def decode(self, class_out: list[torch.Tensor], box_out: list[torch.Tensor]) -> torch.Tensor:
         """(B, MAX_DETECTIONS, 6) [x1, y1, x2, y2, score, label] in input pixels, clipped to the (padded) input,

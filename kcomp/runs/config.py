@@ -165,11 +165,12 @@ def resolve(**overrides: Any) -> dict[str, Any]:
 
 def settle_pretrained(cfg: dict[str, Any], competition: str | None) -> dict[str, Any]:
     """`pretrained` left unset becomes the default of the data's competition preset: True, except where the preset
-    says it trains from scratch (the demo: its quick start must run without network), which is logged."""
+    says it trains from scratch (the demo: its quick start must run without network), which is logged. A
+    `--pretrained-tag` asks for pretrained weights by itself: it would mean nothing on random ones."""
     if cfg["pretrained"] is not None:
         return cfg
     pretrained = True
-    if competition:
+    if competition and not cfg["pretrained_tag"]:
         from kcomp.competitions import get_competition, list_competitions
 
         if competition in list_competitions():
