@@ -15,15 +15,22 @@ BatchSize = Annotated[int | None, typer.Option(help="Default: the run's training
 Checkpoints = Annotated[str, typer.Option(help="best | last | best+last (predictions of both averaged).")]
 OutSize = Annotated[str | None, typer.Option(help="seg: HxW of the stored probability maps, e.g. 350x525 "
                                                   "(default: the preset's submission size).")]
+TtaScales = Annotated[str | None, typer.Option(help="cls/seg/det: multi-scale TTA, input scales averaged with the "
+                                                    "flip views, e.g. 0.9,1,1.1 (maps resized back, boxes "
+                                                    "rescaled). Default 1.")]
+ImgSize = Annotated[int | None, typer.Option(help="cls/seg/det: predict at this input size instead of "
+                                                  "training's.")]
 
 
-def predict_options(tta: int, device: str, batch_size: int | None, workers: int, checkpoints: str,
-                    out_size: str | None) -> Any:
-    """The options `oof` and `tta` share, parsed once."""
+def predict_options(task: str, tta: int, device: str, batch_size: int | None, workers: int, checkpoints: str,
+                    out_size: str | None, tta_scales: str | None, img_size: int | None) -> Any:
+    """The options `oof` and `tta` share, parsed once and checked against the runs' `task`."""
     from kcomp.runs.predict import PredictOptions
 
-    return PredictOptions(tta=tta, device=device, batch_size=batch_size, workers=workers, checkpoints=checkpoints,
-                          out_size=_size(out_size) if out_size else None)
+    opts = PredictOptions(tta=tta, device=device, batch_size=batch_size, workers=workers, checkpoints=checkpoints,
+                          out_size=_size(out_size) if out_size else None, tta_scales=tta_scales, img_size=img_size)
+    opts.check_task(task)
+    return opts
 
 
 def check_runs(runs: list[str]) -> dict[str, Any]:
@@ -56,6 +63,8 @@ def command(
     workers: Workers = 2,
     checkpoints: Checkpoints = "best",
     out_size: OutSize = None,
+    tta_scales: TtaScales = None,
+    img_size: ImgSize = None,
     gpus: Gpus = 1,
     nodes: Nodes = 1,
     node_rank: NodeRank = 0,
@@ -69,11 +78,11 @@ def command(
     from kcomp.artifacts.outputs import check_outputs
 
     check_outputs({"-o": output}, inputs=runs, summary_on_stdout=as_json)  # before torch is even imported
-    check_runs(runs)
+    task = check_runs(runs)[runs[0]]["config"]["task"]
     from kcomp.artifacts.predictions import write_predictions
     from kcomp.runs.predict import predict_oof
 
-    opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
+    opts = predict_options(task, tta, device, batch_size, workers, checkpoints, out_size, tta_scales, img_size)
     check_launch(gpus, nodes, node_rank, master_addr, master_port)
     options.validated("oof")
     relaunch_if_asked(gpus, nodes, node_rank, master_addr, master_port, device)

@@ -42,8 +42,14 @@ def command(
     aug: Annotated[str | None, Opt(help="none | light | medium | strong. Default medium.")] = None,
     drop_rate: Annotated[float | None, Opt(help="Head dropout.")] = None,
     drop_path: Annotated[float | None, Opt(help="Stochastic depth rate.")] = None,
-    weights: Annotated[str | None, Opt(help="Local pretrained weights: timm state dict or kcomp checkpoint; they must "
-                                            "fill >= 90% of the model's tensors.")] = None,
+    pretrained: Annotated[bool | None, Opt("--pretrained/--no-pretrained", help="Start from the library's pretrained "
+                                           "weights (timm/smp: Hugging Face hub cache, effdet: torch hub cache; "
+                                           "downloaded once when online). Default: on (demo data: off).")] = None,
+    pretrained_tag: Annotated[str | None, Opt(help="Which pretrained weights: a timm tag, e.g. a1_in1k (cls, ink, "
+                                                   "seg tu- encoders), or smp's weights name (seg, e.g. ssl). "
+                                                   "Implies --pretrained. Default: the model's default.")] = None,
+    weights: Annotated[str | None, Opt(help="Local weights file instead of the hub's: timm state dict or kcomp "
+                                            "checkpoint; they must fill >= 90% of the model's tensors.")] = None,
     weights_partial: Annotated[bool, Opt("--weights-partial", help="Load --weights even if they fill less of the "
                                                                    "model (another architecture's).")] = False,
     metric: Annotated[str | None, Opt(help="Metric choosing best.pt (default: the task's).")] = None,

@@ -9,7 +9,8 @@ import typer
 from kcomp.commands._common import Device, Json, Output, Workers, emit, log
 from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Nodes, check_launch, is_main,
                                     relaunch_if_asked)
-from kcomp.commands.oof import BatchSize, Checkpoints, OutSize, Tta, check_runs, predict_options
+from kcomp.commands.oof import (BatchSize, Checkpoints, ImgSize, OutSize, Tta, TtaScales, check_runs,
+                                 predict_options)
 
 
 def command(
@@ -22,6 +23,8 @@ def command(
     workers: Workers = 2,
     checkpoints: Checkpoints = "best",
     out_size: OutSize = None,
+    tta_scales: TtaScales = None,
+    img_size: ImgSize = None,
     preview: Annotated[str | None, typer.Option(help="seg/ink: also write overlay PNGs of a few ids to this "
                                                      "directory, to look at before submitting.")] = None,
     preview_count: Annotated[int | None, typer.Option(help="How many ids --preview draws. Default 8.")] = None,
@@ -50,7 +53,7 @@ def command(
     if preview and output == "-":
         raise BadUsage("--preview reads the predictions back; give -o PATH, not -")
     task = check_runs(dirs)[dirs[0]]["config"]["task"]  # before torch is imported
-    opts = predict_options(tta, device, batch_size, workers, checkpoints, out_size)
+    opts = predict_options(task, tta, device, batch_size, workers, checkpoints, out_size, tta_scales, img_size)
     shown = options.check({"preview": preview, "preview_count": preview_count}, options.COMMANDS["tta"])
     check_launch(gpus, nodes, node_rank, master_addr, master_port)
     if preview and task not in ("seg", "ink"):  # known from the run's config: a failed preview leaves nothing
@@ -64,7 +67,7 @@ def command(
     if not is_main():
         return
     written = [write_predictions(df, output, **meta)]
-    log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta} view(s)")
+    log(f"tta: {len(df)} test rows from {meta['models']} model(s) x {tta * len(opts.scales)} view(s)")
     if preview:
         from kcomp.artifacts._atomic import staged_dir
         from kcomp.report.preview import write_previews

@@ -14,6 +14,10 @@ TASK     ?= cls
 STRATEGY ?= stratified
 # Options of both `kcomp oof` and `kcomp tta` (e.g. --out-size 350x525 for Clouds' maps).
 PREDICT  ?=
+# Multi-scale TTA for cls/seg/det, e.g. TTA_SCALES=0.9,1,1.1: both `oof` and `tta` average these input scales
+# (with the TTA flip views at each), so CV measures what the submission does. Empty: the training size only.
+TTA_SCALES ?=
+SCALES  = $(if $(TTA_SCALES),--tta-scales $(TTA_SCALES))
 INDEX  := $(DATA)/index.parquet
 SPLIT  := $(DATA)/folds$(FOLDS).parquet
 KS     := $(shell seq 0 $$(( $(FOLDS) - 1 )))
@@ -73,16 +77,16 @@ $(eval $(call train_folds,$(RUN2),$(TASK),$(if $(IMG),--img-size $(IMG)) --model
 
 # Out-of-fold predictions use the same TTA as the test predictions, so CV and leaderboard stay comparable.
 $(OUT)/oof_$(NAME).parquet: $(DONE)
-	$(KCOMP) oof $(RUN) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT)
+	$(KCOMP) oof $(RUN) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT) $(SCALES)
 
 $(OUT)/oof_$(NAME2).parquet: $(DONE2)
-	$(KCOMP) oof $(RUN2) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT)
+	$(KCOMP) oof $(RUN2) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT) $(SCALES)
 
 $(OUT)/test_$(NAME).parquet: $(DONE)
-	$(KCOMP) tta $(RUN) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT)
+	$(KCOMP) tta $(RUN) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT) $(SCALES)
 
 $(OUT)/test_$(NAME2).parquet: $(DONE2)
-	$(KCOMP) tta $(RUN2) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT)
+	$(KCOMP) tta $(RUN2) -o $@ --tta $(TTA) --device $(DEVICE) $(PREDICT) $(SCALES)
 
 $(OUT)/oof_ens.parquet: $(OUT)/oof_$(NAME).parquet $(OUT)/oof_$(NAME2).parquet
 	$(KCOMP) ensemble $^ -o $@ --method $(ENSEMBLE)

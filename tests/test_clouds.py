@@ -291,6 +291,7 @@ def _chain(raw: Path, tmp: Path, train_opts: tuple, extra_tta: tuple = (), folds
         ("prep", "clouds", raw, "-o", d),
         ("split", d / "index.parquet", "-o", tmp / "folds.parquet", "--folds", str(folds)),
         ("train", "seg", "--folds", tmp / "folds.parquet", "--arch", "unet", "--model", "resnet18", *train_opts,
+         "--no-pretrained",
          "--fold", "all", "-o", run),
         ("oof", run, "-o", tmp / "oof.parquet", "--json"),
         ("tune-threshold", tmp / "oof.parquet", "-o", tmp / "thr.json"),

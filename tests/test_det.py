@@ -266,7 +266,7 @@ def test_tiny_training_oof_tta_and_tune_threshold_via_the_cli(tmp_path):
     folds, run = tmp_path / "folds.parquet", tmp_path / "run"
     assert run_cli("split", idx, "-o", folds, "--folds", "2").code == 0
     r = run_cli("train", "det", "--folds", folds, "--model", "tf_efficientdet_d0", "--img-size", str(SIZE),
-                "--epochs", "1", "--batch-size", "4", "--workers", "0", "--fold", "0", "-o", run)
+                "--epochs", "1", "--batch-size", "4", "--workers", "0", "--fold", "0", "--no-pretrained", "-o", run)
     assert r.code == 0, r.stderr
     metrics = pd.read_parquet(run / "fold0" / "metrics.parquet")
     assert "val_map50" in metrics.columns and len(metrics) == 1
@@ -312,7 +312,7 @@ def test_detector_learns_the_boxes(tmp_path):
     assert run_cli("split", idx, "-o", folds, "--folds", "2").code == 0
     r = run_cli("train", "det", "--folds", folds, "--model", "tf_efficientdet_d0", "--img-size", str(SIZE),
                 "--epochs", "15", "--batch-size", "4", "--lr", "2e-3", "--workers", "0", "--fold", "all",
-                "-o", run)
+                "--no-pretrained", "-o", run)
     assert r.code == 0, r.stderr
     r = run_cli("oof", run, "-o", tmp_path / "oof.parquet", "--workers", "0", "--tta", "2", "--json")
     assert r.code == 0, r.stderr

@@ -189,7 +189,7 @@ def test_cassava_variables_reach_the_commands(tmp_path: Path) -> None:
     calls, other = _dry_run(CASSAVA, "RAW=/r", f"DATA={tmp_path}/d", f"RUNS={tmp_path}/r", f"OUT={tmp_path}/o",
                             "MODEL=convnext_tiny", "MODEL2=deit_small_patch16_224", "FOLDS=2", "EPOCHS=1", "IMG=224",
                             "TTA=8", "DEVICE=cuda", "SEED=7", "NGPU=2", "EXTRA=--batch-size 8 --deterministic",
-                            "WEIGHTS=/w/convnext.pth", "ENSEMBLE=rank")
+                            "WEIGHTS=/w/convnext.pth", "ENSEMBLE=rank", "TTA_SCALES=0.9,1,1.1")
     _assert_chain(calls, comp="cassava", raw="/r", data=tmp_path / "d", runs=tmp_path / "r", out=tmp_path / "o",
                   models={"convnext_tiny": "convnext_tiny", "deit_small_patch16_224": "deit_small_patch16_224"},
                   folds=2, tta="8", sample="/r/sample_submission.csv")
@@ -201,6 +201,8 @@ def test_cassava_variables_reach_the_commands(tmp_path: Path) -> None:
         assert c.opt("--weights") == ("/w/convnext.pth" if c.opt("--model") == "convnext_tiny" else None)
         assert c.env == {"CUDA_VISIBLE_DEVICES": f"$(( {c.opt('--fold')} % 2 ))"}
     assert [c.opt("--method") for c in calls if c.sub == "ensemble"] == ["rank", "rank"]
+    scaled = [c.opt("--tta-scales") for c in calls if c.sub in ("oof", "tta")]
+    assert scaled == ["0.9,1,1.1"] * 4  # OOF and test predictions of both models, at the same scales
     assert next(c for c in calls if c.sub == "split").opt("--seed") == "7"
     _assert_writes_only_under(calls, other, tmp_path)
 
@@ -396,7 +398,7 @@ def test_siim_variables_reach_the_commands(tmp_path: Path) -> None:
     calls, other = _dry_run(SIIM, "RAW=/s", f"DATA={tmp_path}/d", f"RUNS={tmp_path}/r", f"OUT={tmp_path}/o",
                             "FOLDS=2", "DET_MODEL2=tf_efficientdet_d0", "DET_NAME2=d0-768", "DET_IMG2=768",
                             "CLS_MODEL=resnet50", "NONE_POWER=0.5", "DET_TTA=8", "SIZE=1024",
-                            "DET_WEIGHTS=/w/d0.pth", "EXTRA=--batch-size 4")
+                            "DET_WEIGHTS=/w/d0.pth", "EXTRA=--batch-size 4", "TTA_SCALES=1,1.25")
     trains = [c for c in calls if c.sub == "train"]
     assert {Path(c.opt("-o")).name for c in trains} == {"det-tf_efficientdet_d0", "d0-768", "study-resnet50",
                                                         "opacity-resnet50"}
@@ -408,6 +410,7 @@ def test_siim_variables_reach_the_commands(tmp_path: Path) -> None:
             assert (c.opt("--model"), c.opt("--img-size")) == ("tf_efficientdet_d0", "768")
     assert calls[0].opt("--size") == "1024"
     assert {c.opt("--tta") for c in calls if c.sub in ("oof", "tta") and "det" in c.opt("-o")} == {"8"}
+    assert {c.opt("--tta-scales") for c in calls if c.sub in ("oof", "tta")} == {"1,1.25"}
     assert next(c for c in calls if c.sub == "submit").opt("--none-power") == "0.5"
     _assert_writes_only_under(calls, other, tmp_path)
 
@@ -528,7 +531,7 @@ def test_cassava_makefile_runs_on_a_miniature_download(tmp_path: Path, cassava_r
     before = _repo_files(CASSAVA)
     variables = [f"RAW={cassava_raw}", f"DATA={tmp_path}/data", f"RUNS={tmp_path}/runs", f"OUT={tmp_path}/out",
                  f"KCOMP={KCOMP_MODULE}", "MODEL=resnet18", "MODEL2=resnet18", "NAME2=resnet18-b", "FOLDS=2",
-                 "EPOCHS=1", "IMG=32", "TTA=2", "EXTRA=--batch-size 16 --workers 0"]
+                 "EPOCHS=1", "IMG=32", "TTA=2", "EXTRA=--batch-size 16 --workers 0 --no-pretrained"]
     proc = _make(CASSAVA, *variables, "all", "stack", timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(cassava_raw / "sample_submission.csv") as f:
@@ -545,7 +548,7 @@ def test_cassava_makefile_runs_on_a_miniature_download(tmp_path: Path, cassava_r
 def test_pipeline_sh_runs_on_a_miniature_download(tmp_path: Path, cassava_raw: Path) -> None:
     env = {"KCOMP": KCOMP_MODULE, "DATA": str(tmp_path / "d"), "RUNS": str(tmp_path / "r"),
            "OUT": str(tmp_path / "o"), "MODEL": "resnet18", "FOLDS": "2", "EPOCHS": "1", "IMG": "32", "TTA": "2",
-           "EXTRA": "--batch-size 16 --workers 0"}
+           "EXTRA": "--batch-size 16 --workers 0 --no-pretrained"}
     proc = _pipeline(str(cassava_raw), env, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "o" / "submission.csv").read_text().startswith("image_id,label\n")

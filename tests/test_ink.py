@@ -117,7 +117,7 @@ def test_vesuvius_raw_to_submission(vesuvius_raw, tmp_path):
         ("prep", "vesuvius", vesuvius_raw, "-o", d),
         ("split", d / "index.parquet", "-o", d / "folds.parquet", "--folds", "3"),
         ("train", "ink", "--folds", d / "folds.parquet", "--fold", "0", "--layers", "2x4", "--patch", "64",
-         "--epochs", "2", "--batch-size", "8", "--lr", "2e-3", "--workers", "0", "-o", run),
+         "--epochs", "2", "--batch-size", "8", "--lr", "2e-3", "--workers", "0", "--no-pretrained", "-o", run),
         ("oof", run, "-o", tmp_path / "oof.parquet", "--tta", "8", "--workers", "0", "--json"),
         ("tune-threshold", tmp_path / "oof.parquet", "-o", tmp_path / "thr.json", "--downscale", "4"),
         ("tta", run, "-o", tmp_path / "pred.parquet", "--tta", "8", "--workers", "0"),

@@ -28,7 +28,7 @@ def test_issue_chain_on_a_65_layer_layout(tmp_path: Path):
         ("prep", "vesuvius", raw, "-o", d),
         ("split", d / "index.parquet", "-o", d / "folds.parquet", "--folds", "2", "--strategy", "group"),
         ("train", "ink", "--folds", d / "folds.parquet", "--layers", "5x7", "--patch", "64", "--model", "resnet18",
-         "--epochs", "2", "--fold", "all", "-o", run),
+         "--epochs", "2", "--fold", "all", "--no-pretrained", "-o", run),
         ("oof", run, "-o", tmp_path / "oof.parquet", "--json"),
         ("tune-threshold", tmp_path / "oof.parquet", "-o", tmp_path / "thr.json"),
         ("tta", run, "-o", tmp_path / "pred.parquet", "--tta", "8"),
@@ -63,7 +63,7 @@ def ink65(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("layers", ["3x9", "6x6", "2x18"])
 def test_layer_layouts_that_fit_65_layers_train(ink65: Path, tmp_path: Path, layers: str):
     r = run_cli("train", "ink", "--folds", ink65, "--fold", "0", "--layers", layers, "--patch", "32", "--epochs", "1",
-                "--batch-size", "8", "--model", "resnet18", "--workers", "0", "-o", tmp_path / "run")
+                "--batch-size", "8", "--model", "resnet18", "--workers", "0", "--no-pretrained", "-o", tmp_path / "run")
     assert r.code == 0, r.stderr
 
 

@@ -15,7 +15,7 @@ def test_cassava_raw_to_submission_beats_majority(cassava_raw, tmp_path):
         ("prep", "cassava", cassava_raw, "-o", d),
         ("split", d / "index.parquet", "-o", d / "folds.parquet", "--folds", "3"),
         ("train", "cls", "--folds", d / "folds.parquet", "--fold", "all", "--model", "resnet18", "--img-size", "64",
-         "--epochs", "3", "--batch-size", "16", "-o", runs),
+         "--epochs", "3", "--batch-size", "16", "--no-pretrained", "-o", runs),
         ("oof", runs, "-o", tmp_path / "oof.parquet", "--json"),
         ("tta", runs, "-o", tmp_path / "pred.parquet"),
         ("submit", "cassava", tmp_path / "pred.parquet", "--sample", cassava_raw / "sample_submission.csv", "-o",

@@ -206,7 +206,7 @@ def test_submit_usage_errors(tmp_path, case):
 def _chain(raw: Path, tmp_path: Path, *, size: int, det_img: int, det_epochs: int, cls_epochs: int, folds: int,
            tta: int) -> list[tuple]:
     d = tmp_path / "data"
-    fast = ("--batch-size", "4", "--workers", "0")
+    fast = ("--batch-size", "4", "--workers", "0", "--no-pretrained")
     return [
         ("prep", "siim-covid19", raw, "-o", d, "--size", str(size), "--workers", "0"),
         ("split", d / "index.parquet", "--strategy", "group", "--folds", str(folds), "-o", tmp_path / "folds.parquet"),

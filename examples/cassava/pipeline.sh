@@ -24,7 +24,8 @@ TTA=${TTA:-4}
 SEED=${SEED:-42}
 DEVICE=${DEVICE:-auto}
 KCOMP=${KCOMP:-kcomp}          # may hold several words, e.g. "python -m kcomp.commands.main"
-WEIGHTS=${WEIGHTS:-}           # local ImageNet weights for MODEL (timm state dict); empty = random init
+WEIGHTS=${WEIGHTS:-}           # a local weights file for MODEL (timm state dict); empty = timm's pretrained weights
+                               # (Hugging Face hub cache, downloaded once); EXTRA=--no-pretrained: random init
 # What worked on Cassava's noisy labels: bi-tempered loss, CutMix, EMA of the weights.
 FLAGS=${FLAGS:---loss bi_tempered --t1 0.8 --t2 1.4 --cutmix 1.0 --ema 0.999}
 EXTRA=${EXTRA:-}               # more `kcomp train` flags, e.g. "--batch-size 16 --lr 3e-4"

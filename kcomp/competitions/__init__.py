@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 class Competition(Protocol):
     task: str
     id_column: str
+    # optional, default True: whether `kcomp train` on this preset's data starts from pretrained weights when
+    # neither --pretrained nor --no-pretrained is given (`kcomp.runs.config.settle_pretrained`)
+    pretrained: bool
 
     def prep(self, raw: Path | None, out: Path, **options: Any) -> list[str]:
         """Write `out/index.parquet` (+ caches); return the paths written. `options`: the keyword parameters the

@@ -78,6 +78,9 @@ class Demo:
 
     task = "cls"
     id_column = "image_id"
+    # `kcomp train` on demo data starts from random weights unless --pretrained: the quick start runs without
+    # network, and a small CNN learns these shapes from scratch in a few CPU epochs
+    pretrained = False
 
     def prep(self, raw: Path | None, out: Path, *, seed: int | None = None, size: int | None = None,
              workers: int | None = None) -> list[str]:

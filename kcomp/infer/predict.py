@@ -39,10 +39,10 @@ def inference_loader(ds: Dataset, *, batch_size: int, workers: int, device: torc
 @torch.inference_mode()
 def predict_loader(models: Sequence[torch.nn.Module], loader: DataLoader, task: Any, *, tta: int,
                    device: torch.device, dtype: torch.dtype | None, channels_last: bool = True,
-                   label: str | None = None) -> list[np.ndarray]:
+                   label: str | None = None, scales: Sequence[float] = (1.0,)) -> list[np.ndarray]:
     """Each model's predictions, from one pass over the loader: every batch is read, decoded and copied to the
     device once, whatever the number of models (the folds of a run at test time). Predictions stay on the device
-    until the end (one host sync per call, not per batch)."""
+    until the end (one host sync per call, not per batch). `scales`: multi-scale TTA (`Task.predict`)."""
     for model in models:
         model.eval()
     outs: list[list[torch.Tensor]] = [[] for _ in models]
@@ -55,7 +55,7 @@ def predict_loader(models: Sequence[torch.nn.Module], loader: DataLoader, task: 
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 for model, out in zip(models, outs, strict=True):
-                    out.append(task.predict(model, x, tta).float())
+                    out.append(task.predict(model, x, tta, scales).float())
             bar.advance(x.shape[0])
     return [torch.cat(out).cpu().numpy() if out else np.zeros((0,), dtype=np.float32) for out in outs]
 

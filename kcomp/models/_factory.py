@@ -11,6 +11,7 @@ from torch import nn
 
 from kcomp.artifacts.checkpoint import load_weights_file
 from kcomp.errors import BadInput, BadUsage
+from kcomp.models.pretrained import Init, file_record, load_with, timm_cfg, timm_source
 
 
 class Normalized(nn.Module):
@@ -56,20 +57,34 @@ def build_with_weights(build: Callable[[], nn.Module], state: dict[str, Any], so
     return model
 
 
-def create_cls_model(name: str, num_classes: int, *, weights: str | None = None, drop_rate: float = 0.0,
-                     drop_path_rate: float = 0.0, weights_partial: bool = False) -> Normalized:
+def create_cls_model(name: str, num_classes: int, *, init: Init | None = None, drop_rate: float = 0.0,
+                     drop_path_rate: float = 0.0, weights: str | None = None,
+                     weights_partial: bool = False) -> Normalized:
+    """A timm classifier `name` (a pretrained tag may follow, `resnet18.a1_in1k`: its normalisation is taken from
+    that tag's config), initialised as `init` says (`weights`: shorthand for a local file)."""
     import timm
 
     if not timm.is_model(name):
         raise BadUsage(f"unknown timm model {name!r} (see timm.list_models())")
+    init = init or Init(weights=weights, partial=weights_partial)
     kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": drop_rate}
     if drop_path_rate:
         kwargs["drop_path_rate"] = drop_path_rate
-    net = timm.create_model(name, pretrained=False, **kwargs)
-    if weights:
-        load_pretrained(net, weights, partial=weights_partial)
+    if init.pretrained:
+        net = load_with(timm_source(name), init, lambda: timm.create_model(name, pretrained=True, **kwargs), "timm")
+    else:
+        timm_cfg(name)  # a tag that does not exist is the user's error, not timm's RuntimeError
+        net = timm.create_model(name, pretrained=False, **kwargs)
+    load_weights(net, init)
     cfg = getattr(net, "pretrained_cfg", {}) or {}
     return Normalized(net, cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225)))
+
+
+def load_weights(net: nn.Module, init: Init, into: str = "model") -> None:
+    """`init.weights` (a local file) into `net` when given, recorded in `init.source`."""
+    if init.weights:
+        load_pretrained(net, init.weights, partial=init.partial, into=into)
+        init.source = file_record(init.weights)
 
 
 def strip_prefixes(state: dict[str, Any], prefixes: Sequence[str] = ("module.", "_orig_mod.", "net.", "model.")

@@ -11,10 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kcomp.models._factory import load_weights
+from kcomp.models.pretrained import Init, load_with, timm_source
+
 
 class InkNet(nn.Module):
     def __init__(self, encoder: str, groups: int, layers_per_group: int, *, drop_path_rate: float = 0.0,
-                 drop_rate: float = 0.0, decoder_channels: int = 64) -> None:
+                 drop_rate: float = 0.0, decoder_channels: int = 64, pretrained: bool = False) -> None:
         import timm
 
         from kcomp.errors import BadUsage
@@ -24,8 +27,9 @@ class InkNet(nn.Module):
             raise BadUsage(f"unknown timm encoder {encoder!r}")
         self.groups, self.per_group = groups, layers_per_group
         kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
-        self.encoder = timm.create_model(encoder, pretrained=False, features_only=True, in_chans=layers_per_group,
-                                         **kwargs)
+        # pretrained: timm adapts the RGB stem to `layers_per_group` input channels itself
+        self.encoder = timm.create_model(encoder, pretrained=pretrained, features_only=True,
+                                         in_chans=layers_per_group, **kwargs)
         channels = self.encoder.feature_info.channels()
         self.stride0 = self.encoder.feature_info.reduction()[0]
         # depth (group) mixing: a 3-tap conv along the group axis (a (3,1,1) 3D conv written as a 2D conv over
@@ -56,6 +60,24 @@ class InkNet(nn.Module):
             y = F.interpolate(y, size=f.shape[-2:], mode="bilinear", align_corners=False) + lat(f)
         logits = self.head(self.dropout(y))
         return F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+
+
+def create_ink_model(encoder: str, groups: int, layers_per_group: int, *, init: Init | None = None,
+                     drop_path_rate: float = 0.0, drop_rate: float = 0.0) -> InkNet:
+    """An InkNet initialised as `init` says: the timm encoder pretrained through timm, a local timm state dict
+    loaded into the encoder (its stem, of other input channels, is skipped), or random init."""
+    init = init or Init()
+
+    def build(pretrained: bool) -> InkNet:
+        return InkNet(encoder, groups, layers_per_group, drop_path_rate=drop_path_rate, drop_rate=drop_rate,
+                      pretrained=pretrained)
+
+    if init.pretrained:
+        model = load_with(timm_source(encoder), init, lambda: build(True), "timm")
+    else:
+        model = build(False)
+    load_weights(model.encoder, init, into="encoder")
+    return model
 
 
 def parse_layers(spec: str) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kcomp.errors import BadInput, BadUsage
+from kcomp.models.pretrained import Init, file_record, load_with, smp_source, timm_source, with_tag
 
 ARCHS = ("unet", "fpn", "pspnet", "linknet", "unetplusplus", "deeplabv3plus", "deeplabv3", "manet", "pan",
          "upernet")
@@ -64,9 +65,12 @@ def resolve_encoder(name: str) -> str:
                    f"get_encoder_names()) nor a timm model (timm.list_models(); use it as is or as tu-<name>)")
 
 
-def create_seg_model(arch: str, encoder: str, num_classes: int, *, weights: str | Path | None = None,
-                     in_channels: int = 3, weights_partial: bool = False) -> nn.Module:
-    """Normalized(PadCrop(smp model)) with random init; `weights` (a local file) is loaded into the encoder."""
+def create_seg_model(arch: str, encoder: str, num_classes: int, *, init: Init | None = None, tag: str | None = None,
+                     weights: str | Path | None = None, in_channels: int = 3, weights_partial: bool = False
+                     ) -> nn.Module:
+    """Normalized(PadCrop(smp model)), initialised as `init` says: pretrained encoder weights through smp (its own
+    encoders' `encoder_weights`, `tag` naming which, default imagenet; timm's for `tu-` encoders, `tag` being the
+    timm tag), a local file loaded into the encoder (`weights` is shorthand for it), or random init."""
     import segmentation_models_pytorch as smp
 
     from kcomp.models._factory import Normalized
@@ -75,16 +79,30 @@ def create_seg_model(arch: str, encoder: str, num_classes: int, *, weights: str 
     if arch_key not in smp.MODEL_ARCHITECTURES_MAPPING:
         raise BadUsage(f"--arch {arch}: choose one of {', '.join(ARCHS)} (or another smp architecture: "
                        f"{', '.join(sorted(set(smp.MODEL_ARCHITECTURES_MAPPING) - set(ARCHS)))})")
+    init = init or Init(weights=str(weights) if weights else None, partial=weights_partial)
     name = resolve_encoder(encoder)
+    if name.startswith("tu-"):
+        name = "tu-" + with_tag(name[3:], tag)
+
+    def build(encoder_weights: str | bool | None) -> nn.Module:
+        return smp.create_model(arch_key, encoder_name=name, encoder_weights=encoder_weights,
+                                in_channels=in_channels, classes=num_classes)
+
     try:
-        net = smp.create_model(arch_key, encoder_name=name, encoder_weights=None, in_channels=in_channels,
-                               classes=num_classes)
+        if not init.pretrained:
+            net = build(None)
+        elif name.startswith("tu-"):
+            net = load_with(timm_source(name[3:]), init, lambda: build(True), "timm (smp tu- encoder)")
+        else:
+            src = smp_source(name, (tag or "imagenet").lstrip("."))
+            net = load_with(src, init, lambda: build((tag or "imagenet").lstrip(".")), "smp")
     except (KeyError, ValueError, RuntimeError) as e:
         raise BadUsage(f"--arch {arch} --model {encoder}: smp cannot build it ({str(e).splitlines()[0][:200]})"
                        ) from None
     init_prior(net, PRIOR)
-    if weights:
-        load_encoder_weights(net.encoder, weights, partial=weights_partial)  # logs what it loaded
+    if init.weights:
+        load_encoder_weights(net.encoder, init.weights, partial=init.partial)  # logs what it loaded
+        init.source = file_record(init.weights)
     multiple = max(32, int(getattr(net.encoder, "output_stride", 32) or 32))
     cfg = getattr(getattr(net.encoder, "model", None), "pretrained_cfg", None) or {}
     return Normalized(PadCrop(net, multiple), cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD))

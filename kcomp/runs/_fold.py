@@ -23,7 +23,7 @@ from kcomp.artifacts import paths, write_json
 from kcomp.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from kcomp.artifacts.index import IndexTable
 from kcomp.data.datasets import SeededSampler
-from kcomp.errors import BadUsage
+from kcomp.errors import BadUsage, ConfigMismatch
 from kcomp.infer.predict import loader_workers
 from kcomp.runs import config as config_mod
 from kcomp.runs._data import DataChanges
@@ -142,16 +142,22 @@ def build_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str
     metric_name = opts.metric or task.default_metric
     metric = get_metric(metric_name)
     loaders = _loaders(opts, table, task, setup, fold, device, changes or DataChanges())
-    parts = _training_parts(opts, task, setup, run, device, dtype, batches=len(loaders[0]))
+    parts = _training_parts(opts, task, setup, run, device, dtype, batches=len(loaders[0]),
+                            resuming=paths.last_checkpoint(run, fold).exists())
     return Fold(opts, task, setup, run, fold, device, dtype, metric_name, metric, *loaders, *parts)
 
 
 def _training_parts(opts: TrainOptions, task: Any, setup: dict[str, Any], run: Path, device: torch.device,
-                    dtype: torch.dtype | None, *, batches: int) -> tuple[Any, ...]:
-    """(model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn), as `Fold` holds them."""
+                    dtype: torch.dtype | None, *, batches: int, resuming: bool) -> tuple[Any, ...]:
+    """(model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn), as `Fold` holds them. A fold that
+    resumes takes its weights from last.pt, so neither the hub nor --weights is read for it."""
     from timm.utils import ModelEmaV3
 
-    model = task.build_model(opts, setup, weights=opts.weights).to(device)
+    from kcomp.models.pretrained import Init
+
+    init = Init(pretrained=bool(opts.pretrained) and not resuming, weights=None if resuming else opts.weights,
+                partial=opts.weights_partial)
+    model = task.build_model(opts, setup, init=init).to(device)
     if opts.sync_bn:
         model = distributed.sync_batchnorm(model, device)
     if opts.channels_last:
@@ -167,26 +173,41 @@ def _training_parts(opts: TrainOptions, task: Any, setup: dict[str, Any], run: P
     step_model = torch.compile(ddp) if opts.compile else ddp
     loss_fn = task.loss(opts, setup)
     options.validated("train")  # everything the options build is built: a bad one has left no run dir behind
-    write_run_config(run, opts, setup)
+    write_run_config(run, opts, setup, None if resuming else init.source)
     return model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn
 
 
-def check_run_config(run: Path, opts: TrainOptions) -> bool:
-    """config.json is shared by all folds of a run; a second fold with other options is an error, not a mix."""
+def check_run_config(run: Path, opts: TrainOptions) -> dict[str, Any] | None:
+    """config.json is shared by all folds of a run; a second fold with other options is an error, not a mix.
+    Returns the saved config.json, if any."""
     from kcomp.artifacts.run_config import read_run_config
 
     path = paths.config(run)
     if path.exists():
         saved = read_run_config(run)
         config_mod.require_same(saved["config"], opts.to_config(), str(path))
-        return True
-    return False
+        return saved
+    return None
 
 
-def write_run_config(run: Path, opts: TrainOptions, setup: dict[str, Any]) -> None:
-    """Written once a fold's data and model are built, so a bad option (fold, model, weights) leaves no run dir."""
-    if not check_run_config(run, opts) and distributed.is_main():
-        write_json(paths.config(run), "run-config", {"config": opts.to_config(), "setup": setup})
+def write_run_config(run: Path, opts: TrainOptions, setup: dict[str, Any], source: dict[str, Any] | None) -> None:
+    """Written once a fold's data and model are built, so a bad option (fold, model, weights) leaves no run dir.
+    `weights_source` says where the first fold's starting weights came from (`kcomp.models.pretrained.record`;
+    None: not known, the fold resumed); every later fold must start from the same file."""
+    from kcomp.models.pretrained import same_weights
+
+    saved = check_run_config(run, opts)
+    if saved is None:
+        if distributed.is_main():
+            write_json(paths.config(run), "run-config",
+                       {"config": opts.to_config(), "setup": setup, "weights_source": source})
+        return
+    first = saved.get("weights_source")
+    if source is not None and first is not None and not same_weights(first, source):
+        raise ConfigMismatch(f"this fold would start from other weights ({source.get('id')}, sha256 "
+                             f"{source.get('sha256')}) than the run's first fold ({first.get('id')}, sha256 "
+                             f"{first.get('sha256')}): the cached file changed? use another -o RUN",
+                             path=paths.config(run))
 
 
 def _loaders(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str, Any], fold: int,

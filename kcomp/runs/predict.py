@@ -6,7 +6,7 @@ import functools
 import itertools
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +56,16 @@ def _check_same(runs: list[Run]) -> None:
 
 
 CHECKPOINTS = ("best", "last", "best+last")
+RESIZABLE = ("cls", "seg", "det")  # tasks predicting whole resized images (ink: sliding windows at the patch size)
+SCALE = options.Float(0.25, 4)  # an element of --tta-scales
 
 
 @dataclass(frozen=True)
 class PredictOptions:
     """How to predict, shared by `oof` and `tta` (each field with its Spec, as `TrainOptions`); `out_size` (seg
-    maps, parsed from HxW by the commands) goes to the task's `predict_rows`."""
+    maps, parsed from HxW by the commands) and `tta_scales` (comma-separated input scales, multi-scale TTA, e.g.
+    "0.9,1,1.1") go to the task's `predict_rows`; `img_size` is the input size to predict at instead of
+    training's."""
 
     tta: int = options.option(options.TTA, 1)
     device: str = options.option(options.DEVICE, "auto")
@@ -69,9 +73,20 @@ class PredictOptions:
     workers: int = options.option(options.WORKERS, 2)
     checkpoints: str = options.option(options.Choice(CHECKPOINTS, what="checkpoint choice"), "best")
     out_size: tuple[int, int] | None = None
+    tta_scales: str | None = options.option(options.Text(only=RESIZABLE))
+    img_size: int | None = options.option(options.Int(1, options.MAX_SIDE, only=RESIZABLE))
 
     def __post_init__(self) -> None:
         options.check({k: getattr(self, k) for k in PREDICT}, PREDICT)
+        _ = self.scales  # parsed and checked now, before anything is created
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return tuple(options.parse_list("tta_scales", self.tta_scales, SCALE)) if self.tta_scales else (1.0,)
+
+    def check_task(self, task: str) -> None:
+        """The options that apply to some tasks only, against the runs' task."""
+        options.check({"tta_scales": self.tta_scales, "img_size": self.img_size}, PREDICT, context=("task", task))
 
 
 PREDICT = options.specs(PredictOptions)  # what `oof` and `tta` accept (kcomp.options)
@@ -120,6 +135,9 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     torchrun each rank predicts a contiguous share of the rows and every rank gets them all back in order."""
     task = get_task(run.opts.task)
     dev = distributed.local_device(resolve_device(opts.device))
+    # the options the rows are read with: at --img-size instead of training's, if given (the model is built as
+    # trained)
+    data = replace(run.opts, img_size=opts.img_size) if opts.img_size else run.opts
     lo, hi = distributed.shard_range(len(rows))
     share = rows if (lo, hi) == (0, len(rows)) else rows.iloc[lo:hi].reset_index(drop=True)
     checkpoints = opts.checkpoints.split("+")
@@ -130,9 +148,9 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     predicted = None
     if len(share) or not len(rows):  # a rank may get no rows
         predicted = feed.predictions(task.predict_rows(
-            feed.models(), table or run.table, share, run.opts, run.setup, tta=opts.tta, device=dev,
+            feed.models(), table or run.table, share, data, run.setup, tta=opts.tta, device=dev,
             dtype=amp_dtype(dev, run.opts.amp), batch_size=opts.batch_size or run.opts.batch_size,
-            workers=opts.workers, with_targets=with_targets, out_size=opts.out_size,
+            workers=opts.workers, with_targets=with_targets, out_size=opts.out_size, scales=opts.scales,
             labels=[f"{run.path.name} fold {fold} {which}" for fold, which in pairs]))
     for _ in folds:
         mine = None
@@ -154,6 +172,7 @@ def _predict_oof(run_dirs: list[str | Path], opts: PredictOptions) -> tuple[Any,
 
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
+    opts.check_task(runs[0].opts.task)
     task = get_task(runs[0].opts.task)
     df = runs[0].table.df
     parts = []
@@ -186,6 +205,7 @@ def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str |
     start = time.perf_counter()
     runs = [open_run(r) for r in run_dirs]
     _check_same(runs)
+    opts.check_task(runs[0].opts.task)
     task = get_task(runs[0].opts.task)
     table = read_index(index) if index is not None else runs[0].table
     rows = table.rows("test")
@@ -211,7 +231,8 @@ def _timing(seconds: float, images: int, device: str) -> dict[str, Any]:
 
 def _opts_meta(opts: PredictOptions) -> dict[str, Any]:
     return {"tta": opts.tta, "checkpoints": opts.checkpoints,
-            "out_size": list(opts.out_size) if opts.out_size else None}
+            "out_size": list(opts.out_size) if opts.out_size else None, "tta_scales": list(opts.scales),
+            "img_size": opts.img_size}
 
 
 def _pred_meta(run: Run, task: Any, kind: str, extra: dict[str, Any]) -> dict[str, Any]:

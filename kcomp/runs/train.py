@@ -21,7 +21,7 @@ from kcomp.artifacts import paths, read_index, write_table
 from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput, BadUsage, Interrupted
 from kcomp.infer.predict import predict_loader
-from kcomp.runs import tensorboard
+from kcomp.runs import config, tensorboard
 from kcomp.runs._data import DataChanges
 from kcomp.runs._fold import Fold, Position, build_fold, check_run_config, resume, save_best, save_last, stop_requests
 from kcomp.runtime import distributed
@@ -42,6 +42,7 @@ class FoldResult:
 def train(opts: TrainOptions, *, run: str | Path, fold: int | str = 0, resume: bool = False) -> list[FoldResult]:
     """Train one fold or all folds (`fold="all"`) of `opts.folds` into the run directory."""
     table = read_index(opts.folds, "folds")
+    opts = config.settle_pretrained(opts, table.competition)
     task = get_task(opts.task)
     setup = task.setup(table, opts)
     check_run_config(Path(run), opts)

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
     from kcomp.tasks.options import TrainOptions
 
 P = TypeVar("P")  # one model's predictions for a set of rows
@@ -44,16 +45,21 @@ class Task(ABC, Generic[P]):
         """Items are (input tensor, target); the dataset also offers `targets_array()` for validation scores."""
 
     @abstractmethod
-    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
-                    ) -> torch.nn.Module: ...
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, init: Init | None = None
+                    ) -> torch.nn.Module:
+        """The task's model for `opts` (its normalisation follows the model and pretrained tag). `init` says where
+        its first weights come from (training: hub, local file, random; it records which); without it the weights
+        are random, to be overwritten (oof/tta load checkpoints)."""
 
     @abstractmethod
     def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         """`loss(model_output, target)`, from `kcomp.models.losses`."""
 
     @abstractmethod
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """Probabilities for a batch, averaged over `tta` augmentations whose inverses are applied."""
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
+        """Probabilities for a batch, averaged over `tta` flip views at each of `scales` (input sizes relative to
+        the batch's), each view's output mapped back to the batch's geometry exactly."""
 
     def score(self, metric: str, preds: np.ndarray, targets: np.ndarray) -> float:
         """The metric of validation predictions (`predict` over the validation loader) against `targets_array()`."""
@@ -65,9 +71,11 @@ class Task(ABC, Generic[P]):
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[P]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None,
+                     scales: Sequence[float] = (1.0,)) -> Iterator[P]:
         """Each model's predictions for `rows`, in model order, with `labels[i]` naming model i's progress.
-        `models` may build each model when asked for it; see `one_model_at_a_time` for when to ask."""
+        `models` may build each model when asked for it; see `one_model_at_a_time` for when to ask. `out_size`:
+        seg maps stored at that size; `scales`: multi-scale TTA (`Task.predict`; refused for ink before this)."""
 
     @abstractmethod
     def average(self, preds: Iterable[P]) -> P:

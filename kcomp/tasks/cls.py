@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
     from kcomp.tasks.options import TrainOptions
 
 
@@ -78,13 +79,13 @@ class ClsTask(Task[np.ndarray]):
         return ImageDataset(files, targets, tf, reduce_to=opts.img_size,
                             cache=cached_images(table, rows, opts.img_size))
 
-    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, init: Init | None = None
                     ) -> torch.nn.Module:
         from kcomp.models import create_cls_model
+        from kcomp.models.pretrained import with_tag
 
-        return create_cls_model(opts.model, len(setup["classes"]), weights=weights,
-                                drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path,
-                                weights_partial=opts.weights_partial)
+        return create_cls_model(with_tag(opts.model, opts.pretrained_tag), len(setup["classes"]), init=init,
+                                drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path)
 
     def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         """The label loss; with `--teacher`, mixed with the cross-entropy to the teacher's probabilities, on the
@@ -96,20 +97,27 @@ class ClsTask(Task[np.ndarray]):
             return label_loss
         return build_distillation(label_loss, alpha=opts.distill_alpha, temperature=opts.distill_temperature)
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """All flips go through the model as one batch; class labels are flip-invariant, so no inverse."""
-        from kcomp.infer.tta import flips
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
+        """All flips of a scale go through the model as one batch; class labels are flip- and scale-invariant, so
+        no inverse: the views' probabilities are averaged."""
+        from kcomp.infer.tta import at_scales, flips
 
-        views = flips(x, tta)
-        if len(views) == 1:
-            return model(x).float().softmax(1)
-        logits = model(torch.cat(views)).float()
-        return logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
+        total = None
+        for xs in at_scales(x, scales):
+            views = flips(xs, tta)
+            if len(views) == 1:
+                probs = model(xs).float().softmax(1)
+            else:
+                probs = model(torch.cat(views)).float().softmax(1).view(len(views), x.shape[0], -1).mean(0)
+            total = probs if total is None else total + probs
+        return total if len(scales) == 1 else total / len(scales)
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None,
+                     scales: Sequence[float] = (1.0,)) -> Iterator[np.ndarray]:
         """All models predict each batch as it is read: (N, C) probabilities are small, and decoding the images
         once instead of once a fold is what a test set of JPEGs costs on few CPU cores."""
         from kcomp.infer.predict import inference_loader, predict_loader, shared_label
@@ -117,7 +125,7 @@ class ClsTask(Task[np.ndarray]):
         ds = self.dataset(table, rows, opts, setup, train=False, with_targets=with_targets)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         yield from predict_loader(list(models), dl, self, tta=tta, device=device, dtype=dtype,
-                                  label=shared_label(labels))
+                                  label=shared_label(labels), scales=scales)
 
     def average(self, preds: Iterable[np.ndarray]) -> np.ndarray:
         from kcomp.post.ensemble import mean_probs

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from kcomp.artifacts.boxes import Boxes
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
     from kcomp.tasks.options import TrainOptions
 
 FUSE_IOU = 0.55  # IoU at which TTA views' / models' boxes are fused
@@ -82,12 +83,11 @@ class DetTask(Task[list[np.ndarray]]):
         boxes = self.truth(rows, setup, size) if with_targets else [np.zeros((0, 5), np.float32)] * len(rows)
         return DetDataset(files, boxes, size, det_train_transform(opts.aug) if train else None)
 
-    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, init: Init | None = None
                     ) -> torch.nn.Module:
         from kcomp.models.det import create_det_model
 
-        return create_det_model(opts.model, len(setup["classes"]), opts.img_size, weights=weights,
-                                weights_partial=opts.weights_partial)
+        return create_det_model(opts.model, len(setup["classes"]), opts.img_size, init=init)
 
     def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         from kcomp.models.det import det_config
@@ -95,22 +95,34 @@ class DetTask(Task[list[np.ndarray]]):
 
         return DetLoss(det_config(opts.model, len(setup["classes"]), opts.img_size))
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """(B, V*100, 7) [x1, y1, x2, y2, score, label, view] normalised to [0, 1], each view's boxes mapped back to
-        the original orientation; padding rows have score 0 and label -1. Views are fused later, on the host."""
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
+        """(B, S*V*100, 7) [x1, y1, x2, y2, score, label, view] normalised to [0, 1]: per scale S, the V flip views
+        in one batch, each view's boxes mapped back to the original orientation and normalised by its own size
+        (which undoes the scale exactly); padding rows have score 0 and label -1. Views are fused later, on the
+        host."""
+        from kcomp.infer.tta import at_scales
+
+        out = []
+        for i, xs in enumerate(at_scales(x, scales)):
+            out.append(self._views(model, xs, tta, first=i * tta))
+        return out[0] if len(out) == 1 else torch.cat(out, 1)
+
+    @staticmethod
+    def _views(model: torch.nn.Module, x: torch.Tensor, tta: int, first: int) -> torch.Tensor:
         from kcomp.infer.box_tta import unflip_boxes
         from kcomp.infer.tta import flips
 
         views = flips(x, tta)
         batch = views[0] if len(views) == 1 else torch.cat(views)
-        det = model.decode(*model(batch)).float()  # (V*B, K, 6) in input pixels
-        h, w = x.shape[-2:]
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        det = model.decode(*model(batch)).float()  # (V*B, K, 6) in input pixels (a padded input's, at most)
         det = det.view(len(views), x.shape[0], det.shape[1], 6)
         scale = det.new_tensor([w, h, w, h])
         out = []
         for v in range(len(views)):
-            boxes = unflip_boxes(det[v, ..., :4], v, (h, w)) / scale
-            view = torch.full_like(det[v, ..., :1], float(v))
+            boxes = unflip_boxes(det[v, ..., :4].minimum(scale), v, (h, w)) / scale  # clipped to the view
+            view = torch.full_like(det[v, ..., :1], float(first + v))
             out.append(torch.cat([boxes, det[v, ..., 4:6], view], -1))
         return torch.cat(out, 1)
 
@@ -142,7 +154,8 @@ class DetTask(Task[list[np.ndarray]]):
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[Boxes]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None,
+                     scales: Sequence[float] = (1.0,)) -> Iterator[Boxes]:
         """Per model, the rows' boxes normalised to [0, 1], TTA views fused. All models predict each batch as it
         is read (boxes are small; decoding full-size radiographs is not)."""
         from kcomp.infer.predict import inference_loader, predict_loader, shared_label
@@ -150,7 +163,8 @@ class DetTask(Task[list[np.ndarray]]):
         ds = self.dataset(table, rows, opts, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
         yield from (self.fuse_views(p) for p in predict_loader(list(models), dl, self, tta=tta, device=device,
-                                                               dtype=dtype, label=shared_label(labels)))
+                                                               dtype=dtype, label=shared_label(labels),
+                                                               scales=scales))
 
     def average(self, preds: Iterable[Boxes]) -> Boxes:
         """Several models' boxes fused with WBF (equal weights), every image in one call; boxes are small, so the

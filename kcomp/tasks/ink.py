@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
     from kcomp.artifacts.index import IndexTable
     from kcomp.data.ink_patches import Fragment
+    from kcomp.models.pretrained import Init
     from kcomp.tasks.options import TrainOptions
 
 IGNORE = 2
@@ -80,29 +81,27 @@ class InkTask(Task[list[np.ndarray]]):
                           with_targets=with_targets, neg_fraction=opts.neg_fraction if train else 1.0,
                           seed=opts.seed)
 
-    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, init: Init | None = None
                     ) -> torch.nn.Module:
-        from kcomp.models import load_pretrained
-        from kcomp.models.ink import InkNet
+        from kcomp.models.ink import create_ink_model
+        from kcomp.models.pretrained import with_tag
 
-        model = InkNet(opts.model, setup["groups"], setup["per_group"], drop_path_rate=opts.drop_path,
-                       drop_rate=opts.drop_rate)
-        if weights:
-            # a timm state dict; the stem's in_chans differ and is skipped
-            load_pretrained(model.encoder, weights, partial=opts.weights_partial, into="encoder")
-        return model
+        return create_ink_model(with_tag(opts.model, opts.pretrained_tag), setup["groups"], setup["per_group"],
+                                init=init, drop_path_rate=opts.drop_path, drop_rate=opts.drop_rate)
 
     def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         from kcomp.models.losses import masked_bce
 
         return masked_bce(smoothing=opts.smoothing, ignore=IGNORE)
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
         """8x TTA = {identity, flip W, flip H, flip HW} x {depth flip}; spatial flips are inverted exactly.
 
         The views go through the model as one batch. They are concatenated with autocast off: under bf16 autocast
         `torch.cat` of float16 tiles raises (autocast's type promotion knows only float32/64 and the autocast
-        dtype), and the model casts its input itself."""
+        dtype), and the model casts its input itself. `scales` must stay (1.0,): tiles are predicted at the patch
+        size trained on (`--tta-scales` does not apply to ink)."""
         from kcomp.infer.tta import flips, unflip
 
         views = flips(x, min(tta, 4))
@@ -120,7 +119,8 @@ class InkTask(Task[list[np.ndarray]]):
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[list[np.ndarray]]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None,
+                     scales: Sequence[float] = (1.0,)) -> Iterator[list[np.ndarray]]:
         """Per model, each fragment's uint8 map; one model at a time (a fragment's map is ~100 Mpx)."""
         from kcomp.infer.sliding import predict_region
 

@@ -54,6 +54,10 @@ def _given(name: str) -> tuple[str, Any]:
     return f"--{name.replace('_', '-')}", lambda v: bool(v[name])
 
 
+def _from_hub(v: Mapping[str, Any]) -> bool:
+    return v["pretrained"] is not False and not v["weights"]
+
+
 def _only(spec: options.Spec, tasks: tuple[str, ...], needs: tuple[str, Any] | None = None) -> options.Spec:
     return replace(spec, only=tasks, needs=needs)
 
@@ -125,6 +129,13 @@ class TrainOptions:
     teacher: str | None = option(Text(only=CLS))  # cls OOF predictions to distil (kcomp.models.losses)
     distill_alpha: float | None = option(_only(LOSS["distill_alpha"], CLS, _given("teacher")))
     distill_temperature: float = option(_only(LOSS["distill_temperature"], CLS, _given("teacher")), 1.0)
+    # None: pretrained unless --weights names a local file or the data's preset trains from scratch (demo); settled
+    # to True/False before anything is built (`kcomp.runs.config.settle_pretrained`) and recorded so
+    pretrained: bool | None = option(Flag())
+    # a timm tag (cls, ink, seg tu- encoders: a1_in1k) or smp's name of an encoder's weights (seg: imagenet, ssl)
+    pretrained_tag: str | None = option(Text(pattern=r"\.?[A-Za-z0-9_]+", what="a pretrained tag, e.g. a1_in1k",
+                                             only=("cls", "seg", "ink"),
+                                             needs=("--pretrained (not --weights)", _from_hub)))
 
     def __post_init__(self) -> None:
         """Structured values parsed (from their text, as the command line and config.json give them), then every
@@ -143,8 +154,8 @@ class TrainOptions:
     @classmethod
     def from_config(cls, saved: Mapping[str, Any]) -> TrainOptions:
         """The options a run was trained with, from its config.json or a checkpoint: keys an earlier kcomp did not
-        write take their default (what it computed), keys of a later one are not read."""
-        return cls(**{k: v for k, v in saved.items() if k in SPECS})
+        write take what it computed (`LEGACY`, else their default), keys of a later one are not read."""
+        return cls(**{**LEGACY, **{k: v for k, v in saved.items() if k in SPECS}})
 
     @property
     def distilled(self) -> bool:
@@ -159,6 +170,9 @@ def _stored(value: Any) -> Any:
 
 SPECS = options.specs(TrainOptions)
 DEFAULTS = {f.name: _stored(f.default) for f in fields(TrainOptions)}
+# What runs started before a key existed did, where that differs from its default: they started from random
+# weights (or --weights), never from the hub.
+LEGACY: dict[str, Any] = {"pretrained": False}
 
 
 def canonical(key: str, value: Any) -> Any:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from kcomp.artifacts.index import IndexTable
+    from kcomp.models.pretrained import Init
     from kcomp.tasks.options import TrainOptions
 
 MASK_PREFIX = "mask_"
@@ -73,24 +74,35 @@ class SegTask(Task[list[np.ndarray]]):
 
     # ------------------------------------------------------------------------------------------------ model
 
-    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, weights: str | None = None
+    def build_model(self, opts: TrainOptions, setup: dict[str, Any], *, init: Init | None = None
                     ) -> torch.nn.Module:
         from kcomp.models.seg import create_seg_model
 
-        return create_seg_model(opts.arch, opts.model, len(setup["classes"]), weights=weights,
-                                weights_partial=opts.weights_partial)
+        return create_seg_model(opts.arch, opts.model, len(setup["classes"]), init=init, tag=opts.pretrained_tag)
 
     def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         from kcomp.models.losses import build_seg_loss
 
         return build_seg_loss(opts.seg_loss, smoothing=opts.smoothing)
 
-    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """Flip views through the model as one batch, sigmoid, each inverted exactly, averaged: (B, C, H, W)."""
-        from kcomp.infer.tta import flips, unflip
+    def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
+                ) -> torch.Tensor:
+        """(B, C, H, W) probabilities: per scale, the flip views through the model as one batch, sigmoid, each
+        inverted exactly, averaged, then resized back to the input's size; the scales averaged."""
+        from kcomp.infer.tta import at_scales, resize
 
         if tta == 8 and x.shape[-1] != x.shape[-2]:
             raise BadUsage(f"--tta 8 needs square inputs, got {x.shape[-2]}x{x.shape[-1]}")
+        total = None
+        for xs in at_scales(x, scales):
+            probs = resize(self._flip_probs(model, xs, tta), (int(x.shape[-2]), int(x.shape[-1])))
+            total = probs if total is None else total + probs
+        return total if len(scales) == 1 else total / len(scales)
+
+    @staticmethod
+    def _flip_probs(model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+        from kcomp.infer.tta import flips, unflip
+
         views = flips(x, tta)
         if len(views) == 1:  # no copies of the batch to concatenate, stack and average
             return model(x).float().sigmoid()
@@ -103,7 +115,8 @@ class SegTask(Task[list[np.ndarray]]):
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
-                     labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[list[np.ndarray]]:
+                     labels: Sequence[str], out_size: tuple[int, int] | None = None,
+                     scales: Sequence[float] = (1.0,)) -> Iterator[list[np.ndarray]]:
         """Per model, (C, h, w) uint8 maps at the output size, converted batch by batch (no float map of every row)
         on a host thread while the model runs the next batch. One model at a time: 5 folds of 3,700 Clouds test
         maps would not fit in memory together."""
@@ -121,7 +134,7 @@ class SegTask(Task[list[np.ndarray]]):
                 for x, _ in dl:
                     x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                     with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                        stage.submit(self.predict(model, x, tta).float())
+                        stage.submit(self.predict(model, x, tta, scales).float())
                     bar.advance(x.shape[0])
             del model  # before the next one is built
             yield stage.results()

@@ -45,7 +45,8 @@ from tests.conftest import CliResult, run_cli
 
 SEAM = -1  # CliResult.code of a command stopped at kcomp.options.validated
 TRAIN_FAST = ("--fold", "0", "--img-size", "32", "--epochs", "1", "--workers", "0")
-INK_FAST = ("--fold", "0", "--layers", "2x4", "--patch", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0")
+INK_FAST = ("--fold", "0", "--layers", "2x4", "--patch", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--no-pretrained")
 
 
 class _Stop(BaseException):
@@ -323,6 +324,14 @@ ROWS = [
         "train-weights-of-another-architecture"),
     row(_demo, (*TRAIN, "--weights-partial"), r"--weights-partial applies only with --weights",
         "train-weights-partial-without-weights"),
+    row(_demo, (*TRAIN, "--pretrained", "--weights", "{folds}"),
+        r"--pretrained with --weights \S+: both name the starting weights", "train-pretrained-with-weights"),
+    row(_demo, (*TRAIN, "--no-pretrained", "--pretrained-tag", "a1_in1k"),
+        r"--pretrained-tag a1_in1k applies only with --pretrained", "train-pretrained-tag-without-pretrained"),
+    row(_demo, (*TRAIN, "--pretrained-tag", "a/b"), r"--pretrained-tag a/b: expected a pretrained tag",
+        "train-pretrained-tag-malformed"),
+    row(_demo, (*DET, "--pretrained-tag", "a1_in1k"), r"--pretrained-tag does not apply to task det",
+        "train-det-pretrained-tag"),
     # ---- G: options that mean nothing for the task (or without the option they refine)
     row(_demo, (*SEG, "--mixup", "0.2"), r"--mixup does not apply to task seg \(only to cls\)", "train-seg-mixup"),
     row(_demo, (*DET, "--cutmix", "1"), r"--cutmix does not apply to task det", "train-det-cutmix"),
@@ -368,6 +377,11 @@ ROWS = [
         "oof-checkpoints-unknown"),
     row(_demo, (*OOF, "--out-size", "0x5"), r"--out-size 0x5: sides must be in 1\.\.16384", "oof-out-size-zero"),
     row(_demo, (*OOF, "--device", "tpu"), r"--device tpu: expected auto, cpu, cuda or cuda:N", "oof-device-unknown"),
+    row(_demo, (*OOF, "--tta-scales", "0.1,1"), r"--tta-scales 0\.1,1: must be in \[0\.25, 4\] \(each value\)",
+        "oof-tta-scales-out-of-range"),
+    row(_demo, (*TTA, "--tta-scales", "1,x"), r"--tta-scales 1,x: expected comma-separated numbers",
+        "tta-tta-scales-not-numbers"),
+    row(_demo, (*OOF, "--img-size", "0"), r"--img-size 0: must be at least 1", "oof-img-size-zero"),
     row(_demo, (*TTA, "--preview-count", "3"), r"--preview-count 3 applies only with --preview DIR",
         "tta-preview-count-without-preview"),
     row(_preview_dir, (*TTA, "--preview", "{previews}", "--preview-count", "0"),
