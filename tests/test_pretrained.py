@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import torch
 from kcomp.errors import BadUsage, ConfigMismatch
 from kcomp.models import Init
 from kcomp.models import pretrained as pre
+from kcomp.tasks.options import TrainOptions
 from tests.conftest import run_cli
 
 REV = "0123456789abcdef0123456789abcdef01234567"  # a snapshot (commit) id of the hub cache layout
@@ -172,16 +174,16 @@ def test_a_tag_picks_the_weights_and_the_normalisation_at_train_and_predict_time
 
     saved = timm.create_model("test_efficientnet.r160_in1k").state_dict()
     hub_cache(caches["hf"], "timm/test_efficientnet.r160_in1k", {"model.safetensors": saved})
-    cfg = {"model": "test_efficientnet", "pretrained_tag": "r160_in1k", "drop_rate": 0.0, "drop_path": 0.0}
+    opts = TrainOptions(model="test_efficientnet", pretrained_tag="r160_in1k")
     task = get_task("cls")
-    trained = task.build_model(cfg, {"classes": ["a", "b"]}, init=Init(pretrained=True))
-    rebuilt = task.build_model(cfg, {"classes": ["a", "b"]})
+    trained = task.build_model(opts, {"classes": ["a", "b"]}, init=Init(pretrained=True))
+    rebuilt = task.build_model(opts, {"classes": ["a", "b"]})
     mean = timm.models.get_pretrained_cfg("test_efficientnet.r160_in1k").mean
     torch.testing.assert_close(trained.mean.flatten(), torch.tensor(mean) * 255)
     assert torch.equal(trained.mean, rebuilt.mean) and torch.equal(trained.std, rebuilt.std)
     with pytest.raises(BadUsage, match=r"timm has no pretrained weights tagged 'nope' for test_efficientnet "
                                        r"\(tags: r160_in1k\)"):
-        task.build_model({**cfg, "pretrained_tag": "nope"}, {"classes": ["a", "b"]}, init=Init(pretrained=True))
+        task.build_model(replace(opts, pretrained_tag="nope"), {"classes": ["a", "b"]}, init=Init(pretrained=True))
 
 
 # -------------------------------------------------------------------------------- weights that cannot be had
@@ -247,7 +249,6 @@ def test_no_pretrained_reads_neither_network_nor_cache(caches, no_network, monke
                       (huggingface_hub, "try_to_load_from_cache"), (torch.hub, "load_state_dict_from_url"),
                       (torch.hub, "download_url_to_file")):
         monkeypatch.setattr(mod, name, touched)
-    base = {"drop_rate": 0.0, "drop_path": 0.0, "pretrained_tag": None}
     cases = [("cls", {"model": "resnet18"}, {"classes": ["a", "b"]}),
              ("seg", {"model": "resnet18", "arch": "unet"}, {"classes": ["a", "b"]}),
              ("seg", {"model": "tu-test_resnet", "arch": "fpn"}, {"classes": ["a", "b"]}),
@@ -255,7 +256,7 @@ def test_no_pretrained_reads_neither_network_nor_cache(caches, no_network, monke
              ("ink", {"model": "resnet18"}, {"groups": 2, "per_group": 3})]
     for task, cfg, setup in cases:
         init = Init(pretrained=False)
-        get_task(task).build_model({**base, **cfg}, setup, init=init)
+        get_task(task).build_model(TrainOptions(task=task, **cfg), setup, init=init)
         assert init.source == {"kind": "random"}
     assert no_network == [] and not caches["hf"].exists() and not caches["torch"].exists()
 
@@ -266,15 +267,15 @@ def test_no_pretrained_reads_neither_network_nor_cache(caches, no_network, monke
 def test_pretrained_is_the_default_except_with_weights_or_on_demo_data():
     from kcomp.runs import config
 
-    assert config.resolve()["pretrained"] is None  # settled once the folds' competition is known
-    assert config.settle_pretrained(config.resolve(), "cassava")["pretrained"] is True
-    assert config.settle_pretrained(config.resolve(), None)["pretrained"] is True
-    assert config.settle_pretrained(config.resolve(), "demo")["pretrained"] is False
-    assert config.settle_pretrained(config.resolve(pretrained=True), "demo")["pretrained"] is True
+    assert config.resolve().pretrained is None  # settled once the folds' competition is known
+    assert config.settle_pretrained(config.resolve(), "cassava").pretrained is True
+    assert config.settle_pretrained(config.resolve(), None).pretrained is True
+    assert config.settle_pretrained(config.resolve(), "demo").pretrained is False
+    assert config.settle_pretrained(config.resolve(pretrained=True), "demo").pretrained is True
     # a tag asks for pretrained weights, whatever the preset's default (it would mean nothing on random ones)
-    assert config.settle_pretrained(config.resolve(pretrained_tag="a1_in1k"), "demo")["pretrained"] is True
-    assert config.resolve(weights="w.pth")["pretrained"] is False
-    assert config.resolve(pretrained=False, weights="w.pth")["pretrained"] is False
+    assert config.settle_pretrained(config.resolve(pretrained_tag="a1_in1k"), "demo").pretrained is True
+    assert config.resolve(weights="w.pth").pretrained is False
+    assert config.resolve(pretrained=False, weights="w.pth").pretrained is False
     with pytest.raises(BadUsage, match=r"--pretrained with --weights w\.pth: both name the starting weights"):
         config.resolve(pretrained=True, weights="w.pth")
     with pytest.raises(BadUsage, match=r"--pretrained-tag a1_in1k applies only with --pretrained"):
@@ -288,7 +289,8 @@ def test_pretrained_is_the_default_except_with_weights_or_on_demo_data():
 def test_runs_started_before_pretrained_existed_resume_as_random_init():
     from kcomp.runs import config
 
-    old = {k: v for k, v in config.settle_pretrained(config.resolve(), "demo").items() if k != "pretrained"}
+    settled = config.settle_pretrained(config.resolve(), "demo").to_config()
+    old = {k: v for k, v in settled.items() if k != "pretrained"}
     assert config.differences(old, {**old, "pretrained": False}) == []
     assert config.differences(old, {**old, "pretrained": True}) == ["pretrained"]
 
@@ -297,15 +299,15 @@ def test_every_fold_of_a_run_starts_from_the_same_file(tmp_path):
     from kcomp.runs import config
     from kcomp.runs._fold import write_run_config
 
-    cfg = config.settle_pretrained(config.resolve(), None)
+    opts = config.settle_pretrained(config.resolve(folds="f.parquet"), None)  # read_run_config needs a folds path
     first = {"kind": "hf-hub", "id": "timm/x", "file": "/a/model.safetensors", "sha256": "aa"}
-    write_run_config(tmp_path, cfg, {"classes": ["a"]}, first)
+    write_run_config(tmp_path, opts, {"classes": ["a"]}, first)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["weights_source"] == first and saved["config"]["pretrained"] is True
-    write_run_config(tmp_path, cfg, {"classes": ["a"]}, {**first, "file": "/elsewhere/model.safetensors"})
-    write_run_config(tmp_path, cfg, {"classes": ["a"]}, None)  # a resumed fold read no weights
+    write_run_config(tmp_path, opts, {"classes": ["a"]}, {**first, "file": "/elsewhere/model.safetensors"})
+    write_run_config(tmp_path, opts, {"classes": ["a"]}, None)  # a resumed fold read no weights
     with pytest.raises(ConfigMismatch, match=r"other weights \(timm/x, sha256 bb\) than the run's first fold"):
-        write_run_config(tmp_path, cfg, {"classes": ["a"]}, {**first, "sha256": "bb"})
+        write_run_config(tmp_path, opts, {"classes": ["a"]}, {**first, "sha256": "bb"})
 
 
 # ------------------------------------------------------------------------------------------------- the CLI

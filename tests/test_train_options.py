@@ -28,7 +28,7 @@ WRITTEN_BEFORE = {
     "compile": False, "save_every": 0, "log_every": 50, "gpus": 1, "nodes": 1, "weights_partial": False,
 }
 ADDED = {"drop": None, "relabel": None, "extra": [], "teacher": None, "distill_alpha": None,
-         "distill_temperature": 1.0}
+         "distill_temperature": 1.0, "pretrained": None, "pretrained_tag": None}
 # Training options without a flag of their own: library callers set them.
 LIBRARY_ONLY = {"min_lr_ratio", "log_every", "infer_stride"}
 
@@ -57,6 +57,7 @@ def test_from_config_reads_earlier_and_later_runs() -> None:
     earlier = dict(WRITTEN_BEFORE, task="seg", folds="/data/folds.parquet", batch_size=8)
     opts = TrainOptions.from_config(earlier)
     assert (opts.task, opts.batch_size, opts.extra, opts.teacher) == ("seg", 8, (), None)
+    assert opts.pretrained is False  # LEGACY: runs before --pretrained started from random weights
     later = {**earlier, "an_option_of_a_later_kcomp": 3}
     assert TrainOptions.from_config(later) == opts
     assert config.differences(earlier, opts.to_config()) == []  # the keys added since count as their defaults
