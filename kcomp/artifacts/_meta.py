@@ -96,7 +96,8 @@ def check_meta(meta: Any, accept: str | tuple[str, ...], where: str) -> dict[str
         if meta.get(key) is None:
             raise BadInput(f"{name} metadata lacks {key!r}", path=where)
     for key, want in _TYPES.items():
-        want = dict if (name, key) == ("thresholds", "classes") else want  # thresholds: class name -> values
+        # thresholds: class name -> values; package: run name -> its source, checkpoints, precision
+        want = dict if (name, key) in (("thresholds", "classes"), ("package", "runs")) else want
         if meta.get(key) is not None and not isinstance(meta[key], want):
             raise BadInput(f"{name} metadata {key!r} is {_kind(meta[key])}, expected {want.__name__}", path=where)
     for key in ("classes", "runs"):
