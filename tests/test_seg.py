@@ -225,7 +225,7 @@ def test_losses_are_finite_differentiable_and_prefer_the_truth(name: str):
 
 
 def test_unknown_loss_is_a_usage_error():
-    with pytest.raises(BadUsage, match="--seg-loss hinge: choose one of bce_dice"):
+    with pytest.raises(BadUsage, match="--seg-loss hinge: unknown seg loss; choose one of: bce_dice"):
         build_seg_loss("hinge")
 
 
