@@ -146,3 +146,12 @@ def test_leaderboard_of_three_trained_demo_runs(tmp_path: Path) -> None:
         assert row["mean"] == pytest.approx(mean) and row["std"] == pytest.approx(std)
     means = [row["mean"] for row in board["rows"]]
     assert means == sorted(means, reverse=True)
+
+
+def test_a_run_older_than_an_option_counts_as_what_it_computed() -> None:
+    """A config.json without `pretrained` trained from random weights: it differs from a pretrained run and not from
+    a --no-pretrained one; other unrecorded options count as their defaults."""
+    from kcomp.report.leaderboard import differences
+
+    assert differences([{"pretrained": True}, {}]) == ["pretrained"]
+    assert differences([{"pretrained": False, "drop": None}, {}]) == []

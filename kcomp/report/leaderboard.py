@@ -39,11 +39,19 @@ def leaderboard(runs: list[tuple[Path, Section]]) -> Section:
 
 def differences(configs: list[dict[str, Any]]) -> list[str]:
     """The config keys (options that change what a run computes, not how it runs) whose values differ between the
-    runs; a key a run does not record counts as its default (it predates the option)."""
-    from kcomp.runs.config import DEFAULTS, RUNTIME_KEYS
+    runs; a key a run does not record counts as what kcomp computed before the option (`_unrecorded`)."""
+    from kcomp.runs.config import RUNTIME_KEYS
 
+    before = _unrecorded()
     keys = sorted({k for c in configs for k in c} - RUNTIME_KEYS - set(SHOWN))
-    return [k for k in keys if len({repr(c.get(k, DEFAULTS.get(k))) for c in configs}) > 1]
+    return [k for k in keys if len({repr(c.get(k, before.get(k))) for c in configs}) > 1]
+
+
+def _unrecorded() -> dict[str, Any]:
+    """The value of an option a run predates: its default, or `LEGACY`'s (pretrained: false)."""
+    from kcomp.runs.config import DEFAULTS, LEGACY
+
+    return {**DEFAULTS, **LEGACY}
 
 
 def _config(run: Path) -> dict[str, Any]:
@@ -53,8 +61,6 @@ def _config(run: Path) -> dict[str, Any]:
 
 
 def _row(run: Path, s: Section, cfg: dict[str, Any], differing: list[str]) -> dict[str, Any]:
-    from kcomp.runs.config import DEFAULTS
-
     scores, seconds = _fold_scores(run, s.facts.get("metric"))
     values = list(scores.values())
     mean = sum(values) / len(values) if values else None
@@ -62,7 +68,7 @@ def _row(run: Path, s: Section, cfg: dict[str, Any], differing: list[str]) -> di
     return {"run": run.name, **{k: s.facts.get(k) for k in SHOWN}, "metric": s.facts.get("metric"),
             "scores": scores, "_folds": list(scores), "mean": mean, "std": std,
             "minutes": round(seconds / 60, 2) if seconds is not None else None,
-            "options": {k: cfg.get(k, DEFAULTS.get(k)) for k in differing}}
+            "options": {k: cfg.get(k, _unrecorded().get(k)) for k in differing}}
 
 
 def _fold_scores(run: Path, metric: Any) -> tuple[dict[int, float], float | None]:
