@@ -64,7 +64,7 @@ def command(
     channels_last: Annotated[bool | None, Opt("--channels-last/--no-channels-last")] = None,
     sync_bn: Annotated[bool, Opt("--sync-bn", help="DDP: BatchNorm statistics over the global batch (CUDA).")] = False,
     device: Device = "auto",
-    workers: Workers = 2,
+    workers: Workers = None,
     compile_model: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,
     save_every: Annotated[int, Opt(help="Also save last.pt every N optimizer steps (0 = epoch ends only).")] = 0,
     resume: Annotated[bool, Opt("--resume", help="Continue from RUN/foldK/last.pt (also automatic).")] = False,

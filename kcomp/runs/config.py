@@ -55,7 +55,7 @@ DEFAULTS: dict[str, Any] = {
     "sync_bn": False,  # BatchNorm statistics over all ranks' batches (DDP on CUDA only)
     # below: how to run, not what to compute; they may change between a run and its resume
     "device": "auto",
-    "workers": 2,
+    "workers": None,  # 2 on a CPU, the cores per GPU (up to 8) on a GPU: kcomp.runtime.device.resolve_workers
     "compile": False,
     "save_every": 0,
     "log_every": 50,

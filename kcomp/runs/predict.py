@@ -19,7 +19,8 @@ from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput
 from kcomp.models._factory import build_with_weights
 from kcomp.runtime import distributed
-from kcomp.runtime.device import amp_dtype, resolve_device
+from kcomp.runtime.device import (amp_dtype, configure_backends, describe, out_of_memory_as_error, resolve_device,
+                                  resolve_workers)
 from kcomp.tasks import Task, get_task
 
 
@@ -68,7 +69,7 @@ class PredictOptions:
     tta: int = 1
     device: str = "auto"
     batch_size: int | None = None
-    workers: int = 2
+    workers: int | None = None  # kcomp.runtime.device.resolve_workers
     checkpoints: str = "best"
     out_size: tuple[int, int] | None = None
 
@@ -116,6 +117,8 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     torchrun each rank predicts a contiguous share of the rows and every rank gets them all back in order."""
     task = get_task(run.cfg["task"])
     dev = distributed.local_device(resolve_device(opts.device))
+    configure_backends(dev, bool(run.cfg.get("deterministic")))
+    batch_size = opts.batch_size or run.cfg["batch_size"]
     cfg = {**run.cfg, "out_size": opts.out_size}
     lo, hi = distributed.shard_range(len(rows))
     share = rows if (lo, hi) == (0, len(rows)) else rows.iloc[lo:hi].reset_index(drop=True)
@@ -128,13 +131,14 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     if len(share) or not len(rows):  # a rank may get no rows
         predicted = feed.predictions(task.predict_rows(
             feed.models(), table or run.table, share, cfg, run.setup, tta=opts.tta, device=dev,
-            dtype=amp_dtype(dev, run.cfg["amp"]), batch_size=opts.batch_size or run.cfg["batch_size"],
-            workers=opts.workers, with_targets=with_targets,
+            dtype=amp_dtype(dev, run.cfg["amp"]), batch_size=batch_size,
+            workers=resolve_workers(opts.workers, dev, distributed.world_size()), with_targets=with_targets,
             labels=[f"{run.path.name} fold {fold} {which}" for fold, which in pairs]))
     for _ in folds:
         mine = None
         if predicted is not None:
-            chunk = list(itertools.islice(predicted, len(checkpoints)))
+            with out_of_memory_as_error(dev, batch_size, " (or --tta)"):
+                chunk = list(itertools.islice(predicted, len(checkpoints)))
             mine = chunk[0] if len(chunk) == 1 else task.average(chunk)
         yield distributed.gather_concat(mine)
 
@@ -143,6 +147,7 @@ def predict_oof(run_dirs: list[str | Path], opts: PredictOptions | None = None) 
     """Each fold predicts its own held-out rows; several runs are averaged. Returns (frame, metadata)."""
     opts = opts or PredictOptions()
     with distributed.session(resolve_device(opts.device).type):  # no-op outside torchrun
+        _announce(opts, run_dirs)
         return _predict_oof(run_dirs, opts)
 
 
@@ -175,7 +180,17 @@ def predict_test(run_dirs: list[str | Path], opts: PredictOptions | None = None,
     """Test rows of the runs' index (or of another `index`), averaged over every fold of every run."""
     opts = opts or PredictOptions()
     with distributed.session(resolve_device(opts.device).type):  # no-op outside torchrun
+        _announce(opts, run_dirs)
         return _predict_test(run_dirs, opts, index)
+
+
+def _announce(opts: PredictOptions, run_dirs: list[str | Path]) -> None:
+    """The start-up line: device, GPU, precision (the first run's `--amp`), processes."""
+    from kcomp import console
+
+    dev = distributed.local_device(resolve_device(opts.device))
+    amp = open_run(run_dirs[0]).cfg["amp"] if run_dirs else "auto"
+    console.log(describe(dev, amp_dtype(dev, amp), distributed.world_size(), opts.device))
 
 
 def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str | Path | None
