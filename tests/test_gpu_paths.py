@@ -365,6 +365,29 @@ def test_out_of_memory_is_one_line_naming_the_batch_size(command, demo_run, monk
                                "--batch-size")
 
 
+def test_outputs_leave_the_device_batch_by_batch(monkeypatch):
+    """Validation and oof copy each batch's outputs to the host as they are made: kept on the device until the end,
+    a seg fold's float maps took GBs of GPU memory (and twice that for the concatenation)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from kcomp.infer.predict import predict_loader
+    from kcomp.runtime import host_stage
+
+    copied: list[int] = []
+    real = host_stage.to_host_async
+    monkeypatch.setattr(host_stage, "to_host_async", lambda t: copied.append(t.shape[0]) or real(t))
+
+    class Task:
+        def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+            return model(x)
+
+    x = torch.arange(10.0).reshape(5, 2)
+    [out] = predict_loader([torch.nn.Identity()], DataLoader(TensorDataset(x, torch.zeros(5)), batch_size=2),
+                           Task(), tta=1, device=torch.device("cpu"), dtype=None)
+    assert copied == [2, 2, 1]
+    assert out.tolist() == x.tolist()
+
+
 # ---------------------------------------------------------------------------------------------- TTA and groups
 
 
