@@ -99,7 +99,7 @@ SIZES = {
              "seg": ["--arch", "unet", "--model", "resnet18", "--img-size", "128", "--batch-size", "4"],
              "det": ["--model", "tf_efficientdet_d0", "--img-size", "256", "--batch-size", "4"],
              "ink": ["--model", "resnet18", "--layers", "2x3", "--patch", "64", "--batch-size", "16"]},
-    "cpu": {"cls_images": 48, "clouds": (8, (140, 210)), "siim": (8, 12), "siim_size": "128",
+    "cpu": {"cls_images": 48, "clouds": (8, (140, 210)), "siim": (16, 24), "siim_size": "128",
             "cls": ["--model", "test_convnext", "--img-size", "32", "--batch-size", "8"],
             "seg": ["--arch", "unet", "--model", "resnet18", "--img-size", "64", "--batch-size", "2"],
             "det": ["--model", "tf_efficientdet_d0", "--img-size", "128", "--batch-size", "2"],
