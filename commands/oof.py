@@ -17,7 +17,7 @@ OutSize = Annotated[str | None, typer.Option(help="seg: HxW of the stored probab
                                                   "(default: the preset's submission size).")]
 
 
-def predict_options(tta: int, device: str, batch_size: int | None, workers: int, checkpoints: str,
+def predict_options(tta: int, device: str, batch_size: int | None, workers: int | None, checkpoints: str,
                     out_size: str | None) -> Any:
     """The options `oof` and `tta` share, parsed once."""
     from kcomp.runs.predict import PredictOptions
@@ -53,7 +53,7 @@ def command(
     tta: Tta = 1,
     device: Device = "auto",
     batch_size: BatchSize = None,
-    workers: Workers = 2,
+    workers: Workers = None,
     checkpoints: Checkpoints = "best",
     out_size: OutSize = None,
     gpus: Gpus = 1,

@@ -19,7 +19,7 @@ def command(
     tta: Tta = 1,
     device: Device = "auto",
     batch_size: BatchSize = None,
-    workers: Workers = 2,
+    workers: Workers = None,
     checkpoints: Checkpoints = "best",
     out_size: OutSize = None,
     preview: Annotated[str | None, typer.Option(help="seg/ink: also write overlay PNGs of a few ids to this "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 TTA_SIZES = (1, 2, 4, 8)
@@ -35,3 +37,11 @@ def unflip(views: list[torch.Tensor]) -> list[torch.Tensor]:
         out += [views[4].transpose(-2, -1), views[5].flip(-1).transpose(-2, -1),
                 views[6].flip(-2).transpose(-2, -1), views[7].flip(-2, -1).transpose(-2, -1)]
     return out
+
+
+def per_view(fn: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]) -> torch.Tensor:
+    """`fn(torch.cat(views))` computed one view at a time, outputs concatenated in view order: a forward pass never
+    holds more than one `--batch-size` batch of activations, so `--tta 8` fits wherever `--tta 1` does."""
+    if len(views) == 1:
+        return fn(views[0])
+    return torch.cat([fn(v) for v in views])

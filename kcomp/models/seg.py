@@ -69,7 +69,7 @@ def create_seg_model(arch: str, encoder: str, num_classes: int, *, weights: str 
     """Normalized(PadCrop(smp model)) with random init; `weights` (a local file) is loaded into the encoder."""
     import segmentation_models_pytorch as smp
 
-    from kcomp.models._factory import Normalized
+    from kcomp.models._factory import Normalized, freeze_unused
 
     arch_key = arch.lower().replace("_", "").replace("-", "")
     if arch_key not in smp.MODEL_ARCHITECTURES_MAPPING:
@@ -83,6 +83,7 @@ def create_seg_model(arch: str, encoder: str, num_classes: int, *, weights: str 
         raise BadUsage(f"--arch {arch} --model {encoder}: smp cannot build it ({str(e).splitlines()[0][:200]})"
                        ) from None
     init_prior(net, PRIOR)
+    freeze_unused(net, (2, in_channels, 512, 512))  # PSPNet's encoder stages past its depth
     if weights:
         load_encoder_weights(net.encoder, weights, partial=weights_partial)  # logs what it loaded
     multiple = max(32, int(getattr(net.encoder, "output_stride", 32) or 32))

@@ -97,27 +97,28 @@ class ClsTask(Task[np.ndarray]):
         return build_distillation(label_loss, alpha=opts.distill_alpha, temperature=opts.distill_temperature)
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """All flips go through the model as one batch; class labels are flip-invariant, so no inverse."""
-        from kcomp.infer.tta import flips
+        """Flip views through the model one batch at a time (`per_view`); class labels are flip-invariant, so no
+        inverse."""
+        from kcomp.infer.tta import flips, per_view
 
         views = flips(x, tta)
         if len(views) == 1:
             return model(x).float().softmax(1)
-        logits = model(torch.cat(views)).float()
+        logits = per_view(lambda v: model(v).float(), views)
         return logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
 
     def predict_rows(self, models: Iterable[torch.nn.Module], table: IndexTable, rows: pd.DataFrame,
                      opts: TrainOptions, setup: dict[str, Any], *, tta: int, device: torch.device,
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
                      labels: Sequence[str], out_size: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
-        """All models predict each batch as it is read: (N, C) probabilities are small, and decoding the images
-        once instead of once a fold is what a test set of JPEGs costs on few CPU cores."""
-        from kcomp.infer.predict import inference_loader, predict_loader, shared_label
+        """The models predict each batch together as it is read (up to `MODELS_TOGETHER`, or what fits a quarter
+        of the GPU): (N, C) probabilities are small, and decoding the images once instead of once a fold is what a
+        test set of JPEGs costs on few CPU cores."""
+        from kcomp.infer.predict import inference_loader, predict_in_groups
 
         ds = self.dataset(table, rows, opts, setup, train=False, with_targets=with_targets)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
-        yield from predict_loader(list(models), dl, self, tta=tta, device=device, dtype=dtype,
-                                  label=shared_label(labels))
+        yield from predict_in_groups(models, dl, self, tta=tta, device=device, dtype=dtype, labels=labels)
 
     def average(self, preds: Iterable[np.ndarray]) -> np.ndarray:
         from kcomp.post.ensemble import mean_probs

@@ -86,15 +86,16 @@ class SegTask(Task[list[np.ndarray]]):
         return build_seg_loss(opts.seg_loss, smoothing=opts.smoothing)
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        """Flip views through the model as one batch, sigmoid, each inverted exactly, averaged: (B, C, H, W)."""
-        from kcomp.infer.tta import flips, unflip
+        """Flip views through the model one batch at a time (`per_view`), sigmoid, each inverted exactly, averaged:
+        (B, C, H, W)."""
+        from kcomp.infer.tta import flips, per_view, unflip
 
         if tta == 8 and x.shape[-1] != x.shape[-2]:
             raise BadUsage(f"--tta 8 needs square inputs, got {x.shape[-2]}x{x.shape[-1]}")
         views = flips(x, tta)
         if len(views) == 1:  # no copies of the batch to concatenate, stack and average
             return model(x).float().sigmoid()
-        probs = model(torch.cat(views)).float().sigmoid()
+        probs = per_view(lambda v: model(v).float(), views).sigmoid()
         probs = probs.view(len(views), x.shape[0], *probs.shape[1:])
         return torch.stack(unflip(list(probs))).mean(0)
 
