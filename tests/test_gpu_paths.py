@@ -5,6 +5,7 @@ compared with what that GPU needs. `benchmarks/gpu_check.sh` runs the same paths
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import warnings
 from pathlib import Path
@@ -271,7 +272,7 @@ def test_ranks_agree_on_stopping_only_every_log_every_steps(tiny_cls_fold, monke
     calls: list[bool] = []
     monkeypatch.setattr(_fold.Fold, "world", property(lambda self: 2))
     monkeypatch.setattr(distributed, "any_flag", lambda flag: calls.append(flag) or flag)
-    monkeypatch.setattr(f, "cfg", {**f.cfg, "log_every": 2, "save_every": 0})
+    monkeypatch.setattr(f, "opts", dataclasses.replace(f.opts, log_every=2, save_every=0))
     pos = _fold.Position.start(f.device)
     train.train_one_epoch(f, pos, console_bar(), {"stop": False})
     assert f.batches >= 4 and len(calls) == f.batches // 2
@@ -286,10 +287,11 @@ def console_bar():
 
 
 def test_fused_adamw_on_cuda_for_each_on_cpu(monkeypatch):
+    from kcomp.runs import config
     from kcomp.runs._fold import build_optimizer
 
     model = torch.nn.Linear(3, 2)
-    cfg = {"lr": 1e-3, "weight_decay": 0.05}
+    cfg = config.resolve(lr=1e-3, weight_decay=0.05)
     assert not build_optimizer(model, cfg).defaults["fused"]  # the CPU keeps the for-each kernel
     monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
     assert build_optimizer(model, cfg).defaults["fused"]

@@ -51,7 +51,7 @@ class Task(ABC, Generic[P]):
     def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         """`loss(model_output, target)`, from `kcomp.models.losses`."""
 
-    def train_collate(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Callable[[list[Any]], Any] | None:
+    def train_collate(self, opts: TrainOptions, setup: dict[str, Any]) -> Callable[[list[Any]], Any] | None:
         """The training loader's collate function, or None for torch's default. It runs in the DataLoader workers:
         the place for target preparation that would otherwise make the training step wait on the host."""
         return None

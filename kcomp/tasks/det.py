@@ -96,14 +96,14 @@ class DetTask(Task[list[np.ndarray]]):
 
         return DetLoss(det_config(opts.model, len(setup["classes"]), opts.img_size))
 
-    def train_collate(self, cfg: dict[str, Any], setup: dict[str, Any]) -> Any:
+    def train_collate(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         """Anchors labelled from each batch's boxes in the loader's workers, on the CPU, as effdet's own training
         loader does: on the device, effdet's matcher reads back a few sizes per image (boolean indexing, tensors
         built from host values), and the GPU would wait for the host at every step."""
         from kcomp.data.det_dataset import AnchorCollate
         from kcomp.models.det import det_config
 
-        return AnchorCollate(det_config(cfg["model"], len(setup["classes"]), int(cfg["img_size"])))
+        return AnchorCollate(det_config(opts.model, len(setup["classes"]), opts.img_size))
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
         """(B, V*100, 7) [x1, y1, x2, y2, score, label, view] normalised to [0, 1], each view's boxes mapped back to
