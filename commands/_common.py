@@ -14,8 +14,9 @@ STATE: dict[str, bool] = {"debug": False, "quiet": False}
 Output = Annotated[str, typer.Option("-o", "--output", help="Where to write ('-' = stdout for tables).")]
 Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
-Workers = Annotated[int, typer.Option(help="DataLoader worker processes (inference and validation on a CPU: at "
-                                            "most the cores torch's threads leave free).")]
+Workers = Annotated[int | None, typer.Option(help="DataLoader worker processes. Default: 2 on a CPU (inference and "
+                                                   "validation there: at most the cores torch's threads leave "
+                                                   "free); on a GPU the cores per GPU, up to 8.")]
 
 
 def emit(written: list[str] | str, summary: dict[str, Any] | None = None, as_json: bool = False) -> None:
@@ -124,7 +125,7 @@ def _fail(e: BaseException | None, code: int, prefix: str = "error") -> None:
     # a user error is one whole line, a path with a newline included; an unexpected one shows its first line
     text = one_line(text) if isinstance(e, (KcompError, OSError)) else (text.splitlines() or [""])[0]
     sys.stderr.write(f"kcomp: {prefix}: {text}\n" if text else f"kcomp: {prefix}\n")
-    if code == 1 and not STATE["debug"]:
+    if prefix.startswith("internal error") and not STATE["debug"]:  # a KcompError's line says all there is
         sys.stderr.write("kcomp: re-run with --debug for the traceback\n")
     raise SystemExit(code)
 

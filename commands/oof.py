@@ -22,7 +22,7 @@ ImgSize = Annotated[int | None, typer.Option(help="cls/seg/det: predict at this 
                                                   "training's.")]
 
 
-def predict_options(task: str, tta: int, device: str, batch_size: int | None, workers: int, checkpoints: str,
+def predict_options(task: str, tta: int, device: str, batch_size: int | None, workers: int | None, checkpoints: str,
                     out_size: str | None, tta_scales: str | None, img_size: int | None) -> Any:
     """The options `oof` and `tta` share, parsed once and checked against the runs' `task`."""
     from kcomp.runs.predict import PredictOptions
@@ -60,7 +60,7 @@ def command(
     tta: Tta = 1,
     device: Device = "auto",
     batch_size: BatchSize = None,
-    workers: Workers = 2,
+    workers: Workers = None,
     checkpoints: Checkpoints = "best",
     out_size: OutSize = None,
     tta_scales: TtaScales = None,

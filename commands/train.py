@@ -84,7 +84,7 @@ def command(
     distill_temperature: Annotated[float | None, Opt(help="Softens teacher and student alike (loss x T^2). "
                                                           "Default 1.")] = None,
     device: Device = "auto",
-    workers: Workers = 2,
+    workers: Workers = None,
     compile_model: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,
     save_every: Annotated[int, Opt(help="Also save last.pt every N optimizer steps (0 = epoch ends only).")] = 0,
     resume: Annotated[bool, Opt("--resume", help="Continue from RUN/foldK/last.pt (also automatic).")] = False,

@@ -20,7 +20,7 @@ def command(
     tta: Tta = 1,
     device: Device = "auto",
     batch_size: BatchSize = None,
-    workers: Workers = 2,
+    workers: Workers = None,
     checkpoints: Checkpoints = "best",
     out_size: OutSize = None,
     tta_scales: TtaScales = None,

@@ -124,7 +124,7 @@ def test_writer_takes_dicts_or_rows_and_checks_them(tmp_path):
     boxes = _random(np.random.default_rng(4), 3)
     for cells in (_dicts(boxes), boxes.column()):
         write_predictions(_frame(["a", "b", "c"]).assign(boxes=cells), tmp_path / "p.parquet", task="det",
-                          kind="oof", classes=["x"])
+                          kind="oof", classes=["x", "y", "z"])  # labels 0..2
         _same(read_predictions(tmp_path / "p.parquet").boxes, boxes)
     with pytest.raises(BadInput, match="lists of"):
         Boxes.from_cells([[{"x1": "a"}]])

@@ -150,9 +150,11 @@ def test_empty_images_are_all_padding_and_the_loss_stays_finite(tmp_path):
     assert (y0 == -1).all()
     model = task.build_model(cfg, setup)
     loss_fn = task.loss(cfg, setup)
-    x = torch.stack([ds[(i, 1)][0] for i in range(4)])
-    y = torch.stack([ds[(i, 1)][1] for i in range(4)])
-    for target in (torch.full_like(y, -1.0), y):  # a batch with no box at all, then a mixed one
+    collate = task.train_collate(cfg, setup)  # anchors labelled in the loader, as training does
+    items = [ds[(i, 1)] for i in range(4)]
+    x, y = collate(items)
+    _, empty = collate([(xi, torch.full_like(yi, -1.0)) for xi, yi in items])
+    for target in (empty, y):  # a batch with no box at all, then a mixed one
         model.zero_grad()
         loss = loss_fn(model(x), target)
         assert torch.isfinite(loss) and loss > 0

@@ -50,6 +50,10 @@ _TYPES: dict[str, type] = {
     "root": str, "task": str, "kind": str, "classes": list, "index": str, "maps_file": str, "runs": list,
     "competition": str, "image_cache": dict, "config": dict, "setup": dict, "metric": str,
 }
+_OWN_TYPES: dict[tuple[str, str], type] = {  # (schema, key) -> type where a schema uses a common key its own way
+    ("thresholds", "classes"): dict,  # class name -> values
+    ("package", "runs"): dict,  # packed run name -> source, checkpoints
+}
 REQUIRED: dict[str, tuple[str, ...]] = {
     "predictions": ("task", "kind"),
     "run-config": ("config", "setup"),
@@ -96,8 +100,7 @@ def check_meta(meta: Any, accept: str | tuple[str, ...], where: str) -> dict[str
         if meta.get(key) is None:
             raise BadInput(f"{name} metadata lacks {key!r}", path=where)
     for key, want in _TYPES.items():
-        # thresholds: class name -> values; package: run name -> its source, checkpoints, precision
-        want = dict if (name, key) in (("thresholds", "classes"), ("package", "runs")) else want
+        want = _OWN_TYPES.get((name, key), want)
         if meta.get(key) is not None and not isinstance(meta[key], want):
             raise BadInput(f"{name} metadata {key!r} is {_kind(meta[key])}, expected {want.__name__}", path=where)
     for key in ("classes", "runs"):

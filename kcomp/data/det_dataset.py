@@ -138,3 +138,24 @@ class DetDataset(ThreadedReads, Dataset):
         for i, b in enumerate(self.boxes):  # one by one: equal shapes would make numpy broadcast
             out[i] = (b * np.array([1 / self.size] * 4 + [1], dtype=np.float32)).astype(np.float32)
         return out
+
+
+class AnchorCollate:
+    """The training loader's collate for det: the batch as torch's default collate stacks it, its (B, M, 5) targets
+    replaced by effdet's anchor labels (`DetLoss`'s input), computed here on the CPU, in the loader's workers,
+    instead of on the device in the training step. One image at a time, as effdet's own training loader labels
+    them (`effdet.data.loader.DetectionFastCollate`); the labels are the ones effdet's `DetBenchTrain` computes
+    from the same targets in its forward."""
+
+    def __init__(self, config: Any) -> None:
+        from effdet.anchors import AnchorLabeler, Anchors
+
+        self.labeler = AnchorLabeler(Anchors.from_config(config), int(config.num_classes), match_threshold=0.5)
+
+    def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, dict[str, Any]]:
+        from torch.utils.data import default_collate
+
+        x, target = default_collate(batch)
+        with torch.no_grad():
+            cls, box, positives = self.labeler.batch_label_anchors(target[..., :4], target[..., 4])
+        return x, {"cls": cls, "box": box, "positives": positives}

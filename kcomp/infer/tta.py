@@ -3,6 +3,8 @@ call; scales change the input size, so each scale is its own forward pass."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 TTA_SIZES = (1, 2, 4, 8)
@@ -61,3 +63,11 @@ def at_scales(x: torch.Tensor, scales: tuple[float, ...] | list[float]) -> list[
     original by `resize` (maps) or by dividing coordinates by the view's own size (boxes, normalised)."""
     size = (int(x.shape[-2]), int(x.shape[-1]))
     return [resize(x, scaled_size(size, s)) for s in scales]
+
+
+def per_view(fn: Callable[[torch.Tensor], torch.Tensor], views: list[torch.Tensor]) -> torch.Tensor:
+    """`fn(torch.cat(views))` computed one view at a time, outputs concatenated in view order: a forward pass never
+    holds more than one `--batch-size` batch of activations, so `--tta 8` fits wherever `--tta 1` does."""
+    if len(views) == 1:
+        return fn(views[0])
+    return torch.cat([fn(v) for v in views])

@@ -57,6 +57,32 @@ def build_with_weights(build: Callable[[], nn.Module], state: dict[str, Any], so
     return model
 
 
+def freeze_unused(net: nn.Module, input_shape: tuple[int, ...]) -> list[str]:
+    """Freeze the parameters of the submodules a forward pass never runs, and return their names. smp's PSPNet keeps
+    its encoder's stages past `encoder_depth` (3): under DDP their gradients never come, and the reducer fails at the
+    second step ("Expected to have finished reduction in the prior iteration"). Frozen, they stay in the state dict
+    (checkpoints load either way), the optimizer skips them (as it did: they never had a gradient) and DDP does not
+    wait for them. The pass runs on the meta device: shapes only, no compute, whatever the model's size."""
+    from torch.func import functional_call
+
+    called: set[int] = set()
+    hooks = [m.register_forward_pre_hook(lambda m, args: called.add(id(m))) for m in net.modules()]
+    meta = {k: torch.empty_like(v, device="meta") for k, v in (*net.named_parameters(), *net.named_buffers())}
+    try:
+        with torch.no_grad():
+            functional_call(net, meta, (torch.empty(input_shape, device="meta"),))
+    except (RuntimeError, NotImplementedError, ValueError):  # an op without a meta kernel: freeze nothing
+        return []
+    finally:
+        for h in hooks:
+            h.remove()
+    owners = dict(net.named_modules())
+    unused = [k for k, p in net.named_parameters() if id(owners[k.rpartition(".")[0]]) not in called]
+    for k in unused:
+        net.get_parameter(k).requires_grad_(False)
+    return unused
+
+
 def create_cls_model(name: str, num_classes: int, *, init: Init | None = None, drop_rate: float = 0.0,
                      drop_path_rate: float = 0.0, weights: str | None = None,
                      weights_partial: bool = False) -> Normalized:

@@ -317,26 +317,22 @@ def masked_bce(*, smoothing: float, ignore: int) -> LossFn:
 
 
 class DetLoss(nn.Module):
-    """DetBenchTrain's loss: anchors labelled from the targets, then focal + huber box loss.
+    """DetBenchTrain's loss, focal + huber box loss, on anchors labelled beforehand (`AnchorCollate`, in the loader's
+    workers, as effdet's own training loader labels them).
 
-    `target` is (B, M, 5) float: [y1, x1, y2, x2, class] in input pixels, class 1-based, rows of -1 = padding
-    (an image without boxes is all padding and only contributes background loss)."""
+    `target` is `AnchorCollate`'s dict: per pyramid level the class targets (B, H, W, A) and box targets
+    (B, H, W, 4A), and the positives per image (B,)."""
 
     def __init__(self, config: Any) -> None:
-        from effdet.anchors import AnchorLabeler, Anchors
         from effdet.loss import DetectionLoss
 
         super().__init__()
-        self.anchors = Anchors.from_config(config)
-        self.labeler = AnchorLabeler(self.anchors, int(config.num_classes), match_threshold=0.5)
         self.fn = DetectionLoss(config)
 
-    def forward(self, out: tuple[list[Tensor], list[Tensor]], target: Tensor) -> Tensor:
-        if self.anchors.boxes.device != target.device:
-            self.anchors.to(target.device)  # in place: the labeler holds this module
+    def forward(self, out: tuple[list[Tensor], list[Tensor]], target: dict[str, Any]) -> Tensor:
         class_out, box_out = out
-        cls_t, box_t, positives = self.labeler.batch_label_anchors(target[..., :4].float(), target[..., 4].float())
-        loss, _, _ = self.fn([c.float() for c in class_out], [b.float() for b in box_out], cls_t, box_t, positives)
+        loss, _, _ = self.fn([c.float() for c in class_out], [b.float() for b in box_out], target["cls"],
+                             target["box"], target["positives"])
         return loss
 
 

@@ -73,7 +73,7 @@ def create_seg_model(arch: str, encoder: str, num_classes: int, *, init: Init | 
     timm tag), a local file loaded into the encoder (`weights` is shorthand for it), or random init."""
     import segmentation_models_pytorch as smp
 
-    from kcomp.models._factory import Normalized
+    from kcomp.models._factory import Normalized, freeze_unused
 
     arch_key = arch.lower().replace("_", "").replace("-", "")
     if arch_key not in smp.MODEL_ARCHITECTURES_MAPPING:
@@ -100,6 +100,7 @@ def create_seg_model(arch: str, encoder: str, num_classes: int, *, init: Init | 
         raise BadUsage(f"--arch {arch} --model {encoder}: smp cannot build it ({str(e).splitlines()[0][:200]})"
                        ) from None
     init_prior(net, PRIOR)
+    freeze_unused(net, (2, in_channels, 512, 512))  # PSPNet's encoder stages past its depth
     if init.weights:
         load_encoder_weights(net.encoder, init.weights, partial=init.partial)  # logs what it loaded
         init.source = file_record(init.weights)

@@ -28,7 +28,8 @@ from kcomp.infer.predict import loader_workers
 from kcomp.runs import config as config_mod
 from kcomp.runs._data import DataChanges
 from kcomp.runtime import distributed
-from kcomp.runtime.device import amp_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+from kcomp.runtime.device import (amp_dtype, configure_backends, resolve_device, resolve_workers, rng_state,
+                                  seed_everything, set_rng_state)
 from kcomp.tasks.options import TrainOptions
 
 # The position's entries of a checkpoint's "position" dict, besides the running loss and the world size.
@@ -139,6 +140,7 @@ def build_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str
     device = distributed.local_device(resolve_device(opts.device))
     dtype = amp_dtype(device, opts.amp)
     seed_everything(opts.seed, opts.deterministic)
+    configure_backends(device, opts.deterministic)
     metric_name = opts.metric or task.default_metric
     metric = get_metric(metric_name)
     loaders = _loaders(opts, table, task, setup, fold, device, changes or DataChanges())
@@ -223,12 +225,14 @@ def _loaders(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str, 
     replicas, rank = distributed.replica()
     sampler = SeededSampler(len(train_ds), seed=opts.seed, num_replicas=replicas, rank=rank)
     drop_last = sampler.per_replica >= opts.batch_size
+    workers = resolve_workers(opts.workers, device, opts.gpus)
+    # det labels its anchors here, in the workers, and not in the training step (`Task.train_collate`)
     train_dl = DataLoader(train_ds, batch_size=opts.batch_size, sampler=sampler, drop_last=drop_last,
-                          **_loader_options(opts.workers, device))
+                          collate_fn=task.train_collate(opts, setup), **_loader_options(workers, device))
     # Validation is inference: on a CPU the model's threads already hold every core, and validating through worker
     # processes slows the next epoch's first training step (benchmarks/RESULTS.md); on a GPU, as given.
     val_dl = DataLoader(distributed.shard_dataset(val_ds), batch_size=opts.batch_size, shuffle=False,
-                        **_loader_options(loader_workers(opts.workers, device, val_ds), device))
+                        **_loader_options(loader_workers(workers, device, val_ds), device))
     return train_dl, val_dl, sampler, val_ds.targets_array()
 
 
@@ -240,13 +244,16 @@ def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:
 
 
 def build_optimizer(model: torch.nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
-    """AdamW without weight decay on norms and biases (the usual timm recipe)."""
+    """AdamW without weight decay on norms and biases (the usual timm recipe). On CUDA the fused kernel: one launch
+    for every parameter, its step counters on the device (the for-each one reads them on the host every step) and,
+    with fp16, the GradScaler's inf check inside the kernel instead of a host sync per step."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)
     groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=opts.lr, fused=False)
+    fused = all(p.is_cuda for g in groups for p in g["params"]) and bool(decay or no_decay)
+    return torch.optim.AdamW(groups, lr=opts.lr, fused=fused)
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):  # noqa: ANN201 - a LambdaLR factor
@@ -278,10 +285,17 @@ def resume(f: Fold, asked: bool) -> Position:
     f.model.load_state_dict(ck["model"])
     f.optimizer.load_state_dict(ck["optimizer"])
     f.scheduler.load_state_dict(ck["scheduler"])
-    f.scaler.load_state_dict(ck["scaler"])
+    load_scaler(f.scaler, ck["scaler"])
     if f.ema is not None:
         f.ema.module.load_state_dict(ck["ema"])
     return Position.from_checkpoint(ck, f.device, f.world)
+
+
+def load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """A fold saved without loss scaling (bf16 on an Ampere GPU, fp32 on a CPU) resumed where `--amp auto` picks fp16
+    (a T4) starts the scaler afresh: a disabled scaler's state is empty, which an enabled one refuses to load."""
+    if state or not scaler.is_enabled():
+        scaler.load_state_dict(state)
 
 
 def save_last(f: Fold, pos: Position) -> None:

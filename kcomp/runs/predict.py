@@ -20,7 +20,8 @@ from kcomp.artifacts.run_config import read_run_config
 from kcomp.errors import BadInput
 from kcomp.models._factory import build_with_weights
 from kcomp.runtime import distributed
-from kcomp.runtime.device import amp_dtype, resolve_device
+from kcomp.runtime.device import (amp_dtype, configure_backends, describe, out_of_memory_as_error, resolve_device,
+                                  resolve_workers)
 from kcomp.tasks import Task, get_task
 from kcomp.tasks.options import TrainOptions
 
@@ -70,7 +71,7 @@ class PredictOptions:
     tta: int = options.option(options.TTA, 1)
     device: str = options.option(options.DEVICE, "auto")
     batch_size: int | None = options.option(options.BATCH)  # default: the run's training batch size
-    workers: int = options.option(options.WORKERS, 2)
+    workers: int | None = options.option(options.WORKERS)  # None: kcomp.runtime.device.resolve_workers
     checkpoints: str = options.option(options.Choice(CHECKPOINTS, what="checkpoint choice"), "best")
     out_size: tuple[int, int] | None = None
     tta_scales: str | None = options.option(options.Text(only=RESIZABLE))
@@ -135,6 +136,7 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
     torchrun each rank predicts a contiguous share of the rows and every rank gets them all back in order."""
     task = get_task(run.opts.task)
     dev = distributed.local_device(resolve_device(opts.device))
+    configure_backends(dev, run.opts.deterministic)
     # the options the rows are read with: at --img-size instead of training's, if given (the model is built as
     # trained)
     data = replace(run.opts, img_size=opts.img_size) if opts.img_size else run.opts
@@ -146,16 +148,19 @@ def _predict(run: Run, folds: list[int], rows: Any, opts: PredictOptions, *, wit
         lambda: task.build_model(run.opts, run.setup), _weights(run, *pairs[i], task.name), _checkpoint(run, *pairs[i])
     ).to(dev).to(memory_format=torch.channels_last))
     predicted = None
+    batch_size = opts.batch_size or run.opts.batch_size
     if len(share) or not len(rows):  # a rank may get no rows
         predicted = feed.predictions(task.predict_rows(
             feed.models(), table or run.table, share, data, run.setup, tta=opts.tta, device=dev,
-            dtype=amp_dtype(dev, run.opts.amp), batch_size=opts.batch_size or run.opts.batch_size,
-            workers=opts.workers, with_targets=with_targets, out_size=opts.out_size, scales=opts.scales,
+            dtype=amp_dtype(dev, run.opts.amp), batch_size=batch_size,
+            workers=resolve_workers(opts.workers, dev, distributed.world_size()), with_targets=with_targets,
+            out_size=opts.out_size, scales=opts.scales,
             labels=[f"{run.path.name} fold {fold} {which}" for fold, which in pairs]))
     for _ in folds:
         mine = None
         if predicted is not None:
-            chunk = list(itertools.islice(predicted, len(checkpoints)))
+            with out_of_memory_as_error(dev, batch_size, " (or --tta)"):
+                chunk = list(itertools.islice(predicted, len(checkpoints)))
             mine = chunk[0] if len(chunk) == 1 else task.average(chunk)
         yield distributed.gather_concat(mine)
 
@@ -164,6 +169,7 @@ def predict_oof(run_dirs: list[str | Path], opts: PredictOptions | None = None) 
     """Each fold predicts its own held-out rows; several runs are averaged. Returns (frame, metadata)."""
     opts = opts or PredictOptions()
     with distributed.session(resolve_device(opts.device).type):  # no-op outside torchrun
+        _announce(opts, run_dirs)
         return _predict_oof(run_dirs, opts)
 
 
@@ -197,7 +203,17 @@ def predict_test(run_dirs: list[str | Path], opts: PredictOptions | None = None,
     """Test rows of the runs' index (or of another `index`), averaged over every fold of every run."""
     opts = opts or PredictOptions()
     with distributed.session(resolve_device(opts.device).type):  # no-op outside torchrun
+        _announce(opts, run_dirs)
         return _predict_test(run_dirs, opts, index)
+
+
+def _announce(opts: PredictOptions, run_dirs: list[str | Path]) -> None:
+    """The start-up line: device, GPU, precision (the first run's `--amp`), processes."""
+    from kcomp import console
+
+    dev = distributed.local_device(resolve_device(opts.device))
+    amp = open_run(run_dirs[0]).opts.amp if run_dirs else "auto"
+    console.log(describe(dev, amp_dtype(dev, amp), distributed.world_size(), opts.device))
 
 
 def _predict_test(run_dirs: list[str | Path], opts: PredictOptions, index: str | Path | None

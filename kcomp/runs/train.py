@@ -25,7 +25,7 @@ from kcomp.runs import config, tensorboard
 from kcomp.runs._data import DataChanges
 from kcomp.runs._fold import Fold, Position, build_fold, check_run_config, resume, save_best, save_last, stop_requests
 from kcomp.runtime import distributed
-from kcomp.runtime.device import resolve_device, step_generator
+from kcomp.runtime.device import amp_dtype, describe, out_of_memory_as_error, resolve_device, step_generator, to_device
 from kcomp.tasks import get_task
 from kcomp.tasks.options import TrainOptions
 
@@ -49,7 +49,10 @@ def train(opts: TrainOptions, *, run: str | Path, fold: int | str = 0, resume: b
     changes = DataChanges.read(opts)  # every file the options name, read before anything is created
     todo = _folds(table, fold)
     with distributed.session(resolve_device(opts.device).type):  # no-op outside torchrun
-        return [train_fold(opts, table, task, setup, Path(run), k, resume, changes) for k in todo]
+        device = distributed.local_device(resolve_device(opts.device))
+        console.log(describe(device, amp_dtype(device, opts.amp), distributed.replica()[0], opts.device))
+        with out_of_memory_as_error(device, opts.batch_size, " (and --accum to keep the batch; in a new -o RUN)"):
+            return [train_fold(opts, table, task, setup, Path(run), k, resume, changes) for k in todo]
 
 
 def _folds(table: IndexTable, fold: int | str) -> list[int]:
@@ -103,18 +106,21 @@ def train_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str
 
 def train_one_epoch(f: Fold, pos: Position, bar: Any, stop: dict[str, bool]) -> int:
     """The rest of epoch `pos.epoch` from batch `pos.batch`; returns the images this process saw. Saves last.pt
-    every `--save-every` optimizer steps, and on a stop request at the next step (then raises Interrupted)."""
+    every `--save-every` optimizer steps, and on a stop request (then raises Interrupted): at the next step in one
+    process; under DDP, where the ranks must agree on the step (a collective), at the next log or save step."""
     opts = f.opts
     f.model.train()
     seen = 0
+    agree_every = (opts.log_every or 50) if f.world > 1 else 1
     for x, y in f.train_dl:
         boundary = _train_step(f, pos, x, y)
         seen += x.shape[0]
         bar.advance(x.shape[0])
         if opts.log_every and pos.step % opts.log_every == 0 and boundary:
             bar.advance(0, info=f"loss {(pos.loss_sum / pos.loss_count).item():.4f}")
-        stopping = boundary and distributed.any_flag(stop["stop"])  # all ranks stop at the same step
-        if stopping or (boundary and opts.save_every and pos.step % opts.save_every == 0):
+        saving = boundary and opts.save_every and pos.step % opts.save_every == 0
+        stopping = boundary and (saving or pos.step % agree_every == 0) and distributed.any_flag(stop["stop"])
+        if stopping or saving:
             save_last(f, pos)
             if stopping:
                 raise Interrupted(f"fold {f.fold}: stopped at epoch {pos.epoch + 1} batch {pos.batch}; "
@@ -129,7 +135,7 @@ def _train_step(f: Fold, pos: Position, x: torch.Tensor, y: torch.Tensor) -> boo
 
     opts, i = f.opts, pos.batch
     x = x.to(f.device, non_blocking=True)
-    y = y.to(f.device, non_blocking=True)
+    y = to_device(y, f.device)  # a tensor, or det's anchor targets per level
     if opts.channels_last and x.ndim == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     if f.task.supports_mix and (opts.mixup or opts.cutmix):
@@ -158,13 +164,14 @@ def _train_step(f: Fold, pos: Position, x: torch.Tensor, y: torch.Tensor) -> boo
 
 def validate(f: Fold) -> float:
     """The metric of the evaluated model (EMA if any) on the fold's validation rows. Under DDP every rank
-    predicts its share with rank 0's weights and every rank gets the score."""
+    predicts its share with rank 0's weights, rank 0 scores them all and every rank gets the score."""
     model = f.eval_model
     distributed.broadcast_module(model)
     [preds] = predict_loader([model], f.val_dl, f.task, tta=f.opts.val_tta, device=f.device, dtype=f.dtype,
                              channels_last=f.opts.channels_last)
-    preds = distributed.gather_concat(preds)  # each rank predicted its contiguous share of the rows
-    return f.task.score(f.metric_name, preds, f.val_targets)
+    preds = distributed.gather_to_main(preds)  # each rank predicted its contiguous share of the rows
+    score = f.task.score(f.metric_name, preds, f.val_targets) if distributed.is_main() else None
+    return distributed.broadcast_object(score)
 
 
 def _end_epoch(f: Fold, pos: Position, train_loss: float, score: float, *, img_per_s: float,

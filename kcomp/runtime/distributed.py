@@ -57,12 +57,16 @@ def is_main() -> bool:
 
 
 def local_device(device: Any) -> Any:
-    """One GPU per process: `cuda` becomes `cuda:LOCAL_RANK` under torchrun; CPU stays CPU."""
+    """The device this process computes on, made its current CUDA device. One GPU per process: `cuda` becomes
+    `cuda:LOCAL_RANK` under torchrun, modulo the GPUs this process sees (SLURM with one GPU bound per task shows
+    every task its own GPU as cuda:0, whatever its local rank); CPU stays CPU."""
     import torch
 
+    from kcomp.runtime.device import use_device
+
     if is_distributed() and device.type == "cuda":
-        return torch.device("cuda", local_rank())
-    return device
+        device = torch.device("cuda", local_rank() % max(1, torch.cuda.device_count()))
+    return use_device(device)
 
 
 @contextlib.contextmanager
@@ -81,7 +85,7 @@ def session(device_type: str) -> Iterator[None]:
     opened = False
     if not dist.is_initialized():
         if device_type == "cuda":
-            torch.cuda.set_device(local_rank())
+            torch.cuda.set_device(local_rank() % max(1, torch.cuda.device_count()))
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
         _STATE["ctrl"] = dist.new_group(backend="gloo") if device_type == "cuda" else None
         _STATE["owned"] = opened = True
@@ -181,6 +185,29 @@ def concat(parts: Sequence[Any]) -> Any:
     if hasattr(kept[0], "concat"):
         return type(kept[0]).concat(kept)
     return [item for p in kept for item in p]
+
+
+def gather_to_main(part: Any) -> Any:
+    """Every rank's share joined in rank order on rank 0, None on the others (a seg validation's maps need not
+    travel to every rank, only the score does: `broadcast_object`)."""
+    if not _active():
+        return part
+    import torch.distributed as dist
+
+    out: list[Any] | None = [None] * world_size() if is_main() else None
+    dist.gather_object(part, out, dst=0, group=_STATE["ctrl"])
+    return concat(out) if out is not None else None
+
+
+def broadcast_object(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank."""
+    if not _active():
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_STATE["ctrl"])
+    return box[0]
 
 
 def gather_concat(part: Any) -> Any:

@@ -19,6 +19,19 @@ import torch
 _DONE = object()
 
 
+def to_host_async(t: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """(host tensor, event): a CUDA tensor's copy into pinned memory, queued on the stream of the tensor's own
+    device, and the event that marks it landed (None on the CPU, where the tensor is its own host copy). The host
+    must wait for the event before reading: the copy runs after whatever that stream has queued before it."""
+    if t.device.type != "cuda":
+        return t.detach(), None
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)  # queued on the current stream of t's device
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(t.device))  # that stream, not cuda:0's: t may live on another GPU
+    return host, event
+
+
 class HostStage:
     """`submit(tensor)` per batch, `results()` once at the end: the concatenation of `fn(array)` over batches.
 
@@ -36,16 +49,7 @@ class HostStage:
     def submit(self, t: torch.Tensor) -> None:
         if self._error is not None:
             self._raise()
-        event = None
-        if t.device.type == "cuda":
-            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-            host.copy_(t, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record()
-            t = host
-        else:
-            t = t.detach()
-        self._queue.put((t, event))
+        self._queue.put(to_host_async(t))
 
     def results(self) -> list[Any]:
         self._queue.put(_DONE)

@@ -218,13 +218,12 @@ def train_folds_in_parallel(argv: Sequence[str], folds_path: str, slots: int, de
         raise BadUsage(f"--parallel-folds trains --gpus N folds at once; got --gpus {slots}")
     if device.startswith("cuda:"):
         raise BadUsage(f"--device {device} with --parallel-folds: each fold gets its own GPU; use --device cuda")
-    cuda = False
-    if device != "cpu":
+    cuda = device != "cpu"
+    if cuda:  # auto or cuda: one GPU per fold, never CPU folds that nobody asked for
         import torch
 
         have = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        cuda = have > 0
-        if (device == "cuda" or cuda) and have < slots:
+        if have < slots:
             raise BadUsage(f"--gpus {slots} --parallel-folds: this machine has {have} CUDA device(s)"
                            + (" (add --device cpu to train folds as parallel CPU processes)" if not have else ""))
     df = read_index(folds_path, "folds").df

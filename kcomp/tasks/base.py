@@ -8,7 +8,7 @@ models to predict each batch together (`one_model_at_a_time`).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -32,8 +32,8 @@ class Task(ABC, Generic[P]):
     one_model_at_a_time: ClassVar[bool]
     """True where one model's predictions are large (seg and ink maps): `predict_rows` asks for the next model
     only after yielding the previous one's predictions, so one model and one set of maps are in memory at a time
-    (`kcomp.runs.predict` checks it). False where they are small (cls, det): `predict_rows` takes every model first
-    and reads each batch once for all of them."""
+    (`kcomp.runs.predict` checks it). False where they are small (cls, det): `predict_rows` takes several models
+    first and reads each batch once for all of them (`kcomp.infer.predict.predict_in_groups` caps how many)."""
 
     @abstractmethod
     def setup(self, table: IndexTable, opts: TrainOptions) -> dict[str, Any]:
@@ -54,6 +54,11 @@ class Task(ABC, Generic[P]):
     @abstractmethod
     def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
         """`loss(model_output, target)`, from `kcomp.models.losses`."""
+
+    def train_collate(self, opts: TrainOptions, setup: dict[str, Any]) -> Callable[[list[Any]], Any] | None:
+        """The training loader's collate function, or None for torch's default. It runs in the DataLoader workers:
+        the place for target preparation that would otherwise make the training step wait on the host."""
+        return None
 
     @abstractmethod
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)

@@ -99,9 +99,9 @@ class ClsTask(Task[np.ndarray]):
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
                 ) -> torch.Tensor:
-        """All flips of a scale go through the model as one batch; class labels are flip- and scale-invariant, so
-        no inverse: the views' probabilities are averaged."""
-        from kcomp.infer.tta import at_scales, flips
+        """Per scale, the flip views through the model one batch at a time (`per_view`); class labels are flip- and
+        scale-invariant, so no inverse: the views' probabilities are averaged."""
+        from kcomp.infer.tta import at_scales, flips, per_view
 
         total = None
         for xs in at_scales(x, scales):
@@ -109,7 +109,8 @@ class ClsTask(Task[np.ndarray]):
             if len(views) == 1:
                 probs = model(xs).float().softmax(1)
             else:
-                probs = model(torch.cat(views)).float().softmax(1).view(len(views), x.shape[0], -1).mean(0)
+                logits = per_view(lambda v: model(v).float(), views)
+                probs = logits.softmax(1).view(len(views), x.shape[0], -1).mean(0)
             total = probs if total is None else total + probs
         return total if len(scales) == 1 else total / len(scales)
 
@@ -118,14 +119,15 @@ class ClsTask(Task[np.ndarray]):
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
                      labels: Sequence[str], out_size: tuple[int, int] | None = None,
                      scales: Sequence[float] = (1.0,)) -> Iterator[np.ndarray]:
-        """All models predict each batch as it is read: (N, C) probabilities are small, and decoding the images
-        once instead of once a fold is what a test set of JPEGs costs on few CPU cores."""
-        from kcomp.infer.predict import inference_loader, predict_loader, shared_label
+        """The models predict each batch together as it is read (up to `MODELS_TOGETHER`, or what fits a quarter
+        of the GPU): (N, C) probabilities are small, and decoding the images once instead of once a fold is what a
+        test set of JPEGs costs on few CPU cores."""
+        from kcomp.infer.predict import inference_loader, predict_in_groups
 
         ds = self.dataset(table, rows, opts, setup, train=False, with_targets=with_targets)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
-        yield from predict_loader(list(models), dl, self, tta=tta, device=device, dtype=dtype,
-                                  label=shared_label(labels), scales=scales)
+        yield from predict_in_groups(models, dl, self, tta=tta, device=device, dtype=dtype, labels=labels,
+                                     scales=scales)
 
     def average(self, preds: Iterable[np.ndarray]) -> np.ndarray:
         from kcomp.post.ensemble import mean_probs

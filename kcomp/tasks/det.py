@@ -2,7 +2,8 @@
 
 Index rows carry `boxes` (list of {x1, y1, x2, y2, label} in ORIGINAL pixels; empty = no object), `height`,
 `width`. Coordinates, stage by stage:
-- effdet trains on yxyx boxes in input pixels with 1-based classes (`DetDataset` builds them, `DetLoss` eats them);
+- effdet trains on yxyx boxes in input pixels with 1-based classes (`DetDataset` builds them, the training loader's
+  `AnchorCollate` labels the anchors from them, `DetLoss` eats the labels);
 - everything the task passes around internally (`predict`, `targets_array`, `predict_rows`, `average`) is xyxy in
   normalised [0, 1] image coordinates with 0-based labels: ensemble-boxes needs them, IoU does not change under a
   per-axis scaling, and an image's original size is only needed at the end. Fused boxes travel as one `Boxes`
@@ -95,11 +96,20 @@ class DetTask(Task[list[np.ndarray]]):
 
         return DetLoss(det_config(opts.model, len(setup["classes"]), opts.img_size))
 
+    def train_collate(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
+        """Anchors labelled from each batch's boxes in the loader's workers, on the CPU, as effdet's own training
+        loader does: on the device, effdet's matcher reads back a few sizes per image (boolean indexing, tensors
+        built from host values), and the GPU would wait for the host at every step."""
+        from kcomp.data.det_dataset import AnchorCollate
+        from kcomp.models.det import det_config
+
+        return AnchorCollate(det_config(opts.model, len(setup["classes"]), opts.img_size))
+
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
                 ) -> torch.Tensor:
         """(B, S*V*100, 7) [x1, y1, x2, y2, score, label, view] normalised to [0, 1]: per scale S, the V flip views
-        in one batch, each view's boxes mapped back to the original orientation and normalised by its own size
-        (which undoes the scale exactly); padding rows have score 0 and label -1. Views are fused later, on the
+        one batch at a time (`per_view`), each view's boxes mapped back to the original orientation and normalised
+        by its own size (which undoes the scale exactly); padding rows have score 0 and label -1. Views are fused later, on the
         host."""
         from kcomp.infer.tta import at_scales
 
@@ -111,12 +121,11 @@ class DetTask(Task[list[np.ndarray]]):
     @staticmethod
     def _views(model: torch.nn.Module, x: torch.Tensor, tta: int, first: int) -> torch.Tensor:
         from kcomp.infer.box_tta import unflip_boxes
-        from kcomp.infer.tta import flips
+        from kcomp.infer.tta import flips, per_view
 
         views = flips(x, tta)
-        batch = views[0] if len(views) == 1 else torch.cat(views)
+        det = per_view(lambda v: model.decode(*model(v)).float(), views)  # (V*B, K, 6) in (padded) input pixels
         h, w = int(x.shape[-2]), int(x.shape[-1])
-        det = model.decode(*model(batch)).float()  # (V*B, K, 6) in input pixels (a padded input's, at most)
         det = det.view(len(views), x.shape[0], det.shape[1], 6)
         scale = det.new_tensor([w, h, w, h])
         out = []
@@ -156,15 +165,16 @@ class DetTask(Task[list[np.ndarray]]):
                      dtype: torch.dtype | None, batch_size: int, workers: int, with_targets: bool,
                      labels: Sequence[str], out_size: tuple[int, int] | None = None,
                      scales: Sequence[float] = (1.0,)) -> Iterator[Boxes]:
-        """Per model, the rows' boxes normalised to [0, 1], TTA views fused. All models predict each batch as it
-        is read (boxes are small; decoding full-size radiographs is not)."""
-        from kcomp.infer.predict import inference_loader, predict_loader, shared_label
+        """Per model, the rows' boxes normalised to [0, 1], TTA views fused. The models predict each batch together
+        as it is read (boxes are small; decoding full-size radiographs is not), as many as `predict_in_groups`
+        holds at once."""
+        from kcomp.infer.predict import inference_loader, predict_in_groups
 
         ds = self.dataset(table, rows, opts, setup, train=False, with_targets=False)
         dl = inference_loader(ds, batch_size=batch_size, workers=workers, device=device)
-        yield from (self.fuse_views(p) for p in predict_loader(list(models), dl, self, tta=tta, device=device,
-                                                               dtype=dtype, label=shared_label(labels),
-                                                               scales=scales))
+        yield from (self.fuse_views(p) for p in predict_in_groups(models, dl, self, tta=tta, device=device,
+                                                                  dtype=dtype, labels=labels,
+                                                                  scales=scales))
 
     def average(self, preds: Iterable[Boxes]) -> Boxes:
         """Several models' boxes fused with WBF (equal weights), every image in one call; boxes are small, so the

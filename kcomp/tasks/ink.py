@@ -96,22 +96,17 @@ class InkTask(Task[list[np.ndarray]]):
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
                 ) -> torch.Tensor:
-        """8x TTA = {identity, flip W, flip H, flip HW} x {depth flip}; spatial flips are inverted exactly.
-
-        The views go through the model as one batch. They are concatenated with autocast off: under bf16 autocast
-        `torch.cat` of float16 tiles raises (autocast's type promotion knows only float32/64 and the autocast
-        dtype), and the model casts its input itself. `scales` must stay (1.0,): tiles are predicted at the patch
-        size trained on (`--tta-scales` does not apply to ink)."""
-        from kcomp.infer.tta import flips, unflip
+        """8x TTA = {identity, flip W, flip H, flip HW} x {depth flip}; spatial flips are inverted exactly. The views
+        go through the model one batch at a time (`per_view`). `scales` must stay (1.0,): tiles are predicted at the
+        patch size trained on (`--tta-scales` does not apply to ink)."""
+        from kcomp.infer.tta import flips, per_view, unflip
 
         views = flips(x, min(tta, 4))
         if tta == 8:
             views += [v.flip(1) for v in views]
-        if len(views) == 1:  # no copy of the batch for a one-view "concatenation"; the same numbers
+        if len(views) == 1:
             return model(x).float().sigmoid()
-        with torch.autocast(x.device.type, enabled=False):
-            batch = torch.cat(views)
-        probs = model(batch).float().sigmoid().view(len(views), x.shape[0], *x.shape[-2:])
+        probs = per_view(lambda v: model(v).float(), views).sigmoid().view(len(views), x.shape[0], *x.shape[-2:])
         spatial = min(tta, 4)
         back = unflip(list(probs[:spatial])) + (unflip(list(probs[spatial:])) if tta == 8 else [])
         return torch.stack(back).mean(0)

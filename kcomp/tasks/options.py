@@ -112,7 +112,7 @@ class TrainOptions:
     sync_bn: bool = option(Flag(), False)  # BatchNorm statistics over all ranks' batches (DDP on CUDA only)
     # below: how to run, not what to compute; they may change between a run and its resume (RUNTIME_KEYS)
     device: str = option(options.DEVICE, "auto")
-    workers: int = option(options.WORKERS, 2)
+    workers: int | None = option(options.WORKERS)  # None: kcomp.runtime.device.resolve_workers decides
     compile: bool = option(Flag(), False)
     save_every: int = option(Int(0), 0)
     log_every: int = option(Int(0), 50)

@@ -87,8 +87,9 @@ class SegTask(Task[list[np.ndarray]]):
 
     def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: Sequence[float] = (1.0,)
                 ) -> torch.Tensor:
-        """(B, C, H, W) probabilities: per scale, the flip views through the model as one batch, sigmoid, each
-        inverted exactly, averaged, then resized back to the input's size; the scales averaged."""
+        """(B, C, H, W) probabilities: per scale, the flip views through the model one batch at a time
+        (`per_view`), sigmoid, each inverted exactly, averaged, then resized back to the input's size; the scales
+        averaged."""
         from kcomp.infer.tta import at_scales, resize
 
         if tta == 8 and x.shape[-1] != x.shape[-2]:
@@ -101,12 +102,12 @@ class SegTask(Task[list[np.ndarray]]):
 
     @staticmethod
     def _flip_probs(model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
-        from kcomp.infer.tta import flips, unflip
+        from kcomp.infer.tta import flips, per_view, unflip
 
         views = flips(x, tta)
         if len(views) == 1:  # no copies of the batch to concatenate, stack and average
             return model(x).float().sigmoid()
-        probs = model(torch.cat(views)).float().sigmoid()
+        probs = per_view(lambda v: model(v).float(), views).sigmoid()
         probs = probs.view(len(views), x.shape[0], *probs.shape[1:])
         return torch.stack(unflip(list(probs))).mean(0)
 
