@@ -109,8 +109,8 @@ class DetTask(Task[list[np.ndarray]]):
                 ) -> torch.Tensor:
         """(B, S*V*100, 7) [x1, y1, x2, y2, score, label, view] normalised to [0, 1]: per scale S, the V flip views
         one batch at a time (`per_view`), each view's boxes mapped back to the original orientation and normalised
-        by its own size (which undoes the scale exactly); padding rows have score 0 and label -1. Views are fused later, on the
-        host."""
+        by its own size (which undoes the scale exactly); padding rows have score 0 and label -1. Views are fused
+        later, on the host."""
         from kcomp.infer.tta import at_scales
 
         out = []
