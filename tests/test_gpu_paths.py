@@ -380,7 +380,7 @@ def test_outputs_leave_the_device_batch_by_batch(monkeypatch):
     monkeypatch.setattr(host_stage, "to_host_async", lambda t: copied.append(t.shape[0]) or real(t))
 
     class Task:
-        def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+        def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: tuple = (1.0,)) -> torch.Tensor:
             return model(x)
 
     x = torch.arange(10.0).reshape(5, 2)
@@ -440,7 +440,7 @@ def test_a_runs_models_are_held_in_groups_that_fit(monkeypatch, fake_cuda):
             return x + self.w[0]
 
     class Task:
-        def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int) -> torch.Tensor:
+        def predict(self, model: torch.nn.Module, x: torch.Tensor, tta: int, scales: tuple = (1.0,)) -> torch.Tensor:
             return model(x)
 
     loader = DataLoader(TensorDataset(torch.zeros(5, 2), torch.zeros(5)), batch_size=2)
