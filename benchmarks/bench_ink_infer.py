@@ -56,7 +56,7 @@ def setup(work: Path, *, sizes: list[int], patch: int, layers: str, model: str) 
               "--strategy", "group")
         kcomp("train", "ink", "--folds", work / "d" / "folds.parquet", "--fold", "0", "--layers", layers,
               "--patch", patch, "--model", model, "--epochs", "1", "--batch-size", "8", "--workers", "0",
-              "--device", "cpu", "-o", run)
+              "--device", "cpu", "--no-pretrained", "-o", run)
     indexes = {}
     for s in sizes:
         indexes[s] = work / f"d{s}" / "index.parquet"

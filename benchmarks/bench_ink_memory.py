@@ -163,7 +163,7 @@ def main() -> None:
             runs[p] = tmp / f"run{p}"
             kcomp("train", "ink", "--folds", tmp / "d" / "folds.parquet", "--fold", "0", "--layers", LAYERS,
                   "--patch", p, "--model", "resnet18", "--epochs", "1", "--batch-size", "8", "--workers", "0",
-                  "-o", runs[p])
+                  "--no-pretrained", "-o", runs[p])
         indexes = {}
         for s in sizes:
             raw_s = make_vesuvius_layout(tmp / f"raw{s}", fragments={}, test={"t": (s, s)}, n_layers=N_LAYERS)

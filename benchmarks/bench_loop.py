@@ -181,7 +181,7 @@ def bench_cls(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
         kcomp_cli("split", data / "index.parquet", "--folds", "5", "-o", data / "folds.parquet")
         opts = config.resolve(task="cls", folds=str(data / "folds.parquet"), model=args.model, img_size=size,
                              epochs=2, batch_size=bs, aug="light", workers=args.workers, device=args.device,
-                             log_every=50)
+                             log_every=50, pretrained=False)  # random weights, as the limit's model
         torch.manual_seed(0)
         model = create_cls_model(args.model, 5).to(device).to(memory_format=torch.channels_last)
 
@@ -251,7 +251,8 @@ def bench_seg(args: argparse.Namespace, tmp: Path, device: torch.device) -> list
         kcomp_cli("prep", "clouds", layout.raw, "-o", data, *extra)
         kcomp_cli("split", data / "index.parquet", "--folds", "2", "-o", data / "folds.parquet")
         opts = config.resolve(task="seg", folds=str(data / "folds.parquet"), model=args.seg_model, img_size=size,
-                             epochs=1, batch_size=bs, aug="none", workers=args.workers, device=args.device)
+                             epochs=1, batch_size=bs, aug="none", workers=args.workers, device=args.device,
+                             pretrained=False)
         train(opts, run=data / "run", fold=0)
         torch.manual_seed(0)
         model = create_seg_model("unet", args.seg_model, 4).to(device).to(memory_format=torch.channels_last)

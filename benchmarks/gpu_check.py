@@ -33,6 +33,9 @@ sys.path.insert(0, str(ROOT))
 STEP = [sys.executable, str(Path(__file__).resolve().parent / "_check_step.py")]
 SEG_ARCHS = ("unet", "fpn", "pspnet", "linknet", "unetplusplus", "deeplabv3plus", "deeplabv3", "manet", "pan",
              "upernet")
+# The check measures the GPU path, not the hub: the machines it runs on are often offline, so every training
+# starts from random weights (a run without them would exit 2 naming the missing cache).
+NO_HUB = ["--no-pretrained"]
 AMP = ("bf16", "fp16", "off")  # auto is what the pipelines train with
 TOGETHER = {"cuda": 4, "cpu": 2}  # variant rows run this many at a time (their time is not the point)
 
@@ -132,7 +135,7 @@ def pipeline_steps(device: str, raw: dict[str, Path], size: dict) -> list[Step]:
     """prep, split, train (2 epochs, both folds), oof, tta, submit per task, as the README's pipelines run them."""
     dev = ["--device", device]
     c, s, d, i = Path("cls"), Path("seg"), Path("det"), Path("ink")
-    train = ["--epochs", "2", "--fold", "all", "--json", *dev]
+    train = ["--epochs", "2", "--fold", "all", "--json", *dev, *NO_HUB]
     CLS, SEG, DET, INK = (size[t] for t in TASKS)  # noqa: N806 - the tasks' option lists
     return [
         Step("cls", "prep", ["prep", "demo", str(raw["cls"]), "-o", str(c / "data")]),
@@ -187,7 +190,7 @@ def variant_steps(device: str, size: dict) -> list[Step]:
     def one(task: str, name: str, extra: list[str], opts: list[str] | None = None, expect: int = 0) -> Step:
         run = f"{task}/{name.replace(' ', '-').replace('--', '')}"
         return Step(task, name, ["train", task, "--folds", f"{task}/folds.parquet", *(opts or size[task]),
-                                 "--epochs", "1", "--fold", "0", "--device", device, *extra, "-o", run],
+                                 "--epochs", "1", "--fold", "0", "--device", device, *NO_HUB, *extra, "-o", run],
                     expect=expect)
 
     for task in TASKS:
@@ -210,7 +213,7 @@ def multi_gpu_steps(device: str, gpus: int, size: dict) -> list[Step]:
         return []
     batch = int(size["cls"][5])
     base = ["train", "cls", "--folds", "cls/folds.parquet", *size["cls"][:4], "--epochs", "2", "--device", device,
-            "--json"]
+            "--json", *NO_HUB]
     return [Step("multi", f"1 process, batch {batch}", [*base, "--batch-size", str(batch), "--fold", "0", "-o",
                                                         "multi/one"], note="score"),
             Step("multi", f"--gpus 2, batch {batch // 2}", [*base, "--batch-size", str(batch // 2), "--fold", "0",
