@@ -219,7 +219,7 @@ def test_pspnet_trains_under_ddp(tmp_path):
     folds = make_folds("seg", tmp_path / "seg")
     r = run_cli("train", "seg", "--folds", folds, "--fold", "0", "--arch", "pspnet", "--model", "resnet18",
                 "--img-size", "64", "--epochs", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu",
-                "--gpus", "2", "-o", tmp_path / "run")
+                "--gpus", "2", "--no-pretrained", "-o", tmp_path / "run")
     assert r.code == 0, r.stderr
     ck = torch.load(tmp_path / "run" / "fold0" / "last.pt", weights_only=True)
     assert ck["position"]["step"] >= 2 and ck["position"]["world_size"] == 2
