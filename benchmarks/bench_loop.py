@@ -37,9 +37,10 @@ from _results import alternate, append_section
 def model_only_train(model: torch.nn.Module, batch: int, size: int, steps: int, device: torch.device,
                      classes: int) -> float:
     """img/s of forward+backward+AdamW step on a resident uint8 batch (what the loop could reach at best)."""
+    from kcomp.runs import config
     from kcomp.runs._fold import build_optimizer
 
-    opt = build_optimizer(model, {"lr": 1e-3, "weight_decay": 0.05})
+    opt = build_optimizer(model, config.resolve(lr=1e-3, weight_decay=0.05))
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, classes, (batch,), device=device)
@@ -98,6 +99,7 @@ def plain_train(files: list[Path], size: int, batch: int, workers: int, device: 
 
     from kcomp.data.images import _reduced_flag
     from kcomp.models import create_cls_model
+    from kcomp.runs import config
     from kcomp.runs._fold import build_optimizer
 
     tf = A.Compose([A.RandomResizedCrop(size=(size, size), scale=(0.3, 1.0)), A.HorizontalFlip(), A.VerticalFlip()])
@@ -112,7 +114,7 @@ def plain_train(files: list[Path], size: int, batch: int, workers: int, device: 
 
     torch.manual_seed(0)
     model = create_cls_model(model_name, 5).to(device).to(memory_format=torch.channels_last).train()
-    opt, loss_fn = build_optimizer(model, {"lr": 1e-3, "weight_decay": 0.05}), torch.nn.CrossEntropyLoss()
+    opt, loss_fn = build_optimizer(model, config.resolve(lr=1e-3, weight_decay=0.05)), torch.nn.CrossEntropyLoss()
     dl = DataLoader(Jpegs(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
                     persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
                     pin_memory=device.type == "cuda")
