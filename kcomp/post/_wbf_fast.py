@@ -149,29 +149,6 @@ def check_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models
     return boxes, scores, labels, models, images, w
 
 
-def _checked(weights: Sequence[float] | None, n_models: int, boxes: np.ndarray, scores: np.ndarray,
-             labels: np.ndarray, models: np.ndarray, images: np.ndarray) -> tuple[np.ndarray, ...]:
-    """`wbf_flat`'s inputs as float64/int64 arrays of equal length, weights positive and model indices in range."""
-    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=np.float64)
-    if len(w) != n_models:
-        raise BadUsage(f"{len(w)} weight(s) for {n_models} box list(s)")
-    if not (np.isfinite(w).all() and (w > 0).all()):
-        raise BadUsage(f"weights must be positive numbers, got {w.tolist()}")
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels, dtype=np.float64)
-    models = np.asarray(models, dtype=np.int64)
-    images = np.asarray(images, dtype=np.int64)
-    if not (len(boxes) == len(scores) == len(labels) == len(models) == len(images)):
-        raise BadInput(f"boxes {len(boxes)}, scores {len(scores)}, labels {len(labels)}, models {len(models)} and "
-                       f"images {len(images)} rows differ")
-    if not (np.isfinite(boxes).all() and np.isfinite(scores).all() and np.isfinite(labels).all()):
-        raise BadInput("NaN or inf in boxes, scores or labels")
-    if len(models) and (models.min() < 0 or models.max() >= n_models):
-        raise BadInput(f"model index outside 0..{n_models - 1}")
-    return w, boxes, scores, labels, models, images
-
-
 def _descending(values: np.ndarray, group: np.ndarray, start: np.ndarray) -> np.ndarray:
     """Permutation sorting `values` descending within each group (rows grouped in `group` order, group g in
     start[g]:start[g+1] afterwards) exactly as `np.argsort(v)[::-1]` would on that group's rows in given order."""
