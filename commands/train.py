@@ -83,6 +83,25 @@ def command(
                                                     "probabilities only).")] = None,
     distill_temperature: Annotated[float | None, Opt(help="Softens teacher and student alike (loss x T^2). "
                                                           "Default 1.")] = None,
+    freeze_bn: Annotated[bool, Opt("--freeze-bn", help="BatchNorm layers in eval mode with their statistics and "
+                                                       "affine parameters kept as they start (small batches).",
+                                   rich_help_panel="Optimisation")] = False,
+    freeze_epochs: Annotated[int | None, Opt(help="Train the head only for the first N epochs (cls: the classifier; "
+                                                  "seg/ink: decoder and head; det: BiFPN and class/box nets); the "
+                                                  "backbone and its BatchNorm statistics stay as they are. Default 0.",
+                                             rich_help_panel="Optimisation")] = None,
+    patience: Annotated[int | None, Opt(help="Stop a fold after N epochs without a better validation score "
+                                             "(0 = off, the default).", rich_help_panel="Optimisation")] = None,
+    class_weights: Annotated[str | None, Opt(help="balanced: cross-entropy weighs each class n/(k x its count) in "
+                                                  "the fold's training rows (--loss ce).",
+                                             rich_help_panel="cls")] = None,
+    sampler: Annotated[str | None, Opt(help="balanced: draw training rows with replacement, every class equally "
+                                            "often (default: each row once per epoch).",
+                                       rich_help_panel="cls")] = None,
+    grad_checkpointing: Annotated[bool, Opt("--grad-checkpointing", help="Recompute activations in the backward "
+                                                                         "pass: less memory, slower (timm models, "
+                                                                         "seg tu- encoders).",
+                                            rich_help_panel="Optimisation")] = False,
     device: Device = "auto",
     workers: Workers = None,
     compile_model: Annotated[bool, Opt("--compile", help="torch.compile the model.")] = False,

@@ -29,15 +29,18 @@ class SeededSampler(Sampler):
         """`start` is the number of this replica's samples already consumed in the epoch (for resume)."""
         self.epoch, self.start = epoch, start
 
-    def _order(self) -> tuple[torch.Tensor, torch.Tensor]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+    def draw(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """This epoch's samples in order, and each draw's augmentation seed (`kcomp.data.balance` draws others)."""
         perm = torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n)
         seeds = torch.randint(0, 2**31 - 1, (self.n,), generator=g)
+        return perm, seeds[perm]
+
+    def _order(self) -> tuple[torch.Tensor, torch.Tensor]:
+        order, seeds = self.draw(torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch))
         total = self.per_replica * self.num_replicas
         if total > self.n:  # pad so every replica sees the same number of samples
-            perm = torch.cat([perm, perm[: total - self.n]])
-        mine = perm[self.rank :: self.num_replicas]
-        return mine, seeds[mine]
+            order, seeds = torch.cat([order, order[: total - self.n]]), torch.cat([seeds, seeds[: total - self.n]])
+        return order[self.rank :: self.num_replicas], seeds[self.rank :: self.num_replicas]
 
     @property
     def per_replica(self) -> int:

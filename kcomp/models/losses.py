@@ -62,9 +62,15 @@ def _prepare(logits: Tensor, target: Tensor, smoothing: float) -> tuple[Tensor, 
     return logits.float(), soft_targets(target, logits.shape[1], smoothing)
 
 
-def soft_cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy against soft targets; for index targets it equals ``F.cross_entropy(label_smoothing=s)``."""
+def soft_cross_entropy(logits: Tensor, target: Tensor, smoothing: float = 0.0, weight: Tensor | None = None
+                       ) -> Tensor:
+    """Cross-entropy against soft targets; for index targets it equals ``F.cross_entropy(label_smoothing=s)``.
+    `weight` (C,) weighs each class's term (``--class-weights``) as ``F.cross_entropy(weight=w)`` does for
+    probability targets: the mean over the batch of ``-sum_c w_c t_c log p_c``, the same for index, one-hot and mixed
+    targets (torch's index-target mode would divide by the batch's summed weights instead)."""
     x, t = _prepare(logits, target, smoothing)
+    if weight is not None:
+        t = t * weight
     return -(t * F.log_softmax(x, dim=-1)).sum(-1).mean()
 
 
@@ -214,12 +220,14 @@ def taylor_cross_entropy(logits: Tensor, target: Tensor, n: int = 2, smoothing: 
 
 
 def build_loss(name: str, *, smoothing: float = 0.0, t1: float = 0.8, t2: float = 1.4,
-               taylor_n: int = 2) -> LossFn:
+               taylor_n: int = 2, class_weights: Tensor | None = None) -> LossFn:
     """The loss named on the command line as ``loss(logits, target)``; bad names or parameters raise BadUsage, by the
-    rules `train` checks its options with (`kcomp.options.LOSS`)."""
+    rules `train` checks its options with (`kcomp.options.LOSS`). `class_weights` weigh cross-entropy only."""
     check_values(LOSS, loss=name, smoothing=smoothing)
+    if class_weights is not None and name != "ce":
+        raise ValueError(f"class weights apply to the ce loss, not {name}")
     if name == "ce":
-        return functools.partial(soft_cross_entropy, smoothing=smoothing)
+        return functools.partial(soft_cross_entropy, smoothing=smoothing, weight=class_weights)
     if name == "bi_tempered":
         check_values(LOSS, t1=t1, t2=t2)
         return functools.partial(bi_tempered_logistic_loss, t1=t1, t2=t2, smoothing=smoothing)

@@ -22,10 +22,12 @@ from kcomp import console, options
 from kcomp.artifacts import paths, write_json
 from kcomp.artifacts.checkpoint import load_checkpoint, save_checkpoint
 from kcomp.artifacts.index import IndexTable
+from kcomp.data.balance import train_sampler
 from kcomp.data.datasets import SeededSampler
 from kcomp.errors import BadUsage, ConfigMismatch
 from kcomp.infer.predict import loader_workers
 from kcomp.runs import config as config_mod
+from kcomp.runs import freeze
 from kcomp.runs._data import DataChanges
 from kcomp.runtime import distributed
 from kcomp.runtime.device import (amp_dtype, configure_backends, resolve_device, resolve_workers, rng_state,
@@ -145,12 +147,12 @@ def build_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str
     metric = get_metric(metric_name)
     loaders = _loaders(opts, table, task, setup, fold, device, changes or DataChanges())
     parts = _training_parts(opts, task, setup, run, device, dtype, batches=len(loaders[0]),
-                            resuming=paths.last_checkpoint(run, fold).exists())
+                            train=loaders[0].dataset, resuming=paths.last_checkpoint(run, fold).exists())
     return Fold(opts, task, setup, run, fold, device, dtype, metric_name, metric, *loaders, *parts)
 
 
 def _training_parts(opts: TrainOptions, task: Any, setup: dict[str, Any], run: Path, device: torch.device,
-                    dtype: torch.dtype | None, *, batches: int, resuming: bool) -> tuple[Any, ...]:
+                    dtype: torch.dtype | None, *, batches: int, train: Any, resuming: bool) -> tuple[Any, ...]:
     """(model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn), as `Fold` holds them. A fold that
     resumes takes its weights from last.pt, so neither the hub nor --weights is read for it."""
     from timm.utils import ModelEmaV3
@@ -164,6 +166,7 @@ def _training_parts(opts: TrainOptions, task: Any, setup: dict[str, Any], run: P
         model = distributed.sync_batchnorm(model, device)
     if opts.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    freeze.prepare(model, opts)  # --freeze-bn, --grad-checkpointing
     optimizer = build_optimizer(model, opts)
     steps_per_epoch = math.ceil(batches / opts.accum)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
@@ -173,10 +176,20 @@ def _training_parts(opts: TrainOptions, task: Any, setup: dict[str, Any], run: P
     distributed.seed_rank(opts.seed, opts.deterministic)  # after the shared-seed model init
     ddp = distributed.wrap_ddp(model, device)  # `model` stays the module that is saved and evaluated
     step_model = torch.compile(ddp) if opts.compile else ddp
-    loss_fn = task.loss(opts, setup)
+    loss_fn = task.loss(opts, setup, **_class_weights(opts, train, setup, device))
     options.validated("train")  # everything the options build is built: a bad one has left no run dir behind
     write_run_config(run, opts, setup, None if resuming else init.source)
     return model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn
+
+
+def _class_weights(opts: TrainOptions, train: Any, setup: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """`--class-weights balanced`: the loss's class weights from the classes of the fold's training rows."""
+    if not opts.class_weights:
+        return {}
+    from kcomp.data.balance import balanced_class_weights, class_labels
+
+    k = len(setup["classes"])
+    return {"class_weights": torch.from_numpy(balanced_class_weights(class_labels(train.targets, k), k)).to(device)}
 
 
 def check_run_config(run: Path, opts: TrainOptions) -> dict[str, Any] | None:
@@ -223,7 +236,8 @@ def _loaders(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str, 
     # Under DDP every rank takes every world-th sample of the same permutation: the ranks' batches together are
     # the batch one process draws at batch_size x world (the global batch), augmentation seeds included.
     replicas, rank = distributed.replica()
-    sampler = SeededSampler(len(train_ds), seed=opts.seed, num_replicas=replicas, rank=rank)
+    sampler = train_sampler(opts.sampler, train_ds, len(setup.get("classes", ())), seed=opts.seed,
+                            num_replicas=replicas, rank=rank)  # --sampler balanced: classes drawn equally
     drop_last = sampler.per_replica >= opts.batch_size
     workers = resolve_workers(opts.workers, device, opts.gpus)
     # det labels its anchors here, in the workers, and not in the training step (`Task.train_collate`)

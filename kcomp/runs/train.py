@@ -21,7 +21,7 @@ from kcomp.artifacts import paths, read_index, write_table
 from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput, BadUsage, Interrupted
 from kcomp.infer.predict import predict_loader
-from kcomp.runs import config, tensorboard
+from kcomp.runs import config, freeze, stopping, tensorboard
 from kcomp.runs._data import DataChanges
 from kcomp.runs._fold import Fold, Position, build_fold, check_run_config, resume, save_best, save_last, stop_requests
 from kcomp.runtime import distributed
@@ -37,6 +37,8 @@ class FoldResult:
     best_epoch: int
     metric: str
     checkpoint: Path
+    epochs: int = 0  # epochs trained
+    stopped_early: bool = False  # by --patience, before --epochs
 
 
 def train(opts: TrainOptions, *, run: str | Path, fold: int | str = 0, resume: bool = False) -> list[FoldResult]:
@@ -77,16 +79,16 @@ def train_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str
     """Train one fold to `opts.epochs`, from its last.pt when there is one."""
     f = build_fold(opts, table, task, setup, run, fold, changes)
     pos = resume(f, resume_asked)
-    if pos.epoch >= opts.epochs:
+    if pos.epoch >= opts.epochs or stopping.stopped(opts, pos):
         if not paths.best_checkpoint(run, fold).is_file():
             raise BadInput(f"fold {fold} finished training but its best.pt is gone; delete the fold directory "
                            f"to train it again", path=paths.fold_dir(run, fold))
-        console.log(f"fold {fold}: already trained ({opts.epochs} epochs)")
+        console.log(f"fold {fold}: already trained ({pos.epoch} epochs)")
         return _result(f, pos)
     paths.train_log(run, fold).parent.mkdir(parents=True, exist_ok=True)
     bs = opts.batch_size
     with stop_requests() as stop, console.progress(f.batches * bs, f"fold {fold}") as bar:
-        while pos.epoch < opts.epochs:
+        while pos.epoch < opts.epochs and not stopping.stopped(opts, pos):
             f.sampler.set_epoch(pos.epoch, start=pos.batch * bs)
             bar.reset(f.batches * bs, f"fold {fold} epoch {pos.epoch + 1}/{opts.epochs}")
             bar.advance(pos.batch * bs)
@@ -110,6 +112,7 @@ def train_one_epoch(f: Fold, pos: Position, bar: Any, stop: dict[str, bool]) -> 
     process; under DDP, where the ranks must agree on the step (a collective), at the next log or save step."""
     opts = f.opts
     f.model.train()
+    freeze.enter_epoch(f, pos.epoch)  # --freeze-bn, --freeze-epochs: what this epoch trains
     seen = 0
     agree_every = (opts.log_every or 50) if f.world > 1 else 1
     for x, y in f.train_dl:
@@ -189,8 +192,12 @@ def _end_epoch(f: Fold, pos: Position, train_loss: float, score: float, *, img_p
     save_last(f, pos)
     line = (f"fold {f.fold} epoch {epoch}/{f.opts.epochs}: train_loss {train_loss:.4f} "
             f"val_{f.metric_name} {score:.4f}{' *' if improved else ''} ({img_per_s:.1f} img/s)")
+    stopped = stopping.stopped(f.opts, pos)
+    if stopped:
+        line += (f"; stopping: no better val_{f.metric_name} for {f.opts.patience} epochs (best "
+                 f"{pos.best:.4f} at epoch {pos.best_epoch})")
     if distributed.is_main():
-        _write_metrics(f.run, f.fold, pos.history, f.metric_name)
+        _write_metrics(f.run, f.fold, pos.history, f.metric_name, stopped_early=stopped)
         tensorboard.log_epoch(f.run, f.fold, row)  # no-op unless the optional tensorboard package is installed
         with paths.train_log(f.run, f.fold).open("a") as log:
             log.write(line + "\n")
@@ -199,18 +206,20 @@ def _end_epoch(f: Fold, pos: Position, train_loss: float, score: float, *, img_p
 
 def _result(f: Fold, pos: Position) -> FoldResult:
     return FoldResult(f.fold, float(pos.best), int(pos.best_epoch), f.metric_name,
-                      paths.best_checkpoint(f.run, f.fold))
+                      paths.best_checkpoint(f.run, f.fold), pos.epoch, stopping.stopped(f.opts, pos))
 
 
-def _write_metrics(run: Path, fold: int, history: list[dict[str, Any]], metric: str) -> None:
+def _write_metrics(run: Path, fold: int, history: list[dict[str, Any]], metric: str, stopped_early: bool) -> None:
+    """metrics.parquet: the history, with `stopped_early` in its metadata (True once --patience ended the fold)."""
     import pandas as pd
 
-    write_table(pd.DataFrame(history), paths.metrics(run, fold), "metrics", fold=fold, metric=metric)
+    write_table(pd.DataFrame(history), paths.metrics(run, fold), "metrics", fold=fold, metric=metric,
+                stopped_early=stopped_early)
 
 
 def fold_scores(results: list[FoldResult]) -> dict[str, Any]:
     scores = [r.best_score for r in results]
     return {"metric": results[0].metric if results else None,
-            "folds": {r.fold: {"score": r.best_score, "epoch": r.best_epoch, "checkpoint": str(r.checkpoint)}
-                      for r in results},
+            "folds": {r.fold: {"score": r.best_score, "epoch": r.best_epoch, "checkpoint": str(r.checkpoint),
+                               "epochs": r.epochs, "stopped_early": r.stopped_early} for r in results},
             "mean": float(np.mean(scores)) if scores else None}

@@ -87,12 +87,14 @@ class ClsTask(Task[np.ndarray]):
         return create_cls_model(with_tag(opts.model, opts.pretrained_tag), len(setup["classes"]), init=init,
                                 drop_rate=opts.drop_rate, drop_path_rate=opts.drop_path)
 
-    def loss(self, opts: TrainOptions, setup: dict[str, Any]) -> Any:
-        """The label loss; with `--teacher`, mixed with the cross-entropy to the teacher's probabilities, on the
-        packed targets `training_targets` builds."""
+    def loss(self, opts: TrainOptions, setup: dict[str, Any], *, class_weights: torch.Tensor | None = None) -> Any:
+        """The label loss (weighted per class by `class_weights`, `--class-weights`, on the training device); with
+        `--teacher`, mixed with the cross-entropy to the teacher's probabilities, on the packed targets
+        `training_targets` builds."""
         from kcomp.models.losses import build_distillation, build_loss
 
-        label_loss = build_loss(opts.loss, smoothing=opts.smoothing, t1=opts.t1, t2=opts.t2, taylor_n=opts.taylor_n)
+        label_loss = build_loss(opts.loss, smoothing=opts.smoothing, t1=opts.t1, t2=opts.t2, taylor_n=opts.taylor_n,
+                                class_weights=class_weights)
         if not opts.distilled:
             return label_loss
         return build_distillation(label_loss, alpha=opts.distill_alpha, temperature=opts.distill_temperature)

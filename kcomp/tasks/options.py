@@ -136,6 +136,15 @@ class TrainOptions:
     pretrained_tag: str | None = option(Text(pattern=r"\.?[A-Za-z0-9_]+", what="a pretrained tag, e.g. a1_in1k",
                                              only=("cls", "seg", "ink"),
                                              needs=("--pretrained (not --weights)", _from_hub)))
+    # what trains and for how long (kcomp.runs.freeze, kcomp.runs.stopping, kcomp.data.sampler); off by default, as
+    # runs trained before them computed
+    freeze_bn: bool = option(Flag(), False)  # BatchNorm statistics and affine parameters kept as they start
+    freeze_epochs: int = option(Int(0, 100_000), 0)  # the first N epochs train the head only
+    patience: int = option(Int(0, 100_000), 0)  # stop after N epochs without a better validation score; 0 = off
+    class_weights: str | None = option(Choice(("balanced",), what="class weighting", only=CLS,
+                                              needs=("--loss ce", lambda v: v["loss"] == "ce")))
+    sampler: str | None = option(Choice(("balanced",), what="sampler", only=CLS))  # None: a shuffle per epoch
+    grad_checkpointing: bool = option(Flag(), False)  # timm's: activations recomputed in backward, less memory
 
     def __post_init__(self) -> None:
         """Structured values parsed (from their text, as the command line and config.json give them), then every
