@@ -17,7 +17,8 @@ from tests.conftest import run_cli
 
 TRAIN = ["train", "cls", "--img-size", "32", "--epochs", "2", "--batch-size", "16", "--drop-rate", "0.2",
          "--drop-path", "0.1", "--mixup", "0.4", "--cutmix", "1.0", "--ema", "0.9", "--deterministic",
-         "--save-every", "1"]
+         "--freeze-epochs", "1", "--sampler", "balanced", "--class-weights", "balanced", "--patience", "5",
+         "--grad-checkpointing", "--save-every", "1"]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:

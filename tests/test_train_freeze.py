@@ -73,7 +73,8 @@ def test_freeze_bn_keeps_statistics_and_affine_parameters(cls_folds, tmp_path, m
 
 
 def test_backbones_per_task():
-    """What --freeze-epochs freezes: the classifier trains (cls), the smp decoder and head (seg)."""
+    """What --freeze-epochs freezes: the classifier trains (cls), the smp decoder and head (seg), BiFPN and class/box
+    nets (det), depth fusion, decoder and head (ink)."""
     from kcomp.models import create_cls_model
     from kcomp.models.seg import create_seg_model
     from kcomp.runs.freeze import backbone_parameters
@@ -87,6 +88,14 @@ def test_backbones_per_task():
     trained = {n.split(".")[2] for n, p in seg.named_parameters() if id(p) not in frozen}
     assert trained == {"decoder", "segmentation_head"}
     assert all(n.split(".")[2] == "encoder" for n, p in seg.named_parameters() if id(p) in frozen)
+    from kcomp.models.det import create_det_model
+    from kcomp.models.ink import create_ink_model
+
+    for task, model, part, backbone in (("det", create_det_model("tf_efficientdet_d0", 2, 128), 1, {"backbone"}),
+                                        ("ink", create_ink_model("resnet18", 2, 3), 0, {"encoder"})):
+        frozen = {id(p) for p in backbone_parameters(task, model)}
+        assert {n.split(".")[part] for n, p in model.named_parameters() if id(p) in frozen} == backbone
+        assert backbone.isdisjoint({n.split(".")[part] for n, p in model.named_parameters() if id(p) not in frozen})
 
 
 # ----------------------------------------------------------------------------------------------- grad checkpointing

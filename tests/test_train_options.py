@@ -28,7 +28,8 @@ WRITTEN_BEFORE = {
     "compile": False, "save_every": 0, "log_every": 50, "gpus": 1, "nodes": 1, "weights_partial": False,
 }
 ADDED = {"drop": None, "relabel": None, "extra": [], "teacher": None, "distill_alpha": None,
-         "distill_temperature": 1.0, "pretrained": None, "pretrained_tag": None}
+         "distill_temperature": 1.0, "pretrained": None, "pretrained_tag": None, "freeze_bn": False,
+         "freeze_epochs": 0, "patience": 0, "class_weights": None, "sampler": None, "grad_checkpointing": False}
 # Training options without a flag of their own: library callers set them.
 LIBRARY_ONLY = {"min_lr_ratio", "log_every", "infer_stride"}
 

@@ -27,7 +27,7 @@ from kcomp.data.datasets import SeededSampler
 from kcomp.errors import BadUsage, ConfigMismatch
 from kcomp.infer.predict import loader_workers
 from kcomp.runs import config as config_mod
-from kcomp.runs import freeze
+from kcomp.runs import freeze, stopping
 from kcomp.runs._data import DataChanges
 from kcomp.runtime import distributed
 from kcomp.runtime.device import (amp_dtype, configure_backends, resolve_device, resolve_workers, rng_state,
@@ -293,7 +293,9 @@ def resume(f: Fold, asked: bool) -> Position:
     ck = load_checkpoint(last, task=f.task.name)
     config_mod.require_same(ck["config"], f.config, str(last))
     trained_by = int(ck["position"].get("world_size", 1))
-    if trained_by != f.world and ck["position"]["epoch"] < f.opts.epochs:
+    done = ck["position"]["epoch"] >= f.opts.epochs or stopping.exhausted(
+        ck["position"]["epoch"], ck["position"]["best_epoch"], f.opts.patience)  # a fold --patience stopped
+    if trained_by != f.world and not done:
         raise BadUsage(f"fold {f.fold}: {last} was trained by {trained_by} process(es), this run has {f.world}; "
                        f"the global batch would change mid-run: resume with the same --gpus/--nodes")
     f.model.load_state_dict(ck["model"])
