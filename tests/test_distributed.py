@@ -236,3 +236,21 @@ def test_every_seg_architecture_gives_every_trainable_weight_a_gradient():
         model(torch.randint(0, 256, (2, 3, side, side), dtype=torch.uint8)).sum().backward()
         lost = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not lost, f"{arch}: {lost[:3]}"
+
+
+@pytest.mark.slow
+def test_ddp_trains_frozen_then_unfrozen_with_a_balanced_sampler_as_one_process(tmp_path):
+    """--freeze-epochs changes what DDP reduces at the unfreeze (the wrapper is rebuilt); --sampler balanced splits
+    one draw across the ranks; 2 ranks at batch 4 train what one process trains at batch 8."""
+    from tests.tiny_tasks import make_folds
+
+    folds = make_folds("cls", tmp_path / "cls")
+    args = [*BASE, *FOLD0, "--epochs", "3", "--folds", str(folds), "--freeze-epochs", "1", "--sampler", "balanced",
+            "--class-weights", "balanced"]
+    single = run_cli(*args, "--batch-size", "8", "-o", tmp_path / "single")
+    ddp = run_cli(*args, "--batch-size", "4", "--gpus", "2", "-o", tmp_path / "ddp")
+    assert single.code == 0 and ddp.code == 0, single.stderr + ddp.stderr
+    np.testing.assert_allclose(_metrics(tmp_path / "ddp")["train_loss"], _metrics(tmp_path / "single")["train_loss"],
+                               rtol=1e-4)
+    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
