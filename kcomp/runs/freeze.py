@@ -109,7 +109,9 @@ def _checkpointed(task: str, model: nn.Module) -> Any:
 
 
 def enable_checkpointing(task: str, model: nn.Module, name: str) -> None:
-    """timm's gradient checkpointing on the model's timm part; a model without it is refused in one line."""
+    """timm's gradient checkpointing on the model's timm part; a model without it is refused in one line. The
+    recomputation in the backward pass runs the block's BatchNorm layers in train mode a second time, so their running
+    statistics take two updates a step (torch's checkpoint; timm's training does the same)."""
     target = _checkpointed(task, model)
     setter = getattr(target, "set_grad_checkpointing", None)
     hint = " (smp's own encoders have none; a timm encoder, tu-NAME, has)" if task == "seg" else ""
