@@ -130,6 +130,14 @@ def specs(cls: type) -> dict[str, Spec]:
     return {f.name: f.metadata["spec"] for f in fields(cls) if "spec" in f.metadata}
 
 
+def check_fields(opts: Any, *, given: Iterable[str] | None = None,
+                 context: tuple[str, str] | None = None) -> dict[str, Any]:
+    """`check` over the fields of a typed options object that carry a Spec (its `__post_init__` calls this, so an
+    object that exists holds accepted values); returns them with each unset one at its Spec's default."""
+    table = specs(type(opts))
+    return check({k: getattr(opts, k) for k in table}, table, given=given, context=context)
+
+
 def check_values(table: Mapping[str, Spec], **values: Any) -> None:
     """The library side of an option table: each value checked against the command's own Spec (range, choices),
     so a function called without the command is held to the same rule with the same message. Where an option
@@ -187,16 +195,6 @@ COMMANDS: dict[str, dict[str, Spec]] = {
               "seed": SEED, "label_col": Text(), "group_col": Text()},
     "tta": {"preview": Text(),
             "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
-    "wbf": {"iou": Float(0, 1, low_open=True),
-            "skip_box_thr": Float(0, 1, default=0.01, needs=("--method wbf or soft_nms",
-                                                             lambda v: v["method"] != "nms")),
-            "weights": Text(), "method": Choice(lazy("kcomp.post.wbf", "METHODS"), what="fusion method"),
-            "conf_type": Choice(lazy("kcomp.post.wbf", "CONF_TYPES"), what="confidence type")},
-    "ensemble": {"method": Choice(lazy("kcomp.post.ensemble", "METHODS"), what="ensemble method"),
-                 "weights": Text(),
-                 # p**64 already underflows float64 for p < 1e-5: larger powers zero whole rows
-                 "power": Float(0, 64, low_open=True, default=2.0,
-                                needs=("--method power", lambda v: v["method"] == "power"))},
     "stack": {"model": Choice(lazy("kcomp.post.stack", "MODELS"), what="stacking model"), "folds": Int(2),
               "seed": SEED, "oof_output": Text()},
     "tune-threshold": {"downscale": Int(1, 4096, only=("ink",)), "thresholds": Text(only=("seg",)),
@@ -263,6 +261,19 @@ def parse_list(name: str, text: str, spec: Spec) -> list[Any]:
         except BadUsage as e:
             raise BadUsage(f"{flag(name)} {text}: {str(e).split(': ', 1)[1]} (each value)") from None
     return values
+
+
+def parse_weights(text: str | None, n: int) -> tuple[float, ...] | None:
+    """`--weights 1,2` (ensemble, wbf) -> (1.0, 2.0): one finite non-negative weight per input file, not all zero,
+    checked before any file is read."""
+    if text is None:
+        return None
+    values = parse_list("weights", text, WEIGHT)
+    if len(values) != n:
+        raise BadUsage(f"--weights {text}: {len(values)} weight(s) for {n} input file(s)")
+    if not any(values):
+        raise BadUsage(f"--weights {text}: all weights are zero")
+    return tuple(values)
 
 
 def validated(command: str) -> None:

@@ -1,0 +1,59 @@
+"""The typed options of the commands other than train/oof/tta (issue 26): each command builds one frozen
+dataclass at its boundary, every value checked on creation with the messages the commands always printed, and the
+values with a structure (comma lists) parsed once into typed values there."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kcomp.errors import BadUsage
+from kcomp.post.ensemble import EnsembleOptions
+from kcomp.post.wbf import WbfOptions
+
+
+def _round_trip(opts: object) -> None:
+    """An options object is rebuilt from its own fields unchanged (a checked value stays accepted)."""
+    fields = {f.name: getattr(opts, f.name) for f in dataclasses.fields(opts)}  # type: ignore[arg-type]
+    assert type(opts)(**fields) == opts
+    assert dataclasses.replace(opts) == opts  # type: ignore[type-var]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.__setattr__(dataclasses.fields(opts)[0].name, None)  # type: ignore[arg-type]
+
+
+def test_wbf_options_parse_weights_once() -> None:
+    opts = WbfOptions.from_cli(weights="1, 2.5", inputs=2, method="soft_nms", skip_box_thr=0.2)
+    assert opts.weights == (1.0, 2.5) and opts.box_thr == 0.2
+    assert WbfOptions().box_thr == 0.01 and WbfOptions().weights is None
+    _round_trip(opts)
+    _round_trip(WbfOptions(method="nms"))  # skip_box_thr stays unset, so nms rebuilds without complaint
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"weights": "1,x", "inputs": 2}, "--weights 1,x: expected comma-separated numbers, e.g. 1,2"),
+    ({"weights": "1,-1", "inputs": 2}, "--weights 1,-1: must be at least 0 (each value)"),
+    ({"weights": "1,2,3", "inputs": 2}, "--weights 1,2,3: 3 weight(s) for 2 input file(s)"),
+    ({"weights": "0,0", "inputs": 2}, "--weights 0,0: all weights are zero"),
+    ({"weights": None, "inputs": 1, "iou": 0.0}, "--iou 0.0: must be in (0, 1]"),
+    ({"weights": None, "inputs": 1, "method": "nms", "skip_box_thr": 0.1},
+     "--skip-box-thr 0.1 applies only with --method wbf or soft_nms"),
+    ({"weights": None, "inputs": 1, "method": "vote"}, "--method vote: unknown fusion method"),
+])
+def test_wbf_options_refuse_with_the_commands_messages(kw: dict, message: str) -> None:
+    with pytest.raises(BadUsage) as e:
+        WbfOptions.from_cli(**kw)
+    assert str(e.value).startswith(message)
+
+
+def test_ensemble_options_parse_weights_once() -> None:
+    opts = EnsembleOptions.from_cli(weights="1,3", inputs=2, method="power", power=3.0)
+    assert opts.weights == (1.0, 3.0) and opts.exponent == 3.0
+    assert EnsembleOptions(method="power").exponent == 2.0
+    _round_trip(opts)
+    with pytest.raises(BadUsage, match=r"^--power 3.0 applies only with --method power$"):
+        EnsembleOptions(power=3.0)
+    with pytest.raises(BadUsage, match=r"^--weights 1: 1 weight\(s\) for 2 input file\(s\)$"):
+        EnsembleOptions.from_cli(weights="1", inputs=2)
+    with pytest.raises(BadUsage, match=r"^--weights -1.0: must be at least 0$"):  # a library caller's tuple
+        EnsembleOptions(weights=(-1.0,))
