@@ -138,6 +138,12 @@ def check_fields(opts: Any, *, given: Iterable[str] | None = None,
     return check({k: getattr(opts, k) for k in table}, table, given=given, context=context)
 
 
+def given(opts: Any) -> dict[str, Any]:
+    """The options of a typed options object that were set (`is_given`), by name: the keywords a library function
+    declaring the options it reads (a preset's `prep`, a task's `tune_thresholds`) is called with."""
+    return {k: v for k in specs(type(opts)) if is_given(v := getattr(opts, k))}
+
+
 def check_values(table: Mapping[str, Spec], **values: Any) -> None:
     """The library side of an option table: each value checked against the command's own Spec (range, choices),
     so a function called without the command is held to the same rule with the same message. Where an option
@@ -197,8 +203,6 @@ COMMANDS: dict[str, dict[str, Spec]] = {
             "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
     "stack": {"model": Choice(lazy("kcomp.post.stack", "MODELS"), what="stacking model"), "folds": Int(2),
               "seed": SEED, "oof_output": Text()},
-    "tune-threshold": {"downscale": Int(1, 4096, only=("ink",)), "thresholds": Text(only=("seg",)),
-                       "min_sizes": Text(only=("seg",)), "tops": Text(only=("seg",))},
     "submit": {"thresholds": Text(), "sample": Text(), "none_power": Float(0)},
     "report": {"previews": Int(0), "worst": Int(0)},
     "clean": {"filter_by": Choice(lazy("kcomp.post.label_issues", "FILTERS"), what="cleanlab filter"),

@@ -57,3 +57,20 @@ def test_ensemble_options_parse_weights_once() -> None:
         EnsembleOptions.from_cli(weights="1", inputs=2)
     with pytest.raises(BadUsage, match=r"^--weights -1.0: must be at least 0$"):  # a library caller's tuple
         EnsembleOptions(weights=(-1.0,))
+
+
+def test_tune_options_parse_the_grids_once() -> None:
+    from kcomp.options import given
+    from kcomp.post.tuned import TuneOptions
+
+    opts = TuneOptions.from_cli(None, "0.3, 0.5", "0,100", None)
+    assert opts.thresholds == (0.3, 0.5) and opts.min_sizes == (0, 100) and opts.tops is None
+    assert given(opts) == {"thresholds": (0.3, 0.5), "min_sizes": (0, 100)}  # what the task's tuner is called with
+    _round_trip(opts)
+    opts.check_task("seg")
+    with pytest.raises(BadUsage, match=r"^--thresholds does not apply to task ink \(only to seg\)$"):
+        opts.check_task("ink")
+    with pytest.raises(BadUsage, match=r"^--downscale 0: must be at least 1$"):  # checked before the grids
+        TuneOptions.from_cli(0, "x", None, None)
+    with pytest.raises(BadUsage, match=r"^--min-sizes 1.5: expected comma-separated integers, e.g. 1,2$"):
+        TuneOptions.from_cli(None, None, "1.5", None)
