@@ -74,3 +74,30 @@ def test_tune_options_parse_the_grids_once() -> None:
         TuneOptions.from_cli(0, "x", None, None)
     with pytest.raises(BadUsage, match=r"^--min-sizes 1.5: expected comma-separated integers, e.g. 1,2$"):
         TuneOptions.from_cli(None, None, "1.5", None)
+
+
+def _plain() -> list:
+    from kcomp.data.split import SplitOptions
+    from kcomp.post.label_issues import CleanOptions
+    from kcomp.post.stack import StackOptions
+    from kcomp.report.build import ReportOptions
+
+    return [
+        (SplitOptions, {"folds": 3, "strategy": "group", "group_col": "patient"}, {"folds": 1},
+         "--folds 1: must be at least 2"),
+        (SplitOptions, {}, {"strategy": "random"}, "--strategy random: unknown split strategy; choose one of: auto"),
+        (StackOptions, {"model": "mlp", "oof_output": "o.parquet"}, {"seed": 2**32},
+         "--seed 4294967296: must be at most 4294967295"),
+        (CleanOptions, {"filter_by": "both"}, {"quality": "x"}, "--quality x: unknown label quality score"),
+        (ReportOptions, {"previews": 0}, {"worst": -1}, "--worst -1: must be at least 0"),
+    ]
+
+
+@pytest.mark.parametrize(("cls", "good", "bad", "message"), _plain(), ids=lambda v: getattr(v, "__name__", None))
+def test_plain_options_check_on_creation(cls: type, good: dict, bad: dict, message: str) -> None:
+    opts = cls(**good)
+    assert {k: getattr(opts, k) for k in good} == good
+    _round_trip(opts)
+    with pytest.raises(BadUsage) as e:
+        cls(**bad)
+    assert str(e.value).startswith(message)
