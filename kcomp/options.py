@@ -200,8 +200,6 @@ COMMANDS: dict[str, dict[str, Spec]] = {
     "tta": {"preview": Text(),
             "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
     "submit": {"thresholds": Text(), "sample": Text(), "none_power": Float(0)},
-    "pseudo": {"min_conf": Float(0, 1), "top_frac": Float(0, 1, low_open=True), "soft": Flag(),
-               "thresholds": Text(), "min_score": Float(0, 1)},
     "pack": {"none_power": Float(0), "test_images": Int(1, 10**9), "time_limit": Text(), "half": Flag()},
 }
 # Elements of the comma-separated list options.

@@ -81,6 +81,7 @@ def _plain() -> list:
     from kcomp.post.label_issues import CleanOptions
     from kcomp.post.stack import StackOptions
     from kcomp.report.build import ReportOptions
+    from kcomp.tasks.pseudo import PseudoOptions
 
     return [
         (SplitOptions, {"folds": 3, "strategy": "group", "group_col": "patient"}, {"folds": 1},
@@ -90,6 +91,7 @@ def _plain() -> list:
          "--seed 4294967296: must be at most 4294967295"),
         (CleanOptions, {"filter_by": "both"}, {"quality": "x"}, "--quality x: unknown label quality score"),
         (ReportOptions, {"previews": 0}, {"worst": -1}, "--worst -1: must be at least 0"),
+        (PseudoOptions, {"soft": True, "top_frac": 0.5}, {"top_frac": 0.0}, "--top-frac 0.0: must be in (0, 1]"),
     ]
 
 
