@@ -156,6 +156,7 @@ SEED = Int(0, SEED_MAX)
 WORKERS = Int(0, MAX_WORKERS)
 BATCH = Int(1, MAX_BATCH)
 TTA = Choice((1, 2, 4, 8), kind=int)
+CACHE_SIZE = Int(16, 4096)  # prep --size: the side of a preset's cached images
 DEVICE = Text(pattern=r"auto|cpu|cuda(:\d+)?", what="auto, cpu, cuda or cuda:N")
 
 # The multi-GPU options of train, oof and tta (kcomp.runtime.launch re-runs the command under torchrun).
@@ -195,11 +196,8 @@ LOSS: dict[str, Spec] = {
 
 # Every command but train (kcomp.tasks.options.TrainOptions) and oof/tta (kcomp.runs.predict.PredictOptions).
 COMMANDS: dict[str, dict[str, Spec]] = {
-    "prep": {"seed": SEED, "size": Int(16, 4096), "bits": Choice((8, 16), kind=int), "workers": WORKERS,
-             "split_fragment": Text(), "skip_bad": Flag()},
     "tta": {"preview": Text(),
             "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
-    "submit": {"thresholds": Text(), "sample": Text(), "none_power": Float(0)},
     "pack": {"none_power": Float(0), "test_images": Int(1, 10**9), "time_limit": Text(), "half": Flag()},
 }
 # Elements of the comma-separated list options.

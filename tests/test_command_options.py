@@ -103,3 +103,21 @@ def test_plain_options_check_on_creation(cls: type, good: dict, bad: dict, messa
     with pytest.raises(BadUsage) as e:
         cls(**bad)
     assert str(e.value).startswith(message)
+
+
+def test_prep_and_submit_options_hand_a_preset_only_what_it_declares() -> None:
+    from kcomp.competitions import PrepOptions, SubmitOptions, get_competition
+
+    demo, siim = get_competition("demo"), get_competition("siim-covid19")
+    opts = PrepOptions(seed=3, size=64)
+    _round_trip(opts)
+    assert opts.preset(demo, "demo") == {"seed": 3, "size": 64}  # unset ones are the preset's defaults
+    with pytest.raises(BadUsage, match=r"^--bits does not apply to competition demo"):
+        PrepOptions(bits=16).preset(demo, "demo")
+    with pytest.raises(BadUsage, match=r"^--bits 12: expected 8 or 16$"):
+        PrepOptions(bits=12)
+    sub = SubmitOptions(thresholds="t.json", none_power=0.3)
+    _round_trip(sub)
+    assert sub.preset(siim, "siim-covid19") == {"none_power": 0.3}  # the files are the command's to read
+    with pytest.raises(BadUsage, match=r"^--none-power does not apply to competition demo"):
+        sub.preset(demo, "demo")
