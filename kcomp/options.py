@@ -198,7 +198,6 @@ LOSS: dict[str, Spec] = {
 COMMANDS: dict[str, dict[str, Spec]] = {
     "tta": {"preview": Text(),
             "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
-    "pack": {"none_power": Float(0), "test_images": Int(1, 10**9), "time_limit": Text(), "half": Flag()},
 }
 # Elements of the comma-separated list options.
 WEIGHT = Float(0)

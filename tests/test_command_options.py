@@ -121,3 +121,15 @@ def test_prep_and_submit_options_hand_a_preset_only_what_it_declares() -> None:
     assert sub.preset(siim, "siim-covid19") == {"none_power": 0.3}  # the files are the command's to read
     with pytest.raises(BadUsage, match=r"^--none-power does not apply to competition demo"):
         sub.preset(demo, "demo")
+
+
+def test_pack_options_parse_the_time_limit_once() -> None:
+    from kcomp.pack import PackOptions
+
+    opts = PackOptions(time_limit="1h30m", find_links=("wheels",), test_images=100)
+    assert opts.limit == 5400.0
+    _round_trip(opts)
+    with pytest.raises(BadUsage, match=r"^--time-limit soon: expected a positive duration such as 9h"):
+        PackOptions(time_limit="soon")  # refused on creation, before pack reads or writes anything
+    with pytest.raises(BadUsage, match=r"^--test-images 0: must be at least 1$"):
+        PackOptions(test_images=0)
