@@ -1,12 +1,16 @@
-"""What each option accepts, declared once as a table of `Spec`s and checked before a command creates anything.
+"""What each option accepts, declared once as a `Spec` and checked before a command creates anything.
 
-A command's options are a mapping name -> value (None = not given). `check` refuses, in one line naming the option
-and the value, a value out of its range (NaN and infinities always; integers past what they feed, e.g. numpy
-seeds >= 2**32), a choice that does not exist, and an option given where it means nothing (`--mixup` for a seg
-run, `--t1` without `--loss bi_tempered`). Tables: the fields of `kcomp.tasks.options.TrainOptions` for `train`
-and of `kcomp.runs.predict.PredictOptions` for oof/tta (a typed options dataclass whose fields carry their Spec,
-declared with `option`: one declaration gives an option's name, type, default, values and tasks), `COMMANDS`
-below for the others, `LAUNCH` for the multi-GPU options of train/oof/tta. A library function that takes one of
+Every command's options are one frozen dataclass in the library module doing the command's work (`TrainOptions`
+for train, `PredictOptions` for oof/tta, `SplitOptions`, `WbfOptions`, `EnsembleOptions`, `StackOptions`,
+`TuneOptions`, `PrepOptions`, `SubmitOptions`, `CleanOptions`, `PseudoOptions`, `ReportOptions`, `PackOptions`,
+`PreviewOptions` for tta's previews), built once by the command from the CLI values. Each field is declared with
+`option(Spec, default)`: one declaration gives an option's name, type, default, values and tasks; `specs(cls)` is
+the command's table. The object checks itself on creation (`check_fields` in `__post_init__`), so one that exists
+holds accepted values; values with a structure (`--weights 1,2`, the seg grids, `--time-limit 1h30m`, `--layers
+5x7`) are parsed once there into typed values. `check` refuses, in one line naming the option and the value, a
+value out of its range (NaN and infinities always; integers past what they feed, e.g. numpy seeds >= 2**32), a
+choice that does not exist, and an option given where it means nothing (`--mixup` for a seg run, `--t1` without
+`--loss bi_tempered`). `LAUNCH` holds the multi-GPU options of train/oof/tta. A library function that takes one of
 these values checks it against the same Spec (`check_values`), so its callers are guarded by the same rule.
 
 `validated(command)` marks the end of a command's checking phase: every option has been checked and nothing has
@@ -194,11 +198,6 @@ LOSS: dict[str, Spec] = {
     "distill_temperature": Float(0, 100, low_open=True),
 }
 
-# Every command but train (kcomp.tasks.options.TrainOptions) and oof/tta (kcomp.runs.predict.PredictOptions).
-COMMANDS: dict[str, dict[str, Spec]] = {
-    "tta": {"preview": Text(),
-            "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
-}
 # Elements of the comma-separated list options.
 WEIGHT = Float(0)
 THRESHOLD = Float(0, 1)

@@ -133,3 +133,12 @@ def test_pack_options_parse_the_time_limit_once() -> None:
         PackOptions(time_limit="soon")  # refused on creation, before pack reads or writes anything
     with pytest.raises(BadUsage, match=r"^--test-images 0: must be at least 1$"):
         PackOptions(test_images=0)
+
+
+def test_preview_options_default_the_count_only_with_a_preview() -> None:
+    from kcomp.report.preview import PreviewOptions
+
+    assert PreviewOptions(preview="p").count == 8 and PreviewOptions(preview="p", preview_count=2).count == 2
+    _round_trip(PreviewOptions())
+    with pytest.raises(BadUsage, match=r"^--preview-count 2 applies only with --preview DIR$"):
+        PreviewOptions(preview_count=2)
