@@ -25,14 +25,13 @@ def command(
     probabilities. Writes ISSUES (one row per flagged row, worst first: id, fold, given and suggested label,
     label quality in [0, 1]) for `train --drop` / `--relabel`, which change only training rows, never validation
     rows. Single-label classification only."""
-    from kcomp import options
     from kcomp.artifacts.outputs import check_outputs
-    from kcomp.post.label_issues import clean
+    from kcomp.post.label_issues import CleanOptions, clean
 
     check_outputs({"-o": output}, inputs=[oof], summary_on_stdout=as_json)
-    options.check({"filter_by": filter_by, "quality": quality}, options.COMMANDS["clean"])
-    written, summary = clean(oof, output, filter_by=filter_by, quality=quality)
-    log(f"clean: {summary['issues']} of {summary['rows']} rows flagged ({filter_by})")
+    opts = CleanOptions(filter_by=filter_by, quality=quality)
+    written, summary = clean(oof, output, filter_by=opts.filter_by, quality=opts.quality)
+    log(f"clean: {summary['issues']} of {summary['rows']} rows flagged ({opts.filter_by})")
     emit(written if written != "-" else [], summary, as_json)
 
 

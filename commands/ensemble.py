@@ -7,7 +7,6 @@ from typing import Annotated, Any
 import typer
 
 from kcomp.commands._common import Json, Output, emit, log
-from kcomp.commands._weights import parse_weights
 
 
 def command(
@@ -26,33 +25,30 @@ def command(
     from kcomp import options
     from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import check_compatible, read_predictions
+    from kcomp.post.ensemble import EnsembleOptions, check_map_method
 
     check_outputs({"-o": output}, inputs=preds, summary_on_stdout=as_json)
-    power = options.check({"method": method, "weights": weights, "power": power},
-                          options.COMMANDS["ensemble"])["power"]
-    w = parse_weights(weights, len(preds))
+    opts = EnsembleOptions.from_cli(weights=weights, inputs=len(preds), method=method, power=power)
     files = [read_predictions(p) for p in preds]
     check_compatible(files)
     meta = files[0].carried_meta()
-    meta.update(ensemble={"method": method, "weights": weights, "inputs": list(preds)})
+    meta.update(ensemble={"method": opts.method, "weights": weights, "inputs": list(preds)})
     maps = "map_key" in files[0].df.columns
     if maps:
-        from kcomp.post.ensemble import check_map_method
-
-        check_map_method(method)
+        check_map_method(opts.method)
     options.validated("ensemble")
     if maps:
-        written, summary = _maps(files, output, meta, method, w, power)
+        written, summary = _maps(files, output, meta, opts)
     else:
-        written, summary = _probs(files, output, meta, method, w, power)
+        written, summary = _probs(files, output, meta, opts)
     emit(written, summary, as_json)
 
 
-def _probs(files: list, output: str, meta: dict, method: str, w: Any, power: float) -> tuple[str, dict]:
+def _probs(files: list, output: str, meta: dict, opts: Any) -> tuple[str, dict]:
     from kcomp.artifacts.predictions import aligned, write_predictions
     from kcomp.post.ensemble import combine
 
-    blended = combine(aligned(files), method=method, weights=w, power=power)
+    blended = combine(aligned(files), method=opts.method, weights=opts.weights, power=opts.exponent)
     first = files[0]
     df = first.df.copy()
     df["probs"] = list(blended)
@@ -63,12 +59,12 @@ def _probs(files: list, output: str, meta: dict, method: str, w: Any, power: flo
         meta["score"] = get_task(first.task).score(meta["metric"], blended, df["target"].to_numpy())
         for f in files:
             log(f"  {f.source}: {meta['metric']} {f.meta.get('score', float('nan')):.4f}")
-        log(f"ensemble ({method}): {meta['metric']} {meta['score']:.4f}")
+        log(f"ensemble ({opts.method}): {meta['metric']} {meta['score']:.4f}")
         summary.update(metric=meta["metric"], score=meta["score"])
     return write_predictions(df, output, **meta), summary
 
 
-def _maps(files: list, output: str, meta: dict, method: str, w: Any, power: float) -> tuple[str, dict]:
+def _maps(files: list, output: str, meta: dict, opts: Any) -> tuple[str, dict]:
     from contextlib import ExitStack
 
     from kcomp.artifacts.predictions import write_map_predictions
@@ -82,9 +78,10 @@ def _maps(files: list, output: str, meta: dict, method: str, w: Any, power: floa
     meta.pop("score", None)  # the blend's score is tune-threshold's to report
     with ExitStack() as stack:
         sources = [stack.enter_context(f.maps()) for f in files]
-        blended = blend_maps(sources, [[k[i] for i in order] for k in keys], method=method, weights=w, power=power)
+        blended = blend_maps(sources, [[k[i] for i in order] for k in keys], method=opts.method,
+                             weights=opts.weights, power=opts.exponent)
         written = write_map_predictions(df, output, zip(df["map_key"], blended, strict=True), **meta)
-    log(f"ensemble ({method}): {len(df)} map rows from {len(files)} file(s)")
+    log(f"ensemble ({opts.method}): {len(df)} map rows from {len(files)} file(s)")
     return written, {"rows": len(df)}
 
 

@@ -42,7 +42,7 @@ def command(
     predict.ipynb replaying the recorded prep/tta/ensemble/wbf/stack lines and `submit`, and MANIFEST.json (sha256
     of every file). Prints the package directory and, on stderr, the time estimate from tta's recorded timing."""
     from kcomp.errors import BadUsage
-    from kcomp.pack import describe_estimate, pack
+    from kcomp.pack import PackOptions, describe_estimate, pack
     from kcomp.pack import verify as check
 
     if verify is not None:
@@ -54,10 +54,11 @@ def command(
         return
     if comp is None or output is None:
         raise BadUsage("give --comp COMP and -o PKG (or --verify PKG)")
-    summary = pack(inputs or [], competition=comp, output=output, base=base, find_links=find_links,
-                   no_index=no_index, python_version=python_version, platform=platform, half=half,
-                   input_dir=input_dir, work=work, submission=submission, sample=sample, none_power=none_power,
-                   test_images=test_images, time_limit=time_limit)
+    opts = PackOptions(base=base, find_links=tuple(find_links or ()), no_index=no_index,
+                       python_version=python_version, platform=platform, half=half, input_dir=input_dir, work=work,
+                       submission=submission, sample=sample, none_power=none_power, test_images=test_images,
+                       time_limit=time_limit)
+    summary = pack(inputs or [], competition=comp, output=output, opts=opts)
     for line in [*summary["warnings"], *[f"version differs: {n}" for n in summary["version_notes"]]]:
         log(f"[yellow]pack: {line}")
     log(f"pack: {len(summary['runs'])} run(s), {len(summary['wheels'])} wheel(s), {summary['bytes'] / 1e6:.1f} MB "

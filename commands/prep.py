@@ -32,17 +32,15 @@ def command(
 ) -> None:
     from kcomp import options
     from kcomp.artifacts.outputs import check_outputs
-    from kcomp.competitions import check_options, get_competition
+    from kcomp.competitions import PrepOptions, get_competition
 
     check_outputs(dirs={"-o": output})
-    given = {"seed": seed, "split_fragment": split_fragment, "size": size, "bits": bits, "workers": workers,
-             "skip_bad": skip_bad}
-    options.check(given, options.COMMANDS["prep"])
+    opts = PrepOptions(seed=seed, split_fragment=split_fragment, size=size, bits=bits, workers=workers,
+                       skip_bad=skip_bad)
     comp = get_competition(competition)
-    given = {k: v for k, v in given.items() if v is not None and v is not False}
-    check_options(comp, competition, "prep", given)
+    preset = opts.preset(comp, competition)
     options.validated("prep")
-    written = comp.prep(raw_dir, Path(output), **given)
+    written = comp.prep(raw_dir, Path(output), **preset)
     emit(written, {"competition": competition}, as_json)
 
 

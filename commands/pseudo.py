@@ -30,11 +30,11 @@ def command(
     index's paths (relative to its data root), so `train --extra PSEUDO.parquet` adds them to every fold's training
     rows, never to validation."""
     from kcomp.artifacts.outputs import check_outputs
-    from kcomp.tasks.pseudo import make_pseudo
+    from kcomp.tasks.pseudo import PseudoOptions, make_pseudo
 
     check_outputs({"-o": output}, inputs=[*preds, thresholds], summary_on_stdout=as_json)
-    written, summary = make_pseudo(preds, output, thresholds=thresholds, min_conf=min_conf, top_frac=top_frac,
-                                   soft=soft, min_score=min_score)
+    opts = PseudoOptions(min_conf=min_conf, top_frac=top_frac, soft=soft, thresholds=thresholds, min_score=min_score)
+    written, summary = make_pseudo(preds, output, opts)
     log(f"pseudo: kept {summary['kept']} of {summary['rows']} rows"
         + (f" (mean confidence {summary['mean_confidence']:.3f})" if summary["kept"] else ""))
     emit(written if written != "-" else [], summary, as_json)

@@ -29,13 +29,13 @@ def command(
 
     from kcomp import options
     from kcomp.artifacts.outputs import check_outputs
-    from kcomp.report.build import build_report
+    from kcomp.report.build import ReportOptions, build_report
     from kcomp.report.terminal import print_summary
 
     check_outputs(dirs={"-o": output}, inputs=inputs)
-    options.check({"previews": previews, "worst": worst}, options.COMMANDS["report"])
+    opts = ReportOptions(previews=previews, worst=worst)
     options.validated("report")
-    sections, written = build_report(inputs, Path(output), previews=previews, worst=worst)
+    sections, written = build_report(inputs, Path(output), previews=opts.previews, worst=opts.worst)
     print_summary(sections)
     emit(written, {"report": str(Path(output) / "index.html"), "sections": [s.to_json() for s in sections]},
          as_json)

@@ -27,20 +27,19 @@ def command(
     from kcomp import options
     from kcomp.artifacts import read_index, write_folds
     from kcomp.artifacts.outputs import check_outputs
-    from kcomp.data.split import assign_folds, resolve_strategy
+    from kcomp.data.split import SplitOptions, assign_folds, resolve_strategy
 
     check_outputs({"-o": output}, inputs=[index], summary_on_stdout=as_json)
-    options.check({"folds": folds, "strategy": strategy, "seed": seed, "label_col": label_col,
-                   "group_col": group_col}, options.COMMANDS["split"])
+    opts = SplitOptions(folds=folds, strategy=strategy, seed=seed, label_col=label_col, group_col=group_col)
     table = read_index(index, "index")
-    used, label, group = resolve_strategy(table.df, strategy, label_col, group_col)
+    used, label, group = resolve_strategy(table.df, opts.strategy, opts.label_col, opts.group_col)
     options.validated("split")
-    fold = assign_folds(table.df, n_folds=folds, strategy=strategy, seed=seed, label_col=label_col,
-                        group_col=group_col)
-    written = write_folds(table, fold, output, strategy=used, n_folds=folds, seed=seed, label_col=label,
+    fold = assign_folds(table.df, n_folds=opts.folds, strategy=opts.strategy, seed=opts.seed,
+                        label_col=opts.label_col, group_col=opts.group_col)
+    written = write_folds(table, fold, output, strategy=used, n_folds=opts.folds, seed=opts.seed, label_col=label,
                           group_col=group)
-    sizes = np.bincount(fold[fold >= 0], minlength=folds).tolist()
-    log(f"split: {used} into {folds} folds of {sizes} rows")
+    sizes = np.bincount(fold[fold >= 0], minlength=opts.folds).tolist()
+    log(f"split: {used} into {opts.folds} folds of {sizes} rows")
     emit(written, {"strategy": used, "fold_sizes": sizes}, as_json)
 
 

@@ -28,10 +28,10 @@ def command(
     from kcomp.artifacts.predictions import (aligned, check_compatible, check_made_alike, pair_by_runs,
                                              read_predictions, write_predictions)
     from kcomp.errors import BadInput
-    from kcomp.post.stack import stack
+    from kcomp.post.stack import StackOptions, stack
 
     check_outputs({"-o": output, "--oof-output": oof_output}, inputs=[*oof, *test], summary_on_stdout=as_json)
-    options.check({"model": model, "folds": folds, "seed": seed, "oof_output": oof_output}, options.COMMANDS["stack"])
+    opts = StackOptions(model=model, folds=folds, seed=seed, oof_output=oof_output)
     files = [read_predictions(p) for p in [*oof, *test]]
     oofs, tests = pair_by_runs([f for f in files if f.kind == "oof"], [f for f in files if f.kind == "test"])
     oof, test = [f.source for f in oofs], [f.source for f in tests]
@@ -42,22 +42,22 @@ def command(
     if "target" not in oofs[0].df.columns:
         raise BadInput("OOF file has no target column", path=oofs[0].source)
     options.validated("stack")
-    result = stack(aligned(oofs), oofs[0].df["target"].to_numpy(), aligned(tests), model=model, n_splits=folds,
-                   seed=seed)
+    result = stack(aligned(oofs), oofs[0].df["target"].to_numpy(), aligned(tests), model=opts.model,
+                   n_splits=opts.folds, seed=opts.seed)
     base = tests[0].carried_meta()
-    info = {"model": model, "oof": list(oof), "test": list(test), "cv_score": result.cv_score}
+    info = {"model": opts.model, "oof": list(oof), "test": list(test), "cv_score": result.cv_score}
     df = tests[0].df[["id", "fold"]].copy()
     df["probs"] = list(result.test.astype("float32"))
     written = [write_predictions(df, output, **{**base, "stack": info})]
-    if oof_output:
+    if opts.oof_output:
         odf = oofs[0].df[["id", "fold", "target"]].copy()
         odf["probs"] = list(result.oof.astype("float32"))
         obase = oofs[0].carried_meta()
-        written.append(write_predictions(odf, oof_output, **{**obase, "stack": info, "metric": "accuracy",
+        written.append(write_predictions(odf, opts.oof_output, **{**obase, "stack": info, "metric": "accuracy",
                                                             "score": result.cv_score}))
     for f, s in zip(oof, result.base_scores, strict=True):
         log(f"  {f}: accuracy {s:.4f}")
-    log(f"stack ({model}): CV accuracy {result.cv_score:.4f}")
+    log(f"stack ({opts.model}): CV accuracy {result.cv_score:.4f}")
     emit(written, {"cv_score": result.cv_score, "base_scores": result.base_scores}, as_json)
 
 

@@ -29,20 +29,19 @@ def command(
     from kcomp.artifacts.predictions import read_predictions
     from kcomp.artifacts.submission import align_to_sample, write_submission
     from kcomp.artifacts.thresholds import read_thresholds
-    from kcomp.competitions import check_options, get_competition
+    from kcomp.competitions import SubmitOptions, get_competition
     from kcomp.errors import BadInput
 
     check_outputs({"-o": output}, inputs=[*preds, thresholds, sample], summary_on_stdout=as_json)
-    options.check({"thresholds": thresholds, "sample": sample, "none_power": none_power}, options.COMMANDS["submit"])
+    opts = SubmitOptions(thresholds=thresholds, sample=sample, none_power=none_power)
     comp = get_competition(competition)
-    preset = {k: v for k, v in {"none_power": none_power}.items() if v is not None}
-    check_options(comp, competition, "submit", preset)
+    preset = opts.preset(comp, competition)
     files = [read_predictions(p) for p in preds]
-    thr = read_thresholds(thresholds) if thresholds else None
+    thr = read_thresholds(opts.thresholds) if opts.thresholds else None
     if thr is not None and thr["task"] != comp.task:
         raise BadInput(f"holds thresholds for task {thr['task']}; {competition} submits {comp.task} predictions",
-                       path=thresholds)
-    sample_path = Path(sample) if sample else _find_sample(files)
+                       path=opts.thresholds)
+    sample_path = Path(opts.sample) if opts.sample else _find_sample(files)
     check_outputs({"-o": output}, inputs=[sample_path])  # the sample found through the runs is read too
     options.validated("submit")
     sub = comp.submit(files, thresholds=thr, **preset)

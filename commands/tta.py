@@ -54,7 +54,9 @@ def command(
         raise BadUsage("--preview reads the predictions back; give -o PATH, not -")
     task = check_runs(dirs)[dirs[0]]["config"]["task"]  # before torch is imported
     opts = predict_options(task, tta, device, batch_size, workers, checkpoints, out_size, tta_scales, img_size)
-    shown = options.check({"preview": preview, "preview_count": preview_count}, options.COMMANDS["tta"])
+    from kcomp.report.preview import PreviewOptions
+
+    shown = PreviewOptions(preview=preview, preview_count=preview_count)
     check_launch(gpus, nodes, node_rank, master_addr, master_port)
     if preview and task not in ("seg", "ink"):  # known from the run's config: a failed preview leaves nothing
         raise BadUsage(f"--preview does not apply to task {task} (only to seg, ink)")
@@ -73,7 +75,7 @@ def command(
         from kcomp.report.preview import write_previews
 
         with staged_dir(preview) as stage:
-            pngs = write_previews(read_predictions(written[0]), stage, n=shown["preview_count"])
+            pngs = write_previews(read_predictions(written[0]), stage, n=shown.count)
         log(f"tta: {len(pngs)} preview(s) in {preview}")
     emit(written, {"rows": len(df), "models": meta["models"]}, as_json)
 

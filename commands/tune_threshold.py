@@ -34,18 +34,15 @@ def command(
     from kcomp.artifacts import write_json
     from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import read_predictions
+    from kcomp.post.tuned import TuneOptions
     from kcomp.tasks import get_task
 
     check_outputs({"-o": output}, inputs=[oof], summary_on_stdout=as_json)
-    given = {"downscale": downscale, "thresholds": thresholds, "min_sizes": min_sizes, "tops": tops}
-    specs = options.COMMANDS["tune-threshold"]
-    options.check(given, specs)
-    grids = {"thresholds": options.THRESHOLD, "min_sizes": options.MIN_SIZE, "tops": options.THRESHOLD}
-    opts = {k: options.parse_list(k, v, grids[k]) if k in grids else v for k, v in given.items() if v is not None}
+    opts = TuneOptions.from_cli(downscale, thresholds, min_sizes, tops)
     preds = read_predictions(oof, kind="oof")
-    options.check(given, specs, context=("task", preds.task))  # each option means something for one task only
+    opts.check_task(preds.task)  # each option means something for one task only
     options.validated("tune-threshold")
-    body = get_task(preds.task).tune_thresholds(preds, **opts)
+    body = get_task(preds.task).tune_thresholds(preds, **options.given(opts))
     written = write_json(output, "thresholds", body)
     if body.get("note"):
         log(f"tune-threshold: {body['note']}")

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from kcomp.commands._common import Json, Output, emit, log
-from kcomp.commands._weights import parse_weights
 
 
 def command(
@@ -27,13 +26,11 @@ def command(
     from kcomp.artifacts.outputs import check_outputs
     from kcomp.artifacts.predictions import aligned_boxes, check_compatible, read_predictions, write_predictions
     from kcomp.errors import BadInput
-    from kcomp.post.wbf import fuse_boxes
+    from kcomp.post.wbf import WbfOptions, fuse_boxes
 
     check_outputs({"-o": output}, inputs=preds, summary_on_stdout=as_json)
-    opts = options.check({"iou": iou, "skip_box_thr": skip_box_thr, "weights": weights, "method": method,
-                          "conf_type": conf_type}, options.COMMANDS["wbf"])
-    skip_box_thr = opts["skip_box_thr"]
-    w = parse_weights(weights, len(preds))
+    opts = WbfOptions.from_cli(weights=weights, inputs=len(preds), iou=iou, skip_box_thr=skip_box_thr,
+                               method=method, conf_type=conf_type)
     files = [read_predictions(p) for p in preds]
     for f in files:
         if f.task != "det":
@@ -41,11 +38,11 @@ def command(
     check_compatible(files)
     options.validated("wbf")
     df = files[0].df
-    fused = fuse_boxes(aligned_boxes(files), df["height"].to_numpy(), df["width"].to_numpy(), method=method,
-                       iou_thr=iou, skip_box_thr=skip_box_thr, weights=w, conf_type=conf_type)
+    fused = fuse_boxes(aligned_boxes(files), df["height"].to_numpy(), df["width"].to_numpy(), method=opts.method,
+                       iou_thr=opts.iou, skip_box_thr=opts.box_thr, weights=opts.weights, conf_type=opts.conf_type)
     meta = files[0].carried_meta()
-    meta["fusion"] = {"method": method, "iou": iou, "skip_box_thr": skip_box_thr, "weights": weights,
-                      "conf_type": conf_type, "inputs": list(preds)}
+    meta["fusion"] = {"method": opts.method, "iou": opts.iou, "skip_box_thr": opts.box_thr, "weights": weights,
+                      "conf_type": opts.conf_type, "inputs": list(preds)}
     n = fused.n_boxes
     log(f"wbf: {n} boxes on {len(df)} images from {len(files)} file(s)")
     emit(write_predictions(df, output, boxes=fused, **meta), {"images": len(df), "boxes": n}, as_json)

@@ -1,12 +1,16 @@
-"""What each option accepts, declared once as a table of `Spec`s and checked before a command creates anything.
+"""What each option accepts, declared once as a `Spec` and checked before a command creates anything.
 
-A command's options are a mapping name -> value (None = not given). `check` refuses, in one line naming the option
-and the value, a value out of its range (NaN and infinities always; integers past what they feed, e.g. numpy
-seeds >= 2**32), a choice that does not exist, and an option given where it means nothing (`--mixup` for a seg
-run, `--t1` without `--loss bi_tempered`). Tables: the fields of `kcomp.tasks.options.TrainOptions` for `train`
-and of `kcomp.runs.predict.PredictOptions` for oof/tta (a typed options dataclass whose fields carry their Spec,
-declared with `option`: one declaration gives an option's name, type, default, values and tasks), `COMMANDS`
-below for the others, `LAUNCH` for the multi-GPU options of train/oof/tta. A library function that takes one of
+Every command's options are one frozen dataclass in the library module doing the command's work (`TrainOptions`
+for train, `PredictOptions` for oof/tta, `SplitOptions`, `WbfOptions`, `EnsembleOptions`, `StackOptions`,
+`TuneOptions`, `PrepOptions`, `SubmitOptions`, `CleanOptions`, `PseudoOptions`, `ReportOptions`, `PackOptions`,
+`PreviewOptions` for tta's previews), built once by the command from the CLI values. Each field is declared with
+`option(Spec, default)`: one declaration gives an option's name, type, default, values and tasks; `specs(cls)` is
+the command's table. The object checks itself on creation (`check_fields` in `__post_init__`), so one that exists
+holds accepted values; values with a structure (`--weights 1,2`, the seg grids, `--time-limit 1h30m`, `--layers
+5x7`) are parsed once there into typed values. `check` refuses, in one line naming the option and the value, a
+value out of its range (NaN and infinities always; integers past what they feed, e.g. numpy seeds >= 2**32), a
+choice that does not exist, and an option given where it means nothing (`--mixup` for a seg run, `--t1` without
+`--loss bi_tempered`). `LAUNCH` holds the multi-GPU options of train/oof/tta. A library function that takes one of
 these values checks it against the same Spec (`check_values`), so its callers are guarded by the same rule.
 
 `validated(command)` marks the end of a command's checking phase: every option has been checked and nothing has
@@ -130,6 +134,20 @@ def specs(cls: type) -> dict[str, Spec]:
     return {f.name: f.metadata["spec"] for f in fields(cls) if "spec" in f.metadata}
 
 
+def check_fields(opts: Any, *, given: Iterable[str] | None = None,
+                 context: tuple[str, str] | None = None) -> dict[str, Any]:
+    """`check` over the fields of a typed options object that carry a Spec (its `__post_init__` calls this, so an
+    object that exists holds accepted values); returns them with each unset one at its Spec's default."""
+    table = specs(type(opts))
+    return check({k: getattr(opts, k) for k in table}, table, given=given, context=context)
+
+
+def given(opts: Any) -> dict[str, Any]:
+    """The options of a typed options object that were set (`is_given`), by name: the keywords a library function
+    declaring the options it reads (a preset's `prep`, a task's `tune_thresholds`) is called with."""
+    return {k: v for k in specs(type(opts)) if is_given(v := getattr(opts, k))}
+
+
 def check_values(table: Mapping[str, Spec], **values: Any) -> None:
     """The library side of an option table: each value checked against the command's own Spec (range, choices),
     so a function called without the command is held to the same rule with the same message. Where an option
@@ -142,6 +160,7 @@ SEED = Int(0, SEED_MAX)
 WORKERS = Int(0, MAX_WORKERS)
 BATCH = Int(1, MAX_BATCH)
 TTA = Choice((1, 2, 4, 8), kind=int)
+CACHE_SIZE = Int(16, 4096)  # prep --size: the side of a preset's cached images
 DEVICE = Text(pattern=r"auto|cpu|cuda(:\d+)?", what="auto, cpu, cuda or cuda:N")
 
 # The multi-GPU options of train, oof and tta (kcomp.runtime.launch re-runs the command under torchrun).
@@ -179,36 +198,6 @@ LOSS: dict[str, Spec] = {
     "distill_temperature": Float(0, 100, low_open=True),
 }
 
-# Every command but train (kcomp.tasks.options.TrainOptions) and oof/tta (kcomp.runs.predict.PredictOptions).
-COMMANDS: dict[str, dict[str, Spec]] = {
-    "prep": {"seed": SEED, "size": Int(16, 4096), "bits": Choice((8, 16), kind=int), "workers": WORKERS,
-             "split_fragment": Text(), "skip_bad": Flag()},
-    "split": {"folds": Int(2), "strategy": Choice(lazy("kcomp.data.split", "STRATEGIES"), what="split strategy"),
-              "seed": SEED, "label_col": Text(), "group_col": Text()},
-    "tta": {"preview": Text(),
-            "preview_count": Int(1, default=8, needs=("--preview DIR", lambda v: bool(v["preview"])))},
-    "wbf": {"iou": Float(0, 1, low_open=True),
-            "skip_box_thr": Float(0, 1, default=0.01, needs=("--method wbf or soft_nms",
-                                                             lambda v: v["method"] != "nms")),
-            "weights": Text(), "method": Choice(lazy("kcomp.post.wbf", "METHODS"), what="fusion method"),
-            "conf_type": Choice(lazy("kcomp.post.wbf", "CONF_TYPES"), what="confidence type")},
-    "ensemble": {"method": Choice(lazy("kcomp.post.ensemble", "METHODS"), what="ensemble method"),
-                 "weights": Text(),
-                 # p**64 already underflows float64 for p < 1e-5: larger powers zero whole rows
-                 "power": Float(0, 64, low_open=True, default=2.0,
-                                needs=("--method power", lambda v: v["method"] == "power"))},
-    "stack": {"model": Choice(lazy("kcomp.post.stack", "MODELS"), what="stacking model"), "folds": Int(2),
-              "seed": SEED, "oof_output": Text()},
-    "tune-threshold": {"downscale": Int(1, 4096, only=("ink",)), "thresholds": Text(only=("seg",)),
-                       "min_sizes": Text(only=("seg",)), "tops": Text(only=("seg",))},
-    "submit": {"thresholds": Text(), "sample": Text(), "none_power": Float(0)},
-    "report": {"previews": Int(0), "worst": Int(0)},
-    "clean": {"filter_by": Choice(lazy("kcomp.post.label_issues", "FILTERS"), what="cleanlab filter"),
-              "quality": Choice(lazy("kcomp.post.label_issues", "QUALITY"), what="label quality score")},
-    "pseudo": {"min_conf": Float(0, 1), "top_frac": Float(0, 1, low_open=True), "soft": Flag(),
-               "thresholds": Text(), "min_score": Float(0, 1)},
-    "pack": {"none_power": Float(0), "test_images": Int(1, 10**9), "time_limit": Text(), "half": Flag()},
-}
 # Elements of the comma-separated list options.
 WEIGHT = Float(0)
 THRESHOLD = Float(0, 1)
@@ -263,6 +252,19 @@ def parse_list(name: str, text: str, spec: Spec) -> list[Any]:
         except BadUsage as e:
             raise BadUsage(f"{flag(name)} {text}: {str(e).split(': ', 1)[1]} (each value)") from None
     return values
+
+
+def parse_weights(text: str | None, n: int) -> tuple[float, ...] | None:
+    """`--weights 1,2` (ensemble, wbf) -> (1.0, 2.0): one finite non-negative weight per input file, not all zero,
+    checked before any file is read."""
+    if text is None:
+        return None
+    values = parse_list("weights", text, WEIGHT)
+    if len(values) != n:
+        raise BadUsage(f"--weights {text}: {len(values)} weight(s) for {n} input file(s)")
+    if not any(values):
+        raise BadUsage(f"--weights {text}: all weights are zero")
+    return tuple(values)
 
 
 def validated(command: str) -> None:

@@ -9,8 +9,10 @@ presets.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from kcomp.options import CACHE_SIZE, SEED, WORKERS, Choice, Flag, Float, Text, check_fields, given, option, specs
 from kcomp.registry import Registry
 
 if TYPE_CHECKING:
@@ -34,6 +36,50 @@ class Competition(Protocol):
 
     def submit(self, preds: list[Predictions], *, thresholds: dict[str, Any] | None) -> pd.DataFrame:
         """Submission rows (any order; `submit` aligns them with the sample)."""
+
+
+@dataclass(frozen=True)
+class PrepOptions:
+    """What `kcomp prep` was asked, checked on creation (each field with its Spec, as `TrainOptions`). Each
+    applies to the presets whose `prep` declares it (`preset`); unset, the preset uses its own default."""
+
+    seed: int | None = option(SEED)
+    split_fragment: str | None = option(Text())  # vesuvius: fragment names, comma-separated
+    size: int | None = option(CACHE_SIZE)
+    bits: int | None = option(Choice((8, 16), kind=int))
+    workers: int | None = option(WORKERS)
+    skip_bad: bool = option(Flag(), False)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def preset(self, comp: Competition, name: str) -> dict[str, Any]:
+        """The options given, as the keywords of the preset's `prep`; one it does not declare is refused."""
+        values = given(self)
+        check_options(comp, name, "prep", values)
+        return values
+
+
+PREP = specs(PrepOptions)  # what `kcomp prep` accepts; a preset's prep holds its callers to the same values
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """What `kcomp submit` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
+
+    thresholds: str | None = option(Text())  # THRESHOLDS.json from `kcomp tune-threshold`
+    sample: str | None = option(Text())  # sample_submission.csv (default: the one of the runs' raw data, if any)
+    none_power: float | None = option(Float(0))  # siim-covid19
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def preset(self, comp: Competition, name: str) -> dict[str, Any]:
+        """The preset options given (all but the files), as the keywords of the preset's `submit`; one it does not
+        declare is refused."""
+        values = {k: v for k, v in given(self).items() if k not in ("thresholds", "sample")}
+        check_options(comp, name, "submit", values)
+        return values
 
 
 COMPETITIONS: Registry[type[Competition]] = Registry("competition")

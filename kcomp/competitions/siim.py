@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from kcomp import console
 from kcomp.artifacts._input import directory
-from kcomp.competitions import register_competition
+from kcomp.competitions import PREP, register_competition
 from kcomp.data.pool import WorkerPool, default_workers
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import COMMANDS, check_values
+from kcomp.options import check_values
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -224,7 +224,7 @@ def _options(size: Any, bits: Any, workers: Any) -> tuple[int, int, int]:
     size = DEFAULT_SIZE if size is None else size
     bits = DEFAULT_BITS if bits is None else bits
     workers = default_workers() if workers is None else workers
-    check_values(COMMANDS["prep"], size=size, bits=bits, workers=workers)  # prep's own rules
+    check_values(PREP, size=size, bits=bits, workers=workers)  # prep's own rules
     return size, bits, workers
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from kcomp import console
 from kcomp.errors import BadInput
-from kcomp.options import COMMANDS, check_values
+from kcomp.options import CACHE_SIZE, WORKERS
 
 if TYPE_CHECKING:
     import numpy as np
@@ -41,7 +41,8 @@ def add_image_cache(df: Any, root: Path, out: Path, size: int | None, workers: i
     returns the index metadata that records the cache ({} when `size` is None: no cache asked for)."""
     from kcomp.data.pool import WorkerPool, default_workers
 
-    check_values(COMMANDS["prep"], size=size, workers=workers)  # prep's own rules
+    CACHE_SIZE.check("size", size)  # prep's own rules
+    WORKERS.check("workers", workers)
     if size is None:
         return {}
     with WorkerPool(default_workers() if workers is None else workers) as pool:

@@ -12,9 +12,11 @@ pandas, numpy and scikit-learn are imported inside functions so that importing t
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kcomp.errors import BadInput, BadUsage
+from kcomp.options import SEED, Choice, Int, Text, check_fields, lazy, option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -26,6 +28,20 @@ LABEL_COL = "label"
 LABELS_COL = "labels"
 GROUP_COL = "group"
 SPLIT_COL = "split"
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    """What `kcomp split` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
+
+    folds: int = option(Int(2), 5)
+    strategy: str = option(Choice(lazy("kcomp.data.split", "STRATEGIES"), what="split strategy"), "auto")
+    seed: int = option(SEED, 42)
+    label_col: str | None = option(Text())  # None: label / labels, whichever the index has
+    group_col: str | None = option(Text())
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def _is_listlike(value: object) -> bool:

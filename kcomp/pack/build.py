@@ -4,13 +4,16 @@ workflow's recorded inference chain offline on the hidden test set."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kcomp.errors import BadInput, BadUsage
+from kcomp.options import Flag, Float, Int, Text, check_fields, option
 from kcomp.pack import wheels as wh
 from kcomp.pack._argv import Ref, render
 from kcomp.pack.chain import Plan, Tracer
@@ -22,42 +25,65 @@ THRESHOLDED = ("seg", "ink")  # tasks whose submissions are cut at tuned thresho
 KAGGLE_INPUT = "/kaggle/input"
 
 
-def pack(inputs: list[str], *, competition: str, output: str, base: str | None = None,
-         find_links: list[str] | None = None, no_index: bool = False, python_version: str | None = None,
-         platform: str | None = None, half: bool = False, input_dir: str | None = None,
-         work: str = "/kaggle/working/kcomp", submission: str = "/kaggle/working/submission.csv",
-         sample: str = "sample_submission.csv", none_power: float | None = None, test_images: int | None = None,
-         time_limit: str = "9h") -> dict[str, Any]:
-    """Write the package to `output` (atomically: built beside it, then renamed); returns the summary that
-    `--json` prints."""
+@dataclass(frozen=True)
+class PackOptions:
+    """What `kcomp pack` was asked, checked on creation (the options with a range or form carry their Spec, as
+    `TrainOptions`'s); the time limit is parsed once (`limit`, seconds)."""
+
+    none_power: float | None = option(Float(0))  # siim-covid19: as for `kcomp submit`
+    test_images: int | None = option(Int(1, 10**9))  # hidden test images, for the time estimate
+    time_limit: str = option(Text(), "9h")  # 9h, 90m, 1h30m or seconds
+    half: bool = option(Flag(), False)  # weights stored as fp16
+    # the wheels (paths are checked where they are read) and the paths in the notebook (by _check_options)
+    base: str | Path | None = None  # what the notebook image has (default: the shipped snapshot)
+    find_links: tuple[str, ...] = ()
+    no_index: bool = False
+    python_version: str | None = None
+    platform: str | None = None
+    input_dir: str | None = None  # default: /kaggle/input/<competition>
+    work: str = "/kaggle/working/kcomp"
+    submission: str = "/kaggle/working/submission.csv"
+    sample: str = "sample_submission.csv"  # inside the input dir ('' = none)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        _ = self.limit
+
+    @functools.cached_property
+    def limit(self) -> float:
+        return parse_duration(self.time_limit)
+
+
+def pack(inputs: list[str], *, competition: str, output: str, opts: PackOptions | None = None,
+         **values: Any) -> dict[str, Any]:
+    """Write the package to `output` (atomically: built beside it, then renamed) as `opts` (or the PackOptions
+    fields given as keywords) say; returns the summary that `--json` prints."""
     from kcomp import options
     from kcomp.artifacts.outputs import check_outputs
     from kcomp.competitions import get_competition
 
     check_outputs(dirs={"-o": output}, inputs=inputs, owns_dirs=True)
-    options.check({"none_power": none_power, "test_images": test_images, "time_limit": time_limit, "half": half},
-                  options.COMMANDS["pack"])
+    if opts is None:
+        values["find_links"] = tuple(values.get("find_links") or ())
+        opts = PackOptions(**values)
     comp = get_competition(competition)
-    limit = _check_options(comp, competition, time_limit=time_limit, test_images=test_images, sample=sample,
-                           none_power=none_power, find_links=find_links or [],
-                           paths={"--input": input_dir, "--work": work, "--submission": submission})
+    _check_options(comp, competition, opts)
     runs, preds, thresholds = _classify(inputs, comp.task)
-    base_list = wh.read_base(Path(base) if base else wh.DEFAULT_BASE)
+    base_list = wh.read_base(Path(opts.base) if opts.base else wh.DEFAULT_BASE)
     plan = Tracer(competition, runs).plan(preds, thresholds)
     # what the recorded chain reads is known only now: runs, inputs of each step, thresholds and stack's OOF files
     chain = [*plan.runs, *plan.statics.values(), *[s.source for s in plan.steps if s.source]]
     check_outputs(dirs={"-o": output}, inputs=chain, owns_dirs=True)
     out = _package_dir(output)
-    paths = Paths(input_dir or f"{KAGGLE_INPUT}/{getattr(comp, 'kaggle_slug', competition)}", work, submission)
+    paths = Paths(opts.input_dir or f"{KAGGLE_INPUT}/{getattr(comp, 'kaggle_slug', competition)}", opts.work,
+                  opts.submission)
     options.validated("pack")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        summary = _write(tmp, plan, comp_name=competition, paths=paths, base=base_list, half=half, sample=sample,
-                         none_power=none_power, pip={"find_links": find_links or [], "no_index": no_index,
-                                                     "python_version": python_version, "platform": platform})
-        summary["estimate"] = est = estimate(plan.steps, test_images=test_images, limit=limit)
-        write_manifest(tmp, {**summary, "base": str(base or wh.DEFAULT_BASE.name)})
+        summary = _write(tmp, plan, comp_name=competition, paths=paths, base=base_list, opts=opts)
+        summary["estimate"] = est = estimate(plan.steps, test_images=opts.test_images, limit=opts.limit)
+        write_manifest(tmp, {**summary, "base": str(opts.base or wh.DEFAULT_BASE.name)})
         _replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -70,8 +96,8 @@ def pack(inputs: list[str], *, competition: str, output: str, base: str | None =
             "models_bytes": tree_bytes(out / "models"), "warnings": plan.warnings}
 
 
-def _write(root: Path, plan: Plan, *, comp_name: str, paths: Paths, base: dict[str, str | None], half: bool,
-           sample: str, none_power: float | None, pip: dict[str, Any]) -> dict[str, Any]:
+def _write(root: Path, plan: Plan, *, comp_name: str, paths: Paths, base: dict[str, str | None],
+           opts: PackOptions) -> dict[str, Any]:
     import nbformat
 
     from kcomp import __version__
@@ -79,15 +105,16 @@ def _write(root: Path, plan: Plan, *, comp_name: str, paths: Paths, base: dict[s
     from kcomp.pack.models import pack_run
 
     for run in plan.runs.values():
-        pack_run(run, root / "models" / run.name, half=half)
+        pack_run(run, root / "models" / run.name, half=opts.half)
     for rel, src in plan.statics.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, root / rel)
     (root / "wheels").mkdir()
     kcomp_wheel = wh.build_kcomp_wheel(root / "wheels")
     pins, notes = wh.missing(wh.wheel_requires(kcomp_wheel), base)
-    wh.fetch_wheels(pins, root / "wheels", **pip)
-    blocks = _blocks(plan, comp_name, sample, none_power)
+    wh.fetch_wheels(pins, root / "wheels", find_links=list(opts.find_links), no_index=opts.no_index,
+                    python_version=opts.python_version, platform=opts.platform)
+    blocks = _blocks(plan, comp_name, opts.sample, opts.none_power)
     commands = [ln for b in blocks for ln in b.lines]
     package_id = content_id(files_of(root), commands)
     header = (f"# kcomp inference package {package_id} for {comp_name}: {len(plan.runs)} run(s), made by kcomp "
@@ -101,8 +128,8 @@ def _write(root: Path, plan: Plan, *, comp_name: str, paths: Paths, base: dict[s
     nbformat.validate(nb)
     atomic_write_bytes(root / "predict.ipynb", nbformat.writes(nb).encode())
     return {"id": package_id, "competition": comp_name, "commands": commands,
-            "runs": {r.name: {"source": str(r.source), "checkpoints": sorted(r.checkpoints | {"best"}), "half": half}
-                     for r in plan.runs.values()},
+            "runs": {r.name: {"source": str(r.source), "checkpoints": sorted(r.checkpoints | {"best"}),
+                              "half": opts.half} for r in plan.runs.values()},
             "wheels": sorted(p.name for p in (root / "wheels").glob("*.whl")), "version_notes": notes,
             "input": paths.input, "submission": paths.out}
 
@@ -156,25 +183,24 @@ def _classify(inputs: list[str], task: str) -> tuple[list[Path], list[Path], Pat
     return runs, preds, thresholds[0] if thresholds else None
 
 
-def _check_options(comp: Any, name: str, *, time_limit: str, test_images: int | None, sample: str,
-                   none_power: float | None, find_links: list[str], paths: dict[str, str | None]) -> float:
-    """Every option's error before anything is read or written; returns the time limit in seconds."""
+def _check_options(comp: Any, name: str, opts: PackOptions) -> None:
+    """Every option's error before anything is read or written."""
     import inspect
 
-    limit = parse_duration(time_limit)
+    sample, none_power = opts.sample, opts.none_power
     if sample and not _shell_safe(sample):
         raise BadUsage(f"--sample {sample}: give a file name relative to the input dir ([A-Za-z0-9._/-])")
+    paths = {"--input": opts.input_dir, "--work": opts.work, "--submission": opts.submission}
     for flag, value in paths.items():  # they land in predict.sh inside double quotes
         if value is not None and (not value or any(c in value for c in '"$`\\\n')):
             raise BadUsage(f"{flag} {value!r}: give a path without quotes, $, backquotes or backslashes")
-    for link in find_links:
+    for link in opts.find_links:
         if "://" not in link and not Path(link).is_dir():
             raise BadInput("--find-links: no such directory", path=link)
     params = inspect.signature(comp.submit).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     if none_power is not None and not takes_any and "none_power" not in params:
         raise BadUsage(f"--none-power does not apply to competition {name}")
-    return limit
 
 
 def _package_dir(output: str) -> Path:

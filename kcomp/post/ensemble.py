@@ -7,14 +7,45 @@ share one code path; arrays are accumulated one at a time so large maps are neve
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import COMMANDS, check_values
+from kcomp.options import WEIGHT, Choice, Float, check_fields, check_values, lazy, option, parse_weights, specs
 
 METHODS = ("mean", "rank", "geometric", "power")
 GEOMETRIC_EPS = 1e-7
+POWER = 2.0  # --method power's default exponent
+
+
+@dataclass(frozen=True)
+class EnsembleOptions:
+    """What `kcomp ensemble` was asked, checked on creation (each field with its Spec, as `TrainOptions`).
+    `weights` holds one number per input file, parsed once from `--weights 1,2` by `from_cli`; `power` is None
+    when not given (it applies to --method power only) and `exponent` the one blending uses."""
+
+    method: str = option(Choice(lazy("kcomp.post.ensemble", "METHODS"), what="ensemble method"), "mean")
+    weights: tuple[float, ...] | None = option(replace(WEIGHT, repeated=True))
+    # p**64 already underflows float64 for p < 1e-5: larger powers zero whole rows
+    power: float | None = option(Float(0, 64, low_open=True, default=POWER,
+                                       needs=("--method power", lambda v: v["method"] == "power")))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @classmethod
+    def from_cli(cls, *, weights: str | None, inputs: int, **values: object) -> EnsembleOptions:
+        """The options as typed on the command line (`weights` as text, for `inputs` files): every plain value is
+        checked first, then the weights are parsed."""
+        return replace(cls(**values), weights=parse_weights(weights, inputs))
+
+    @property
+    def exponent(self) -> float:
+        return POWER if self.power is None else self.power
+
+
+ENSEMBLE = specs(EnsembleOptions)  # what `kcomp ensemble` accepts; combine holds its callers to the same values
 
 
 def _weights(weights: Sequence[float] | None, n: int) -> np.ndarray:
@@ -56,7 +87,7 @@ def combine(
     With `normalize`, 2-D results of mean/geometric/power are rescaled to rows summing to 1 when the first
     input's rows already sum to 1 (single-label class distributions); multi-label or map inputs are left alone.
     """
-    check_values(COMMANDS["ensemble"], method=method, **({"power": power} if method == "power" else {}))
+    check_values(ENSEMBLE, method=method, **({"power": power} if method == "power" else {}))
     if len(arrays) == 0:
         raise BadUsage("nothing to combine: no arrays given")
     shape = np.shape(arrays[0])

@@ -8,11 +8,13 @@ them; the suggested label is the most probable class. cleanlab is imported here 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
+from kcomp.options import Choice, check_fields, lazy, option
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -23,6 +25,19 @@ if TYPE_CHECKING:
 FILTERS = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
            "low_normalized_margin", "low_self_confidence")
 QUALITY = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
+
+
+@dataclass(frozen=True)
+class CleanOptions:
+    """What `kcomp clean` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
+
+    filter_by: str = option(Choice(lazy("kcomp.post.label_issues", "FILTERS"), what="cleanlab filter"),
+                            "prune_by_noise_rate")
+    quality: str = option(Choice(lazy("kcomp.post.label_issues", "QUALITY"), what="label quality score"),
+                          "self_confidence")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
 
 def find_issues(preds: Predictions, *, filter_by: str = "prune_by_noise_rate",

@@ -13,9 +13,25 @@ from dataclasses import dataclass
 import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import COMMANDS, check_values
+from kcomp.options import SEED, Choice, Int, Text, check_fields, check_values, lazy, option, specs
 
 MODELS = ("logreg", "mlp", "gbm")
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What `kcomp stack` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
+
+    model: str = option(Choice(lazy("kcomp.post.stack", "MODELS"), what="stacking model"), "logreg")
+    folds: int = option(Int(2), 5)  # CV folds of the level-2 score
+    seed: int = option(SEED, 42)
+    oof_output: str | None = option(Text())  # where the level-2 OOF predictions go, if anywhere
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+STACK = specs(StackOptions)  # what `kcomp stack` accepts; stack() holds its callers to the same values
 LOG_EPS = 1e-7
 
 
@@ -115,7 +131,7 @@ def stack(
     from sklearn.base import clone
     from sklearn.model_selection import StratifiedKFold
 
-    check_values(COMMANDS["stack"], model=model, folds=n_splits, seed=seed)
+    check_values(STACK, model=model, folds=n_splits, seed=seed)
     if len(oof) != len(test):
         raise BadUsage(f"got {len(oof)} OOF arrays but {len(test)} test arrays; give one of each per model")
     if len(oof) == 0:

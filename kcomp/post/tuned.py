@@ -1,12 +1,44 @@
-"""The post-processing a thresholds file (`kcomp tune-threshold`) chose, read back for whatever applies it: `submit`,
-`pseudo` and the report's overlays all binarise maps exactly as the file says (defaults 0.5 / 0 / 0 without one)."""
+"""`kcomp tune-threshold`: what it is asked (`TuneOptions`), and the post-processing a thresholds file chose, read
+back for whatever applies it: `submit`, `pseudo` and the report's overlays all binarise maps exactly as the file says
+(defaults 0.5 / 0 / 0 without one)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kcomp import console
 from kcomp.errors import BadInput
+from kcomp.options import MIN_SIZE, THRESHOLD, Int, check_fields, option, parse_list
+
+SEG, INK = ("seg",), ("ink",)
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    """What `kcomp tune-threshold` was asked, checked on creation (each field with its Spec, as `TrainOptions`).
+    The seg grids are tuples of candidates, parsed once from `--thresholds 0.3,0.5` by `from_cli`; each option
+    applies to one task (`check_task`, once the OOF file says which); unset, the task's tuner uses its own grid."""
+
+    downscale: int | None = option(Int(1, 4096, only=INK))
+    thresholds: tuple[float, ...] | None = option(replace(THRESHOLD, repeated=True, only=SEG))
+    min_sizes: tuple[int, ...] | None = option(replace(MIN_SIZE, repeated=True, only=SEG))
+    tops: tuple[float, ...] | None = option(replace(THRESHOLD, repeated=True, only=SEG))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @classmethod
+    def from_cli(cls, downscale: int | None, thresholds: str | None, min_sizes: str | None,
+                 tops: str | None) -> TuneOptions:
+        """The options as typed on the command line, each grid a comma-separated list, checked in that order."""
+        grids = {"thresholds": (thresholds, THRESHOLD), "min_sizes": (min_sizes, MIN_SIZE), "tops": (tops, THRESHOLD)}
+        return replace(cls(downscale=downscale), **{k: tuple(parse_list(k, text, spec)) if text is not None else None
+                                                    for k, (text, spec) in grids.items()})
+
+    def check_task(self, task: str) -> None:
+        """Refuse a given option that does not apply to the OOF predictions' task."""
+        check_fields(self, context=("task", task))
 
 SEG_DEFAULTS = {"threshold": 0.5, "min_size": 0, "top": 0.0}
 INK_DEFAULT_THRESHOLD = 0.5

@@ -10,16 +10,48 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from kcomp.artifacts.boxes import Boxes
 from kcomp.errors import BadUsage
-from kcomp.options import COMMANDS, check_values
+from kcomp.options import WEIGHT, Choice, Float, check_fields, check_values, lazy, option, parse_weights, specs
 
 METHODS = ("wbf", "nms", "soft_nms")
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 IMPLS = ("fast", "reference")
+SKIP_BOX_THR = 0.01  # wbf's default: boxes scoring below are dropped before fusion
+
+
+@dataclass(frozen=True)
+class WbfOptions:
+    """What `kcomp wbf` was asked, checked on creation (each field with its Spec, as `TrainOptions`). `weights`
+    holds one number per input file, parsed once from `--weights 1,2` by `from_cli`; `skip_box_thr` is None when
+    not given (it applies to wbf and soft_nms only) and `box_thr` the threshold fusion uses."""
+
+    iou: float = option(Float(0, 1, low_open=True), 0.55)
+    skip_box_thr: float | None = option(Float(0, 1, default=SKIP_BOX_THR, needs=(
+        "--method wbf or soft_nms", lambda v: v["method"] != "nms")))
+    weights: tuple[float, ...] | None = option(replace(WEIGHT, repeated=True))
+    method: str = option(Choice(lazy("kcomp.post.wbf", "METHODS"), what="fusion method"), "wbf")
+    conf_type: str = option(Choice(lazy("kcomp.post.wbf", "CONF_TYPES"), what="confidence type"), "avg")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @classmethod
+    def from_cli(cls, *, weights: str | None, inputs: int, **values: object) -> WbfOptions:
+        """The options as typed on the command line (`weights` as text, for `inputs` files): every plain value is
+        checked first, then the weights are parsed."""
+        return replace(cls(**values), weights=parse_weights(weights, inputs))
+
+    @property
+    def box_thr(self) -> float:
+        return SKIP_BOX_THR if self.skip_box_thr is None else self.skip_box_thr
+
+
+WBF = specs(WbfOptions)  # what `kcomp wbf` accepts; fuse_boxes holds its callers to the same values
 
 
 def fuse_boxes(lists: Sequence[Boxes], heights: np.ndarray, widths: np.ndarray, *, method: str = "wbf",
@@ -28,7 +60,7 @@ def fuse_boxes(lists: Sequence[Boxes], heights: np.ndarray, widths: np.ndarray, 
     """Box lists in pixels of the same images (image i of every list is a heights[i] x widths[i] picture), fused
     image by image; returns pixels. NMS ignores `skip_box_thr`; soft-NMS drops boxes whose decayed score is not
     above it."""
-    check_values(COMMANDS["wbf"], method=method, conf_type=conf_type, iou=iou_thr, skip_box_thr=skip_box_thr)
+    check_values(WBF, method=method, conf_type=conf_type, iou=iou_thr, skip_box_thr=skip_box_thr)
     if impl not in IMPLS:
         raise BadUsage(f"impl {impl!r}: choose one of {', '.join(IMPLS)}")
     if weights is not None and len(weights) != len(lists):

@@ -10,10 +10,12 @@ settings of a thresholds file when one is given (what `submit` would draw), else
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp.errors import BadInput, BadUsage
+from kcomp.options import Int, Text, check_fields, option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -25,6 +27,24 @@ PALETTE = [(255, 99, 71), (50, 205, 50), (30, 144, 255), (255, 215, 0), (186, 85
 ALPHA = 0.4
 INK_MAX_SIDE = 1024
 PRED_RGB, TRUTH_RGB = (255, 64, 64), (64, 220, 64)  # ink outlines, as the det previews draw boxes
+PREVIEWS = 8  # ids drawn by default
+
+
+@dataclass(frozen=True)
+class PreviewOptions:
+    """`kcomp tta --preview DIR --preview-count N`, checked on creation (each field with its Spec, as
+    `TrainOptions`); `preview_count` is None when not given (it applies with --preview only) and `count` the ids
+    drawn."""
+
+    preview: str | None = option(Text())
+    preview_count: int | None = option(Int(1, default=PREVIEWS, needs=("--preview DIR", lambda v: bool(v["preview"]))))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    @property
+    def count(self) -> int:
+        return PREVIEWS if self.preview_count is None else self.preview_count
 
 
 def write_previews(preds: Predictions, out_dir: Path, n: int = 8, *, thresholds: dict[str, Any] | None = None,

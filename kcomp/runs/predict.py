@@ -78,19 +78,16 @@ class PredictOptions:
     img_size: int | None = options.option(options.Int(1, options.MAX_SIDE, only=RESIZABLE))
 
     def __post_init__(self) -> None:
-        options.check({k: getattr(self, k) for k in PREDICT}, PREDICT)
+        options.check_fields(self)
         _ = self.scales  # parsed and checked now, before anything is created
 
-    @property
+    @functools.cached_property
     def scales(self) -> tuple[float, ...]:
         return tuple(options.parse_list("tta_scales", self.tta_scales, SCALE)) if self.tta_scales else (1.0,)
 
     def check_task(self, task: str) -> None:
         """The options that apply to some tasks only, against the runs' task."""
-        options.check({"tta_scales": self.tta_scales, "img_size": self.img_size}, PREDICT, context=("task", task))
-
-
-PREDICT = options.specs(PredictOptions)  # what `oof` and `tta` accept (kcomp.options)
+        options.check_fields(self, context=("task", task))
 
 
 def _weights(run: Run, fold: int, which: str, task: str) -> dict[str, Any]:

@@ -13,12 +13,15 @@ boxes, 1 when there is nothing to decide. `min_conf` and `top_frac` keep the mos
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kcomp import options
 from kcomp.errors import BadInput, BadUsage
+from kcomp.options import Flag, Float, Text, check_fields, option
 
 if TYPE_CHECKING:
 
@@ -28,39 +31,51 @@ if TYPE_CHECKING:
 TASKS = ("cls", "seg", "det", "ink")
 
 
-def make_pseudo(pred_paths: list[str], output: str, *, thresholds: str | None = None, min_conf: float = 0.0,
-                top_frac: float = 1.0, soft: bool = False, min_score: float = 0.5) -> tuple[str, dict[str, Any]]:
-    """`kcomp pseudo`: write the pseudo-labelled rows of the test predictions `pred_paths`; returns (written,
-    summary)."""
+@dataclass(frozen=True)
+class PseudoOptions:
+    """What `kcomp pseudo` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
+
+    min_conf: float = option(Float(0, 1), 0.0)  # keep rows at least this confident
+    top_frac: float = option(Float(0, 1, low_open=True), 1.0)  # keep only this most confident share
+    soft: bool = option(Flag(), False)  # cls: also store the class probabilities
+    thresholds: str | None = option(Text())  # seg/ink: THRESHOLDS.json (default: 0.5, no post-processing)
+    min_score: float = option(Float(0, 1), 0.5)  # det: boxes scoring at least this become labels
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+def make_pseudo(pred_paths: list[str], output: str, opts: PseudoOptions | None = None,
+                **values: Any) -> tuple[str, dict[str, Any]]:
+    """`kcomp pseudo`: write the pseudo-labelled rows of the test predictions `pred_paths`, as `opts` (or the
+    PseudoOptions fields given as keywords) say; returns (written, summary)."""
     from kcomp.artifacts.pseudo import write_pseudo
 
-    from kcomp import options
-
-    options.check({"min_conf": min_conf, "top_frac": top_frac, "soft": soft, "thresholds": thresholds,
-                   "min_score": min_score}, options.COMMANDS["pseudo"])
+    opts = opts or PseudoOptions(**values)
     preds, table = _inputs(pred_paths)
     task = preds[0].task
-    if soft and task != "cls":
+    if opts.soft and task != "cls":
         raise BadUsage(f"--soft applies to cls predictions (class probabilities); these are {task}")
-    settings = _thresholds(thresholds, task)
+    settings = _thresholds(opts.thresholds, task)
     from kcomp.tasks._pseudo_labels import HANDLERS
 
     handler = HANDLERS[task]
-    conf = np.concatenate([handler.confidence(p, table, settings, min_score) for p in preds])
-    keep = select(conf, min_conf=min_conf, top_frac=top_frac)
-    labels_dir = _labels_dir(output, [*pred_paths, thresholds]) if task == "ink" else None
+    conf = np.concatenate([handler.confidence(p, table, settings, opts.min_score) for p in preds])
+    keep = select(conf, min_conf=opts.min_conf, top_frac=opts.top_frac)
+    labels_dir = _labels_dir(output, [*pred_paths, opts.thresholds]) if task == "ink" else None
     options.validated("pseudo")
     parts, offset = [], 0
     for p in preds:
         mine = keep[(keep >= offset) & (keep < offset + len(p.df))] - offset
         offset += len(p.df)
-        parts.append(handler.rows(p, table, mine, settings, min_score=min_score, soft=soft, labels_dir=labels_dir))
+        parts.append(handler.rows(p, table, mine, settings, min_score=opts.min_score, soft=opts.soft,
+                                  labels_dir=labels_dir))
     import pandas as pd
 
     df = pd.concat(parts, ignore_index=True)
     df["confidence"] = conf[keep]
-    meta = {"predictions": [p.source for p in preds], "thresholds": thresholds, "min_conf": min_conf,
-            "top_frac": top_frac, "soft": soft, "min_score": min_score if task == "det" else None,
+    meta = {"predictions": [p.source for p in preds], "thresholds": opts.thresholds, "min_conf": opts.min_conf,
+            "top_frac": opts.top_frac, "soft": opts.soft, "min_score": opts.min_score if task == "det" else None,
             "target": preds[0].meta.get("target"), "index": table.source}
     files = {"inklabels": labels_dir.name} if labels_dir is not None else None
     written = write_pseudo(df, output, table, files=files, **meta)
