@@ -68,11 +68,11 @@ def _lr_of(optimizer, param: torch.Tensor) -> float:
 class _Segmenter(torch.nn.Module):
     """A model whose timm network is inside it (an smp encoder, an ink encoder)."""
 
-    def __init__(self) -> None:
+    def __init__(self, **timm_kwargs) -> None:
         super().__init__()
         import timm
 
-        self.encoder = timm.create_model("resnet18", num_classes=0)
+        self.encoder = timm.create_model("resnet18", **timm_kwargs)
         self.head = torch.nn.Conv2d(512, 1, 1)
 
 
@@ -93,13 +93,15 @@ def test_layer_decay_gives_each_layer_its_documented_lr():
     assert _lr_of(opt, net.layer3[1].conv2.weight) == pytest.approx(ratio * d ** 3, rel=1e-12) and ratio < lr
     # weight decay is still off norms and biases inside each layer
     assert {g["weight_decay"] for g in opt.param_groups if any(p is net.bn1.bias for p in g["params"])} == {0.0}
-    # a timm network inside another model: its layers decay, everything outside it is the top layer
-    seg = _Segmenter()
-    opt = build_optimizer(seg, opts)
-    build_scheduler(opt, opts, steps_per_epoch=4)
-    enc = seg.encoder
-    for p, layer in {enc.conv1.weight: 0, enc.bn1.weight: 0, enc.layer3[1].conv2.weight: 6, seg.head.weight: 9}.items():
-        assert _lr_of(opt, p) == pytest.approx(_resnet_lr(lr, d, layer), rel=1e-12)
+    # a timm network inside another model (features only, as smp's tu- encoders, the ink encoder and effdet's
+    # backbones build it, or whole): its layers decay, everything outside it is the top layer
+    for seg in (_Segmenter(features_only=True), _Segmenter(num_classes=0)):
+        opt = build_optimizer(seg, opts)
+        build_scheduler(opt, opts, steps_per_epoch=4)
+        enc = seg.encoder
+        for p, layer in {enc.conv1.weight: 0, enc.bn1.weight: 0, enc.layer3[1].conv2.weight: 6,
+                         seg.head.weight: 9}.items():
+            assert _lr_of(opt, p) == pytest.approx(_resnet_lr(lr, d, layer), rel=1e-12)
 
 
 def test_layer_decay_refuses_a_model_without_layers_to_decay_over():

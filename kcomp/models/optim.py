@@ -87,9 +87,9 @@ def param_groups(model: torch.nn.Module, opts: Any) -> list[dict[str, Any]]:
 
 
 class _Prefixed:
-    """A model seen by timm's layer-decay grouping through the `group_matcher` of the timm network inside it (an
-    encoder, a backbone): the inner network's layers keep their order, everything outside it (decoder, neck, head)
-    is the top layer and trains at the full LR."""
+    """A model seen by timm's layer-decay grouping through the `group_matcher` of the timm network at `prefix`
+    inside it (the model itself, an encoder, a backbone): that network's layers keep their order, everything
+    outside it (decoder, neck, head) is the top layer and trains at the full LR."""
 
     def __init__(self, model: torch.nn.Module, prefix: str, matcher: dict[str, Any]) -> None:
         self.model, self.prefix, self.matcher = model, prefix, matcher
@@ -98,6 +98,9 @@ class _Prefixed:
         return self.model.named_parameters()
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        if not self.prefix:
+            return self.matcher
+
         def under(pattern: str) -> str:  # '^conv1|bn1' -> '^encoder\\.(?:conv1|bn1)', capture groups kept
             return "^" + re.escape(self.prefix + ".") + "(?:" + re.sub(r"(^|\||\()\^", r"\1", pattern) + ")"
 
@@ -105,14 +108,30 @@ class _Prefixed:
                 for k, v in self.matcher.items()}
 
 
-def _layered(model: torch.nn.Module, opts: Any) -> Any:
-    """The model, or a view of it, whose `group_matcher` orders its layers; refuses a model without one."""
+def _layered(model: torch.nn.Module, opts: Any) -> _Prefixed:
+    """The model as layer decay groups it, by the first timm network in it; refuses a model without one."""
     for name, module in model.named_modules():
-        matcher = getattr(module, "group_matcher", None)
-        if callable(matcher):
-            return module if not name else _Prefixed(model, name, matcher(coarse=False))
+        matcher = _matcher(module)
+        if matcher is not None:
+            return _Prefixed(model, name, matcher)
     raise BadUsage(f"--layer-decay: model {opts.model} ({opts.task}) has no timm layer grouping (group_matcher) to "
-                   f"decay the LR over; it applies to timm networks and models whose timm backbone keeps one")
+                   f"decay the LR over; it applies to timm networks and to models built on a timm encoder or "
+                   f"backbone (seg: tu-<timm name>)")
+
+
+def _matcher(module: torch.nn.Module) -> dict[str, Any] | None:
+    """A timm network's fine layer matcher. A features-only network (an encoder, a backbone) has none of its own
+    but keeps its parameters' names and its architecture's name: the full network's matcher, built on the meta
+    device (no memory, no weights), orders them."""
+    if callable(getattr(module, "group_matcher", None)):
+        return module.group_matcher(coarse=False)
+    arch = (getattr(module, "pretrained_cfg", None) or {}).get("architecture")
+    if not arch:
+        return None
+    import timm
+
+    with torch.device("meta"):
+        return timm.create_model(arch, pretrained=False).group_matcher(coarse=False)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, opts: Any, steps_per_epoch: int, *,
