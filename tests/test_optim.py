@@ -13,7 +13,7 @@ import torch
 
 from kcomp.errors import BadUsage
 from kcomp.runs import config
-from kcomp.models.optim import build_optimizer, build_scheduler, check_precision, clip_gradients
+from kcomp.models.optim import build_optimizer, build_scheduler, check_precision, clip_gradients, load_scheduler
 
 
 def _opts(**kw):
@@ -276,3 +276,27 @@ def test_bad_names_and_values_are_refused_in_one_line():
                            ({"decay_epochs": 2.0, "sched": "plateau"}, r"applies only with --sched step or wsd")]:
         with pytest.raises(BadUsage, match=message):
             _opts(**given)
+
+
+def test_a_last_pt_from_before_timms_optimizer_and_schedule_resumes():
+    """kcomp before timm's machinery: AdamW over [decay, no decay] groups and a LambdaLR; both load, each
+    parameter gets its own saved moments back and the schedule goes on as the same cosine."""
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", num_classes=3)
+    decay = [p for p in net.parameters() if p.ndim > 1]
+    old = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                             {"params": [p for p in net.parameters() if p.ndim <= 1], "weight_decay": 0.0}], lr=1e-3)
+    lambda_lr = torch.optim.lr_scheduler.LambdaLR(old, lambda step: 1.0)
+    net(torch.randn(2, 3, 32, 32)).sum().backward()
+    old.step()
+    lambda_lr.step()
+    opts = _opts()
+    opt = build_optimizer(net, opts)
+    sched = build_scheduler(opt, opts, steps_per_epoch=5)
+    opt.load_state_dict(old.state_dict())
+    load_scheduler(sched, lambda_lr.state_dict())
+    assert all(torch.equal(opt.state[p]["exp_avg"], old.state[p]["exp_avg"]) for p in net.parameters())
+    fresh = build_optimizer(net, opts)
+    assert _lrs(opt, sched, 50)[1:] == _lrs(fresh, build_scheduler(fresh, opts, steps_per_epoch=5), 50)[1:]
