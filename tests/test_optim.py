@@ -155,6 +155,29 @@ def test_one_sam_step_is_the_hand_computed_one():
     assert not np.allclose(want, w0 - lr * (1 + momentum) * g, rtol=1e-3)
 
 
+def test_sam_with_accumulation_replays_the_groups_batches():
+    """--accum 2 over two halves steps as one batch of both (mean losses, halves of equal size): the second pass
+    goes over every batch of the group again, not only the last."""
+    from kcomp.runs._fold import Position
+    from kcomp.runs.train import _train_step
+
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 2), torch.randn(8, 1)
+
+    def trained(accum: int) -> torch.Tensor:
+        model = torch.nn.Linear(2, 1)
+        torch.nn.init.constant_(model.weight, 0.3)
+        torch.nn.init.constant_(model.bias, -0.2)
+        f = _step_fold(model, _opts(opt="sgd", lr=0.1, accum=accum, warmup_epochs=0, sam=True, sam_rho=0.5),
+                       batches=accum)
+        pos = Position.start(torch.device("cpu"))
+        steps = [_train_step(f, pos, xs, ys) for xs, ys in zip(x.chunk(accum), y.chunk(accum))]
+        assert steps == [False] * (accum - 1) + [True]
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    torch.testing.assert_close(trained(2), trained(1), rtol=1e-6, atol=1e-7)
+
+
 def test_sam_leaves_batchnorm_statistics_to_the_first_pass():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 1))

@@ -214,7 +214,8 @@ def _end_epoch(f: Fold, pos: Position, train_loss: float, score: float, *, img_p
     epoch = pos.epoch + 1
     improved = f.metric.is_better(score, pos.best)
     f.scheduler.step(epoch, score)  # per-epoch schedules (plateau) see the validation metric
-    row = {"epoch": epoch, "step": pos.step, "lr": f.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+    lr = max(g["lr"] for g in f.optimizer.param_groups)  # the top layer's under --layer-decay
+    row = {"epoch": epoch, "step": pos.step, "lr": lr, "train_loss": train_loss,
            f"val_{f.metric_name}": score, "best": improved, "seconds": seconds, "img_per_s": img_per_s}
     pos.history.append(row)
     if improved:
