@@ -282,6 +282,12 @@ def test_each_schedule_warms_up_then_moves_the_lr(sched):
         assert lrs[-1] < 1.0
 
 
+def test_a_wsd_decay_longer_than_the_run_is_refused():
+    opts = _opts(sched="wsd", decay_epochs=20.0, epochs=4)
+    with pytest.raises(BadUsage, match=r"--decay-epochs 20\.0: wsd's decay \(100 steps\) must fit in the 15 steps"):
+        build_scheduler(build_optimizer(torch.nn.Linear(2, 2), opts), opts, steps_per_epoch=5)
+
+
 def test_bad_names_and_values_are_refused_in_one_line():
     cases = {"opt": ("foo", r"--opt foo: unknown optimizer \(timm's\); choose one of: .*adamw.*sgd"),
              "sched": ("foo", r"--sched foo: unknown schedule; choose one of: cosine, .*plateau, onecycle$"),

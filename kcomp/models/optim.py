@@ -155,6 +155,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, opts: Any, steps_per_epoch
     decay = opts.decay_epochs * steps_per_epoch if opts.decay_epochs is not None else None
     if opts.sched == "step" and decay is None:
         decay = max(1, total // 3)
+    if opts.sched == "wsd" and decay is not None and not 1 <= decay <= total - warmup:
+        raise BadUsage(f"--decay-epochs {opts.decay_epochs}: wsd's decay ({decay:g} steps) must fit in the "
+                       f"{total - warmup} steps after warmup (--epochs {opts.epochs})")
     # warmup_prefix: the schedule proper runs over the updates after warmup (updates_per_epoch=1: counts are updates)
     scheduler, _ = create_scheduler_v2(optimizer, opts.sched, num_epochs=max(1, total - warmup), decay_epochs=decay,
                                        decay_rate=opts.decay_rate, min_lr=min_lr, warmup_lr=warmup_lr,

@@ -142,9 +142,9 @@ def _train_step(f: Fold, pos: Position, x: torch.Tensor, y: torch.Tensor) -> boo
     if f.task.supports_mix and (opts.mixup or opts.cutmix):
         x, y = mix_batch(x, y, f.target_columns, mixup_alpha=opts.mixup, cutmix_alpha=opts.cutmix,
                          prob=opts.mix_prob, generator=step_generator(opts.seed, pos.epoch, i))
-    # DDP all-reduces before a step only; SAM's first pass never (each rank ascends along its own gradient, the
-    # second pass's gradients are the ones averaged)
-    skip_sync = opts.sam or ((i + 1) % opts.accum != 0 and i + 1 != f.batches)
+    # DDP all-reduces before a step only (with --sam, before each of its two: every rank ascends along the global
+    # batch's gradient, so DDP follows one process at the global batch, as without SAM)
+    skip_sync = (i + 1) % opts.accum != 0 and i + 1 != f.batches
     loss = _forward_backward(f, x, y, skip_sync)
     if opts.sam:
         f.group_batches.append((x, y))
