@@ -52,6 +52,9 @@ def test_opt_sgd_is_nesterov_sgd_with_the_given_momentum():
     assert all(g["nesterov"] and g["momentum"] == 0.8 and g["lr"] == 0.1 for g in opt.param_groups)
     # weight decay stays off biases and norms, as with the default AdamW
     assert [g["weight_decay"] for g in opt.param_groups] == [0.05, 0.0]
+    # at --weight-decay 0 the same two groups (kcomp's checkpoints hold two), both without decay
+    opt = build_optimizer(torch.nn.Linear(2, 2), _opts(weight_decay=0.0))
+    assert [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups] == [(1, 0.0), (1, 0.0)]
     assert type(build_optimizer(torch.nn.Linear(2, 2), _opts())) is torch.optim.AdamW
 
 

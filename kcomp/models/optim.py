@@ -35,9 +35,9 @@ def optimizer_names() -> list[str]:
 
 def takes_momentum(name: str) -> bool:
     """Whether `--momentum` means anything for optimizer `name` (sgd, momentum, rmsprop, lars...)."""
-    from timm.optim._optim_factory import default_registry
+    from timm.optim import get_optimizer_info
 
-    return name in optimizer_names() and default_registry.get_optimizer_info(name).has_momentum
+    return name in optimizer_names() and get_optimizer_info(name).has_momentum
 
 
 def build_optimizer(model: torch.nn.Module, opts: Any) -> torch.optim.Optimizer:
@@ -65,9 +65,9 @@ def build_optimizer(model: torch.nn.Module, opts: Any) -> torch.optim.Optimizer:
 def _fusable(name: str) -> bool:
     import inspect
 
-    from timm.optim._optim_factory import default_registry
+    from timm.optim import get_optimizer_info
 
-    cls = default_registry.get_optimizer_info(name).opt_class
+    cls = get_optimizer_info(name).opt_class
     return isinstance(cls, type) and cls.__module__.startswith("torch.optim") and \
         "fused" in inspect.signature(cls).parameters
 
@@ -80,8 +80,10 @@ def param_groups(model: torch.nn.Module, opts: Any) -> list[dict[str, Any]]:
 
     no_decay = getattr(model, "no_weight_decay", set)()
     if opts.layer_decay is None:
-        groups = param_groups_weight_decay(model, opts.weight_decay, no_weight_decay_list=no_decay)
-        return sorted(groups, key=lambda g: g["weight_decay"] == 0.0)  # decayed first; stable
+        # split at a unit decay, then set: at --weight-decay 0 too, the two groups kcomp's checkpoints hold
+        groups = sorted(param_groups_weight_decay(model, 1.0, no_weight_decay_list=no_decay),
+                        key=lambda g: g["weight_decay"] == 0.0)  # decayed first; stable
+        return [g | {"weight_decay": g["weight_decay"] * opts.weight_decay} for g in groups]
     return param_groups_layer_decay(_layered(model, opts), weight_decay=opts.weight_decay,
                                     layer_decay=opts.layer_decay, no_weight_decay_list=no_decay)
 
