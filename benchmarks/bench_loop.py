@@ -38,7 +38,7 @@ def model_only_train(model: torch.nn.Module, batch: int, size: int, steps: int, 
                      classes: int) -> float:
     """img/s of forward+backward+AdamW step on a resident uint8 batch (what the loop could reach at best)."""
     from kcomp.runs import config
-    from kcomp.runs._fold import build_optimizer
+    from kcomp.models.optim import build_optimizer
 
     opt = build_optimizer(model, config.resolve(lr=1e-3, weight_decay=0.05))
     x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
@@ -100,7 +100,7 @@ def plain_train(files: list[Path], size: int, batch: int, workers: int, device: 
     from kcomp.data.images import _reduced_flag
     from kcomp.models import create_cls_model
     from kcomp.runs import config
-    from kcomp.runs._fold import build_optimizer
+    from kcomp.models.optim import build_optimizer
 
     tf = A.Compose([A.RandomResizedCrop(size=(size, size), scale=(0.3, 1.0)), A.HorizontalFlip(), A.VerticalFlip()])
 

@@ -11,6 +11,7 @@ from kcomp.commands._launch import (Gpus, MasterAddr, MasterPort, NodeRank, Node
                                     parallel_folds, relaunch_if_asked, under_torchrun)
 
 Opt = typer.Option
+OPTIM = "Optimisation"  # the help panel of the optimizer, schedule, SAM and clipping options
 # A training option is declared twice: its field in kcomp/tasks/options.py (type, default, accepted values, tasks) and
 # its typer.Option below under the same name (flag and help). None means "not given": the default, or the task's.
 
@@ -26,9 +27,32 @@ def command(
     img_size: Annotated[int | None, Opt(help="Square input size. Default 224.")] = None,
     epochs: Annotated[int | None, Opt(help="Default 10.")] = None,
     batch_size: Annotated[int | None, Opt(help="Per-step batch. Default 32 (seg: 8).")] = None,
-    lr: Annotated[float | None, Opt(help="Peak AdamW learning rate (cosine with warmup). Default 1e-3.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate (of --sched after warmup). Default 1e-3.")] = None,
     weight_decay: Annotated[float | None, Opt(help="Default 0.05 (not on norms/biases).")] = None,
     warmup_epochs: Annotated[float | None, Opt(help="Linear warmup length in epochs. Default 1.")] = None,
+    opt: Annotated[str | None, Opt(help="Optimizer, any of timm's: adamw, sgd (Nesterov), lamb, lion, adan, adamp..."
+                                        " Default adamw.", rich_help_panel=OPTIM)] = None,
+    momentum: Annotated[float | None, Opt(help="Momentum of sgd and other momentum optimizers. Default 0.9.",
+                                          rich_help_panel=OPTIM)] = None,
+    sched: Annotated[str | None, Opt(help="LR schedule after warmup, per step: cosine | tanh | step | wsd | constant "
+                                          "| plateau (on the validation metric) | onecycle. Default cosine.",
+                                     rich_help_panel=OPTIM)] = None,
+    decay_epochs: Annotated[float | None, Opt(help="step: decay every N epochs (default: a third of the run); wsd: "
+                                                   "decay phase length (default: its last 20%).",
+                                              rich_help_panel=OPTIM)] = None,
+    decay_rate: Annotated[float | None, Opt(help="step, plateau: LR factor per decay. Default 0.1.",
+                                            rich_help_panel=OPTIM)] = None,
+    plateau_patience: Annotated[int | None, Opt(help="plateau: epochs without improvement before a decay. "
+                                                     "Default 2.", rich_help_panel=OPTIM)] = None,
+    layer_decay: Annotated[float | None, Opt(help="Layer-wise LR decay (timm's groups): layer k of n trains at "
+                                                  "lr x X^(n-1-k); the head at lr.", rich_help_panel=OPTIM)] = None,
+    sam: Annotated[bool, Opt("--sam", help="Sharpness-aware minimisation around --opt (two passes per step; "
+                                           "bf16/fp32).", rich_help_panel=OPTIM)] = False,
+    sam_rho: Annotated[float | None, Opt(help="SAM neighbourhood radius. Default 0.05.", rich_help_panel=OPTIM)] = None,
+    clip_grad: Annotated[float | None, Opt(help="Clip gradients (after unscaling) at this value.",
+                                           rich_help_panel=OPTIM)] = None,
+    clip_mode: Annotated[str | None, Opt(help="norm (total L2 norm) | value | agc. Default norm.",
+                                         rich_help_panel=OPTIM)] = None,
     accum: Annotated[int | None, Opt(help="Gradient accumulation steps. Default 1.")] = None,
     loss: Annotated[str | None, Opt(help="ce | bi_tempered | taylor. Default ce.")] = None,
     smoothing: Annotated[float | None, Opt(help="Label smoothing. Default 0.")] = None,

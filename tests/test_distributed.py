@@ -156,6 +156,21 @@ def test_ddp_resume_after_sigterm_is_bit_identical(runs, tmp_path):
                                   _metrics(run).drop(columns=["seconds", "img_per_s"]))
 
 
+@pytest.mark.slow  # two more 2-epoch runs, one of them on 2 ranks
+def test_ddp_with_sam_follows_the_single_process(runs, tmp_path):
+    """SAM's two passes are both all-reduced: 2 ranks at batch 16 ascend and step as one process at batch 32."""
+    sam = ["--sam", "--sam-rho", "0.1", "--opt", "sgd", "--clip-grad", "1", "--folds", str(runs["folds"])]
+    single = run_cli(*BASE, *FOLD0, *sam, "--batch-size", "32", "-o", tmp_path / "single")
+    ddp = run_cli(*BASE, *FOLD0, *sam, *DDP, "-o", tmp_path / "ddp")
+    assert single.code == 0 and ddp.code == 0, single.stderr + ddp.stderr
+    np.testing.assert_allclose(_metrics(tmp_path / "ddp")["train_loss"], _metrics(tmp_path / "single")["train_loss"],
+                               rtol=1e-4)
+    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "ddp")
+    assert max((a[k].float() - b[k].float()).abs().max().item() for k in a) < 1e-4
+    plain = _weights(runs["single"])  # the same run without SAM ends elsewhere
+    assert max((a[k].float() - plain[k].float()).abs().max().item() for k in a) > 1e-3
+
+
 def test_sharded_oof_equals_single_process_oof(runs):
     root = runs["root"]
     one = run_cli("oof", runs["single"], "-o", root / "oof1.parquet", "--workers", "0", "--device", "cpu")

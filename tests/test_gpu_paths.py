@@ -288,7 +288,7 @@ def console_bar():
 
 def test_fused_adamw_on_cuda_for_each_on_cpu(monkeypatch):
     from kcomp.runs import config
-    from kcomp.runs._fold import build_optimizer
+    from kcomp.models.optim import build_optimizer
 
     model = torch.nn.Linear(3, 2)
     cfg = config.resolve(lr=1e-3, weight_decay=0.05)

@@ -75,6 +75,26 @@ def test_sigkill_resume_is_bit_identical(demo_run, uninterrupted, tmp_path, work
     assert not diff, f"{len(diff)} tensors differ after {killed} kills, e.g. {diff[:3]}"
 
 
+# A non-default optimizer, schedule and step: Nesterov SGD's momentum buffers, the plateau's counters (patience 0:
+# every epoch that does not improve decays) and SAM's two passes per step all come back from last.pt.
+OPTIMISED = ["--opt", "sgd", "--sched", "plateau", "--plateau-patience", "0", "--sam", "--clip-grad", "1"]
+
+
+@pytest.mark.slow  # ~100 s of CPU: two 2-epoch SAM runs, one killed twice
+def test_sigkill_resume_with_sgd_plateau_and_sam_is_bit_identical(demo_run, tmp_path):
+    args = [*TRAIN, *OPTIMISED, "--folds", str(demo_run["folds"]), "--fold", "0", "--workers", "0"]
+    ref, resumed = tmp_path / "ref", tmp_path / "resumed"
+    assert run_cli(*args, "-o", ref).code == 0
+    assert _kill_and_resume([*args, "-o", str(resumed)], resumed, kills=2, seed=7) == 2
+    a, b = (torch.load(r / "fold0" / "last.pt", weights_only=True) for r in (ref, resumed))
+    assert a["scheduler"] == b["scheduler"] and a["scheduler"]["plateau"]["last_epoch"] == 2
+    assert all(g["nesterov"] for g in b["optimizer"]["param_groups"])
+    diff = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    diff += [k for k, s in a["optimizer"]["state"].items()
+             if not torch.equal(s["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])]
+    assert not diff, f"{len(diff)} tensors differ after 2 kills, e.g. {diff[:3]}"
+
+
 def test_sigterm_saves_and_exits_130(demo_run, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "kcomp.commands.main", "--quiet", *TRAIN, "--folds", str(demo_run["folds"]),

@@ -29,6 +29,7 @@ from kcomp.infer.predict import loader_workers
 from kcomp.runs import config as config_mod
 from kcomp.runs import freeze, stopping
 from kcomp.runs._data import DataChanges
+from kcomp.models.optim import build_optimizer, build_scheduler, check_precision, load_scheduler
 from kcomp.runtime import distributed
 from kcomp.runtime.device import (amp_dtype, configure_backends, resolve_device, resolve_workers, rng_state,
                                   seed_everything, set_rng_state)
@@ -97,12 +98,14 @@ class Fold:
     val_targets: Any
     model: torch.nn.Module  # the module that is saved and evaluated
     ema: Any  # timm ModelEmaV3, or None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    optimizer: torch.optim.Optimizer  # pytorch-optimizer's SAM around it with --sam
+    scheduler: Any  # timm's calls: step_update(updates), step(epoch, metric) (kcomp.models.optim)
     scaler: torch.amp.GradScaler
     ddp: torch.nn.Module  # the model wrapped for DDP (the model itself in one process), for `no_sync`
     step_model: Any  # what a training step calls: `ddp`, compiled with --compile
     loss_fn: Any
+    # --sam: the batches of this accumulation group, forwarded again at the perturbed weights (kcomp.runs.train)
+    group_batches: list[tuple[torch.Tensor, Any]] = field(default_factory=list)
 
     @property
     def world(self) -> int:
@@ -147,12 +150,14 @@ def build_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str
     metric = get_metric(metric_name)
     loaders = _loaders(opts, table, task, setup, fold, device, changes or DataChanges())
     parts = _training_parts(opts, task, setup, run, device, dtype, batches=len(loaders[0]),
-                            train=loaders[0].dataset, resuming=paths.last_checkpoint(run, fold).exists())
+                            train=loaders[0].dataset, resuming=paths.last_checkpoint(run, fold).exists(),
+                            higher=metric.higher_is_better)
     return Fold(opts, task, setup, run, fold, device, dtype, metric_name, metric, *loaders, *parts)
 
 
 def _training_parts(opts: TrainOptions, task: Any, setup: dict[str, Any], run: Path, device: torch.device,
-                    dtype: torch.dtype | None, *, batches: int, train: Any, resuming: bool) -> tuple[Any, ...]:
+                    dtype: torch.dtype | None, *, batches: int, train: Any, resuming: bool,
+                    higher: bool) -> tuple[Any, ...]:
     """(model, ema, optimizer, scheduler, scaler, ddp, step_model, loss_fn), as `Fold` holds them. A fold that
     resumes takes its weights from last.pt, so neither the hub nor --weights is read for it."""
     from timm.utils import ModelEmaV3
@@ -167,10 +172,9 @@ def _training_parts(opts: TrainOptions, task: Any, setup: dict[str, Any], run: P
     if opts.channels_last:
         model = model.to(memory_format=torch.channels_last)
     freeze.prepare(model, opts)  # --freeze-bn, --grad-checkpointing
+    check_precision(opts, dtype)
     optimizer = build_optimizer(model, opts)
-    steps_per_epoch = math.ceil(batches / opts.accum)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        steps_per_epoch * opts.epochs, int(opts.warmup_epochs * steps_per_epoch), opts.min_lr_ratio))
+    scheduler = build_scheduler(optimizer, opts, math.ceil(batches / opts.accum), higher_is_better=higher)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = ModelEmaV3(model, decay=opts.ema, use_warmup=True) if opts.ema else None
     distributed.seed_rank(opts.seed, opts.deterministic)  # after the shared-seed model init
@@ -257,29 +261,6 @@ def _loader_options(workers: int, device: torch.device) -> dict[str, Any]:
             "generator": torch.Generator().manual_seed(0)} | ({"prefetch_factor": 4} if workers else {})
 
 
-def build_optimizer(model: torch.nn.Module, opts: TrainOptions) -> torch.optim.Optimizer:
-    """AdamW without weight decay on norms and biases (the usual timm recipe). On CUDA the fused kernel: one launch
-    for every parameter, its step counters on the device (the for-each one reads them on the host every step) and,
-    with fp16, the GradScaler's inf check inside the kernel instead of a host sync per step."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": opts.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.is_cuda for g in groups for p in g["params"]) and bool(decay or no_decay)
-    return torch.optim.AdamW(groups, lr=opts.lr, fused=fused)
-
-
-def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):  # noqa: ANN201 - a LambdaLR factor
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return 0.01 + 0.99 * step / max(1, warmup_steps)
-        t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    return factor
-
-
 def resume(f: Fold, asked: bool) -> Position:
     """The position to start from: the fold's last.pt loaded into the model, EMA, optimizer, scheduler and scaler
     (any last.pt is resumed, asked or not), else the start."""
@@ -300,7 +281,7 @@ def resume(f: Fold, asked: bool) -> Position:
                        f"the global batch would change mid-run: resume with the same --gpus/--nodes")
     f.model.load_state_dict(ck["model"])
     f.optimizer.load_state_dict(ck["optimizer"])
-    f.scheduler.load_state_dict(ck["scheduler"])
+    load_scheduler(f.scheduler, ck["scheduler"])
     load_scaler(f.scaler, ck["scaler"])
     if f.ema is not None:
         f.ema.module.load_state_dict(ck["ema"])

@@ -23,6 +23,7 @@ from kcomp.errors import BadInput, BadUsage, Interrupted
 from kcomp.infer.predict import predict_loader
 from kcomp.runs import config, freeze, stopping, tensorboard
 from kcomp.runs._data import DataChanges
+from kcomp.models.optim import clip_gradients
 from kcomp.runs._fold import Fold, Position, build_fold, check_run_config, resume, save_best, save_last, stop_requests
 from kcomp.runtime import distributed
 from kcomp.runtime.device import amp_dtype, describe, out_of_memory_as_error, resolve_device, step_generator, to_device
@@ -144,25 +145,58 @@ def _train_step(f: Fold, pos: Position, x: torch.Tensor, y: torch.Tensor) -> boo
     if f.task.supports_mix and (opts.mixup or opts.cutmix):
         x, y = mix_batch(x, y, f.target_columns, mixup_alpha=opts.mixup, cutmix_alpha=opts.cutmix,
                          prob=opts.mix_prob, generator=step_generator(opts.seed, pos.epoch, i))
-    skip_sync = (i + 1) % opts.accum != 0 and i + 1 != f.batches  # DDP: all-reduce before a step only
-    with distributed.no_sync(f.ddp, skip_sync):
-        with torch.autocast(f.device.type, dtype=f.dtype or torch.float32, enabled=f.dtype is not None):
-            out = f.step_model(x)
-        loss = f.loss_fn(out, y)
-        f.scaler.scale(loss / opts.accum).backward()
+    # DDP all-reduces before a step only (with --sam, before each of its two: every rank ascends along the global
+    # batch's gradient, so DDP follows one process at the global batch, as without SAM)
+    skip_sync = (i + 1) % opts.accum != 0 and i + 1 != f.batches
+    loss = _forward_backward(f, x, y, skip_sync)
+    if opts.sam:
+        f.group_batches.append((x, y))
     pos.loss_sum += loss.detach()
     pos.loss_count += 1
     pos.batch = i + 1
     if pos.batch % opts.accum and pos.batch != f.batches:
         return False
-    f.scaler.step(f.optimizer)
+    if opts.sam:
+        _sam_second_pass(f)
+    if opts.clip_grad is not None:
+        f.scaler.unscale_(f.optimizer)
+        clip_gradients(f.model.parameters(), opts)
+    if opts.sam:
+        f.optimizer.second_step()  # back to w, then the base optimizer's step with the gradients at w + e(w)
+    else:
+        f.scaler.step(f.optimizer)
     f.scaler.update()
     f.optimizer.zero_grad(set_to_none=True)
-    f.scheduler.step()
     pos.step += 1
+    f.scheduler.step_update(pos.step)
     if f.ema is not None:
         f.ema.update(f.model, step=pos.step)
     return True
+
+
+def _forward_backward(f: Fold, x: torch.Tensor, y: Any, skip_sync: bool) -> torch.Tensor:
+    """One batch's loss, its gradients added to the parameters' (scaled under fp16; a share of the group's)."""
+    with distributed.no_sync(f.ddp, skip_sync):
+        with torch.autocast(f.device.type, dtype=f.dtype or torch.float32, enabled=f.dtype is not None):
+            out = f.step_model(x)
+        loss = f.loss_fn(out, y)
+        f.scaler.scale(loss / f.opts.accum).backward()
+    return loss
+
+
+def _sam_second_pass(f: Fold) -> None:
+    """SAM (pytorch-optimizer's): the weights move to w + e(w) = w + rho g / ||g|| along the first pass's
+    gradients, and the group's batches are forwarded and backpropagated again there, BatchNorm statistics left as
+    the first pass made them."""
+    from pytorch_optimizer import disable_running_stats, enable_running_stats
+
+    f.optimizer.first_step(zero_grad=True)
+    disable_running_stats(f.model)
+    last = len(f.group_batches) - 1
+    for j, (x, y) in enumerate(f.group_batches):
+        _forward_backward(f, x, y, skip_sync=j != last)
+    enable_running_stats(f.model)
+    f.group_batches.clear()
 
 
 def validate(f: Fold) -> float:
@@ -182,7 +216,9 @@ def _end_epoch(f: Fold, pos: Position, train_loss: float, score: float, *, img_p
     """Record the epoch: history row, best.pt when the score improved, last.pt, metrics.parquet, train.log."""
     epoch = pos.epoch + 1
     improved = f.metric.is_better(score, pos.best)
-    row = {"epoch": epoch, "step": pos.step, "lr": f.optimizer.param_groups[0]["lr"], "train_loss": train_loss,
+    f.scheduler.step(epoch, score)  # per-epoch schedules (plateau) see the validation metric
+    lr = max(g["lr"] for g in f.optimizer.param_groups)  # the top layer's under --layer-decay
+    row = {"epoch": epoch, "step": pos.step, "lr": lr, "train_loss": train_loss,
            f"val_{f.metric_name}": score, "best": improved, "seconds": seconds, "img_per_s": img_per_s}
     pos.history.append(row)
     if improved:

@@ -54,6 +54,22 @@ def _given(name: str) -> tuple[str, Any]:
     return f"--{name.replace('_', '-')}", lambda v: bool(v[name])
 
 
+def _sched(*names: str) -> tuple[str, Any]:
+    return f"--sched {' or '.join(names)}", lambda v: v["sched"] in names
+
+
+def _optimizers() -> list[str]:
+    from kcomp.models.optim import optimizer_names
+
+    return optimizer_names()
+
+
+def _takes_momentum(name: str) -> bool:
+    from kcomp.models.optim import takes_momentum
+
+    return takes_momentum(name)
+
+
 def _from_hub(v: Mapping[str, Any]) -> bool:
     return v["pretrained"] is not False and not v["weights"]
 
@@ -78,6 +94,20 @@ class TrainOptions:
     weight_decay: float = option(Float(0), 0.05)
     warmup_epochs: float = option(Float(0), 1.0)
     min_lr_ratio: float = option(Float(0, 1), 0.01)
+    # optimisation (kcomp.models.optim): timm's optimizers and schedules, layer-wise LR decay, SAM, gradient clipping
+    opt: str = option(Choice(_optimizers, what="optimizer (timm's)"), "adamw")
+    momentum: float = option(Float(0, 1, high_open=True, needs=("--opt sgd (an optimizer with momentum)",
+                                                                lambda v: _takes_momentum(v["opt"]))), 0.9)
+    sched: str = option(Choice(lazy("kcomp.models.optim", "SCHEDULES"), what="schedule"), "cosine")
+    decay_epochs: float | None = option(Float(0, 100_000, low_open=True, needs=_sched("step", "wsd")))
+    decay_rate: float = option(Float(0, 1, low_open=True, needs=_sched("step", "plateau")), 0.1)
+    plateau_patience: int = option(Int(0, 100_000, needs=_sched("plateau")), 2)
+    layer_decay: float | None = option(Float(0, 1, low_open=True))
+    sam: bool = option(Flag(), False)
+    sam_rho: float = option(Float(0, 10, low_open=True, needs=_given("sam")), 0.05)
+    clip_grad: float | None = option(Float(0, low_open=True))
+    clip_mode: str = option(Choice(lazy("kcomp.models.optim", "CLIP_MODES"), what="clip mode",
+                                   needs=_given("clip_grad")), "norm")
     accum: int = option(Int(1, MAX_BATCH), 1)
     loss: str = option(_only(LOSS["loss"], CLS), "ce")
     smoothing: float = option(_only(LOSS["smoothing"], ("cls", "seg", "ink")), 0.0)
