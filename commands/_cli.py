@@ -15,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperCommand
 
+CONFIG_META = "kcomp.config"  # ctx.meta key: the --config file's values (commands/_config.py)
 COMMON = "Common options"  # the panel of every option declared without one
 # The order panels are shown in; a panel not named here follows them, in the order its first option is declared.
 ORDER = (COMMON, "Optimisation", "Augmentation", "cls", "seg", "det", "ink", "Data loop", "Devices and distributed")
@@ -30,7 +31,7 @@ class KcompCommand(TyperCommand):
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         given = list(args)  # click consumes the list
         rest = super().parse_args(ctx, args)
-        if ctx.meta.get("kcomp.config") is not None:
+        if ctx.meta.get(CONFIG_META) is not None:
             from kcomp.commands._config import record
 
             record(ctx, given)

@@ -13,6 +13,7 @@ import difflib
 import sys
 from typing import Any
 
+from kcomp.commands._cli import CONFIG_META
 from kcomp.errors import BadInput
 
 
@@ -23,11 +24,8 @@ def default_map(ctx: Any, path: str) -> dict[str, Any]:
     for key, value in _read(path).items():
         param = _param(ctx, keys, path, str(key))
         out[param.name] = _value(ctx, param, path, str(key), value)
-    ctx.meta[META] = out
+    ctx.meta[CONFIG_META] = out  # for `record`, once the command line is parsed
     return out
-
-
-META = "kcomp.config"  # ctx.meta key: the file's values, for `record`
 
 
 def record(ctx: Any, given: list[str]) -> None:
@@ -35,7 +33,7 @@ def record(ctx: Any, given: list[str]) -> None:
     command line did not set) written out in place of `--config FILE`, so the command an artifact records, and
     `pack` replays, is complete without the file, and a torchrun relaunch re-reads nothing. Only when this process
     was started with these arguments (not when a test calls the app in-process)."""
-    values = ctx.meta.get(META)
+    values = ctx.meta.get(CONFIG_META)
     start = len(sys.argv) - len(given)
     if values is None or start < 1 or sys.argv[start:] != given:
         return
