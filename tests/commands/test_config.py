@@ -212,7 +212,7 @@ def test_panels_come_from_the_options_attribute() -> None:
     from kcomp.commands.main import app
 
     group = get_command(app)
-    for name in ("train", "oof", "tta"):
+    for name in ("train", "oof", "tta", "pack"):
         sections = _help_sections(name)
         for param in group.commands[name].params:
             long = next((o for o in reversed(param.opts) if o.startswith("--")), None)
