@@ -23,6 +23,8 @@ def default_map(ctx: Any, path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in _read(path).items():
         param = _param(ctx, keys, path, str(key))
+        if param.name in out:  # img_size and img-size
+            raise BadInput(f"{key}: {param.opts[-1]} is set twice in the file", path=path)
         out[param.name] = _value(ctx, param, path, str(key), value)
     ctx.meta[CONFIG_META] = out  # for `record`, once the command line is parsed
     return out
@@ -68,7 +70,7 @@ def _read(path: str) -> dict[Any, Any]:
     import yaml
 
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is not part of the first key
             data = yaml.load(f, Loader=yaml.BaseLoader)
     except OSError as e:
         raise BadInput(f"cannot read the --config file: {e.strerror or e}", path=path) from None
@@ -107,7 +109,7 @@ def _param(ctx: Any, keys: dict[str, Any], path: str, key: str) -> Any:
     if param.param_type_name == "argument":
         raise BadInput(f"{key}: {param.name.upper()} is an argument of {command}: arguments stay on the "
                        "command line", path=path)
-    if param.name == "output" or param.name.endswith("_output"):
+    if _is_output(param):
         raise BadInput(f"{key}: where {command} writes ({'/'.join(param.opts)}) stays on the command line",
                        path=path)
     return param
@@ -115,9 +117,13 @@ def _param(ctx: Any, keys: dict[str, Any], path: str, key: str) -> Any:
 
 def _closest(key: str, keys: dict[str, Any]) -> str:
     options = sorted(k for k, p in keys.items() if p.param_type_name == "option" and len(k) > 1
-                     and p.name != "config" and not (p.name == "output" or p.name.endswith("_output")))
+                     and p.name != "config" and not _is_output(p))
     near = difflib.get_close_matches(key.replace("_", "-"), options, n=1)
     return f"did you mean {near[0]}?" if near else f"its options: {', '.join(options)}"
+
+
+def _is_output(param: Any) -> bool:
+    return param.name == "output" or param.name.endswith("_output")  # -o, stack's --oof-output
 
 
 def _value(ctx: Any, param: Any, path: str, key: str, value: Any) -> Any:
@@ -128,7 +134,7 @@ def _value(ctx: Any, param: Any, path: str, key: str, value: Any) -> Any:
     if isinstance(value, list) and not repeatable:
         raise BadInput(f"{key}: {param.opts[-1]} takes one value, not a list", path=path)
     if not all(isinstance(v, str) for v in values):
-        raise BadInput(f"{key}: a value or a list of values, not a mapping", path=path)
+        raise BadInput(f"{key}: give a value or a list of values, not a mapping or nested lists", path=path)
     raw = values if repeatable else values[0]
     try:
         param.process_value(ctx, raw)

@@ -124,11 +124,12 @@ BAD = [  # (file text, what the one line says after "FILE: ")
     ("zzz: 3\n", "zzz: not an option of kcomp split (its options: folds, group-col, json, label-col, seed, strategy)"),
     ("folds: many\n", "folds: 'many': invalid value for --folds: "),
     ("folds: [3, 4]\n", "folds: --folds takes one value, not a list"),
-    ("folds: {n: 3}\n", "folds: a value or a list of values, not a mapping"),
+    ("folds: {n: 3}\n", "folds: give a value or a list of values, not a mapping or nested lists"),
     ("index: x.parquet\n", "index: INDEX is an argument of kcomp split: arguments stay on the command line"),
     ("output: x.parquet\n", "output: where kcomp split writes (-o/--output) stays on the command line"),
     ("o: x.parquet\n", "o: where kcomp split writes (-o/--output) stays on the command line"),
     ("config: other.yaml\n", "config: a --config file cannot name another one"),
+    ("seed: 1\nlabel-col: a\nlabel_col: b\n", "label_col: --label-col is set twice in the file"),
 ]
 
 
