@@ -13,10 +13,12 @@ STATE: dict[str, bool] = {"debug": False, "quiet": False}
 
 Output = Annotated[str, typer.Option("-o", "--output", help="Where to write ('-' = stdout for tables).")]
 Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary on stdout.")]
-Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+DEVICES = "Devices and distributed"  # the --help panel of how a command runs, not what it computes (commands/_cli.py)
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N", rich_help_panel=DEVICES)]
 Workers = Annotated[int | None, typer.Option(help="DataLoader worker processes. Default: 2 on a CPU (inference and "
                                                    "validation there: at most the cores torch's threads leave "
-                                                   "free); on a GPU the cores per GPU, up to 8.")]
+                                                   "free); on a GPU the cores per GPU, up to 8.",
+                                             rich_help_panel=DEVICES)]
 
 
 def emit(written: list[str] | str, summary: dict[str, Any] | None = None, as_json: bool = False) -> None:

@@ -8,17 +8,21 @@ until a launch actually happens.
 from __future__ import annotations
 
 import sys
+from functools import partial
 from typing import Annotated
 
 import typer
 
-Gpus = Annotated[int, typer.Option(help="Data-parallel processes on this node (one per GPU; with --device cpu, "
-                                        "CPU processes using gloo). >1 re-runs this command under torchrun.")]
-Nodes = Annotated[int, typer.Option(help="Nodes taking part (run the same command on each; see docs/cluster.md).")]
-NodeRank = Annotated[int, typer.Option(help="This node's rank, 0..nodes-1 (SLURM: $SLURM_NODEID).")]
-MasterAddr = Annotated[str | None, typer.Option(help="Host of node rank 0 (needed with --nodes > 1).")]
-MasterPort = Annotated[int | None, typer.Option(help="Rendezvous port on --master-addr. Default 29500 "
-                                                     "(one node without --master-addr: a free port).")]
+from kcomp.commands._common import DEVICES
+
+Opt = partial(typer.Option, rich_help_panel=DEVICES)
+Gpus = Annotated[int, Opt(help="Data-parallel processes on this node (one per GPU; with --device cpu, CPU processes "
+                               "using gloo). >1 re-runs this command under torchrun.")]
+Nodes = Annotated[int, Opt(help="Nodes taking part (run the same command on each; see docs/cluster.md).")]
+NodeRank = Annotated[int, Opt(help="This node's rank, 0..nodes-1 (SLURM: $SLURM_NODEID).")]
+MasterAddr = Annotated[str | None, Opt(help="Host of node rank 0 (needed with --nodes > 1).")]
+MasterPort = Annotated[int | None, Opt(help="Rendezvous port on --master-addr. Default 29500 (one node without "
+                                            "--master-addr: a free port).")]
 
 
 def check_launch(gpus: int, nodes: int, node_rank: int, master_addr: str | None, master_port: int | None) -> None:

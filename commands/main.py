@@ -9,7 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from kcomp import __version__
-from kcomp.commands import (_common, clean, ensemble, oof, pack, prep, pseudo, report, split, stack, submit,
+from kcomp.commands import (_cli, _common, clean, ensemble, oof, pack, prep, pseudo, report, split, stack, submit,
                             train, tta, tune_threshold, wbf)
 
 
@@ -63,6 +63,7 @@ def main(
 for module in (prep, split, train, oof, tune_threshold, tta, wbf, ensemble, stack, submit, clean, pseudo, report,
                pack):
     module.register(app)
+_cli.install(app)  # --config and help panels for every command
 
 
 def run() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Annotated
 
 import typer
@@ -9,6 +10,9 @@ import typer
 from kcomp.commands._common import Json, emit, log
 
 Opt = typer.Option
+# `kcomp pack --help` panels (commands/_cli.py): what the package installs from, and the notebook it runs in
+Deps = partial(Opt, rich_help_panel="Dependencies")
+Notebook = partial(Opt, rich_help_panel="The notebook")
 
 
 def command(
@@ -18,23 +22,24 @@ def command(
     comp: Annotated[str | None, Opt("--comp", help="Competition preset (as for `kcomp submit`).")] = None,
     output: Annotated[str | None, Opt("-o", "--output", help="Package directory (new, empty, or a package).")] = None,
     verify: Annotated[str | None, Opt(help="Check package PKG against its MANIFEST.json instead.")] = None,
-    base: Annotated[str | None, Opt(help="What the notebook image has (requirements-style) [default: the shipped "
+    base: Annotated[str | None, Deps(help="What the notebook image has (requirements-style) [default: the shipped "
                                          "Kaggle GPU image snapshot].")] = None,
-    find_links: Annotated[list[str] | None, Opt(help="Also look for dependency wheels here (repeatable).")] = None,
-    no_index: Annotated[bool, Opt("--no-index", help="Dependency wheels only from --find-links.")] = False,
-    python_version: Annotated[str | None, Opt(help="Notebook's Python (e.g. 3.12) when not this one's: binary "
-                                                   "wheels for it.")] = None,
-    platform: Annotated[str | None, Opt(help="Notebook's platform tag, e.g. manylinux_2_35_x86_64.")] = None,
+    find_links: Annotated[list[str] | None, Deps(help="Also look for dependency wheels here (repeatable).")] = None,
+    no_index: Annotated[bool, Deps("--no-index", help="Dependency wheels only from --find-links.")] = False,
+    python_version: Annotated[str | None, Deps(help="Notebook's Python (e.g. 3.12) when not this one's: binary "
+                                                    "wheels for it.")] = None,
+    platform: Annotated[str | None, Deps(help="Notebook's platform tag, e.g. manylinux_2_35_x86_64.")] = None,
     half: Annotated[bool, Opt("--half", help="Store weights as fp16 (half the size; predictions move by ~1e-5)."
                               )] = False,
-    input_dir: Annotated[str | None, Opt("--input", help="Competition data in the notebook [default: "
-                                                         "/kaggle/input/<competition>].")] = None,
-    work: Annotated[str, Opt(help="Intermediate files in the notebook.")] = "/kaggle/working/kcomp",
-    submission: Annotated[str, Opt(help="Where the notebook writes the CSV.")] = "/kaggle/working/submission.csv",
-    sample: Annotated[str, Opt(help="Sample submission inside the input dir ('' = none).")] = "sample_submission.csv",
+    input_dir: Annotated[str | None, Notebook("--input", help="Competition data in the notebook [default: "
+                                                              "/kaggle/input/<competition>].")] = None,
+    work: Annotated[str, Notebook(help="Intermediate files in the notebook.")] = "/kaggle/working/kcomp",
+    submission: Annotated[str, Notebook(help="Where the notebook writes the CSV.")] = "/kaggle/working/submission.csv",
+    sample: Annotated[str, Notebook(help="Sample submission inside the input dir ('' = none).")
+                      ] = "sample_submission.csv",
     none_power: Annotated[float | None, Opt(help="siim-covid19: as for `kcomp submit`.")] = None,
-    test_images: Annotated[int | None, Opt(help="Hidden test images, for the time estimate.")] = None,
-    time_limit: Annotated[str, Opt(help="Notebook time limit: 9h, 90m, 1h30m or seconds.")] = "9h",
+    test_images: Annotated[int | None, Notebook(help="Hidden test images, for the time estimate.")] = None,
+    time_limit: Annotated[str, Notebook(help="Notebook time limit: 9h, 90m, 1h30m or seconds.")] = "9h",
     as_json: Json = False,
 ) -> None:
     """Turn a finished local workflow into an offline inference package for a code competition's notebook: the

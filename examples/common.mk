@@ -1,6 +1,6 @@
 # What the example Makefiles share. An including Makefile sets its variables (COMP, RAW, DATA, RUNS, OUT, FOLDS,
-# EPOCHS, SEED, KCOMP, DEVICE, NGPU, ...) and writes the rule for $(DATA)/index.parquet (how its competition is
-# prepped). Part 1 is for every example; part 2 is the two-model chain
+# EPOCHS, SEED, KCOMP, DEVICE, NGPU, RECIPE, ...) and writes the rule for $(DATA)/index.parquet (how its competition
+# is prepped). Part 1 is for every example; part 2 is the two-model chain
 #   split -> train (one job per model and fold) -> oof + tta per model -> ensemble -> tune-threshold -> submit
 # that cassava, demo, clouds and vesuvius use. A Makefile with a chain of its own (siim-covid19) sets CHAIN = own.
 
@@ -30,8 +30,13 @@ GPU     = $(if $(filter-out 0,$(NGPU)),CUDA_VISIBLE_DEVICES=$$(( $* % $(NGPU) ))
 # $(call done,RUN): the fold markers RUN/foldK/train.json of a run directory.
 done = $(foreach k,$(KS),$(1)/fold$(k)/train.json)
 
+# A model's recipe: a YAML file of `kcomp train` options (examples/*/recipes/*.yaml), given as `--config FILE`;
+# the flags on the command line (MODEL, IMG, EPOCHS, SEED, FLAGS, EXTRA, ...) win over it.
+# $(call recipe,FILE): `--config FILE`, or nothing when FILE is empty.
+recipe = $(if $(strip $(1)),--config $(strip $(1)))
+
 # $(eval $(call train_folds,RUN,TASK,OPTIONS)): one target per fold of RUN, each training that fold of TASK
-# with OPTIONS (model, size, the run's own flags), so `make -j` trains folds in parallel.
+# with OPTIONS (model, size, recipe, the run's own flags), so `make -j` trains folds in parallel.
 define train_folds
 $(call done,$(1)): $(1)/fold%/train.json: $(SPLIT)
 	mkdir -p $$(@D)
@@ -71,9 +76,9 @@ report: $(REPORT)
 # $(INDEX) (how `kcomp prep` is called) is each competition's own rule.
 
 $(eval $(call train_folds,$(RUN),$(TASK),$(if $(IMG),--img-size $(IMG)) --model $(MODEL) \
-  $(if $(WEIGHTS),--weights $(WEIGHTS)) $(FLAGS) $(EXTRA)))
+  $(call recipe,$(RECIPE)) $(if $(WEIGHTS),--weights $(WEIGHTS)) $(FLAGS) $(EXTRA)))
 $(eval $(call train_folds,$(RUN2),$(TASK),$(if $(IMG),--img-size $(IMG)) --model $(MODEL2) \
-  $(if $(WEIGHTS2),--weights $(WEIGHTS2)) $(FLAGS2) $(EXTRA)))
+  $(call recipe,$(RECIPE2)) $(if $(WEIGHTS2),--weights $(WEIGHTS2)) $(FLAGS2) $(EXTRA)))
 
 # Out-of-fold predictions use the same TTA as the test predictions, so CV and leaderboard stay comparable.
 $(OUT)/oof_$(NAME).parquet: $(DONE)

@@ -20,7 +20,8 @@ COMMANDS = ["prep", "split", "train", "oof", "tta", "wbf", "ensemble", "stack", 
             "clean", "pseudo", "pack", "report"]
 # What a completion request or --help must not import (seconds of start-up each).
 HEAVY = ["torch", "torchvision", "timm", "pandas", "pyarrow", "albumentations", "sklearn", "scipy", "cv2",
-         "segmentation_models_pytorch", "effdet", "matplotlib", "numpy", "numba", "pydicom", "cleanlab"]
+         "segmentation_models_pytorch", "effdet", "matplotlib", "numpy", "numba", "pydicom", "cleanlab",
+         "yaml"]  # yaml: only a --config file given to a command is read with it (commands/_config.py)
 # --help also stays clear of rich (kcomp.console imports it on first use) and of pydantic (typer imports it to
 # coerce an option value that is not a bool; the root group's unset flags are False, see commands/main.py).
 HELP_HEAVY = [*HEAVY, "rich", "pydantic"]
@@ -199,7 +200,8 @@ def _heavy_after(code: str, env: dict[str, str], heavy: list[str] = HEAVY
     return json.loads(lines[-1][len("HEAVY="):]), proc
 
 
-@pytest.mark.parametrize("line", ["kcomp pr", "kcomp train --ep", "kcomp submit cassava ", "kcomp oof "])
+@pytest.mark.parametrize("line", ["kcomp pr", "kcomp train --ep", "kcomp submit cassava ", "kcomp oof ",
+                                  "kcomp train --config recipe.yaml --ep"])
 def test_completion_request_imports_nothing_heavy(line: str) -> None:
     words = line.split()
     env = _env(_KCOMP_COMPLETE="complete_bash", COMP_WORDS=line,

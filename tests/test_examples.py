@@ -31,7 +31,8 @@ VARIABLES = ["RAW", "DATA", "RUNS", "OUT", "MODEL", "MODEL2", "NAME", "NAME2", "
              "STRATEGY", "PREDICT", "CHAIN", "ARCH", "ARCH2", "OUT_SIZE", "LAYERS", "LAYERS2", "PATCH",
              "SPLIT_FRAGMENT", "SIZE", "REGULARISE", "DET_MODEL", "DET_MODEL2", "DET_IMG", "DET_IMG2", "DET_NAME",
              "DET_NAME2", "CLS_MODEL", "CLS_IMG", "STUDY_NAME", "OPACITY_NAME", "DET_TTA", "CLS_TTA", "DET_WEIGHTS",
-             "DET_WEIGHTS2", "CLS_WEIGHTS", "DET_FLAGS", "CLS_FLAGS", "WBF_IOU", "WBF_SKIP", "NONE_POWER"]
+             "DET_WEIGHTS2", "CLS_WEIGHTS", "DET_FLAGS", "CLS_FLAGS", "WBF_IOU", "WBF_SKIP", "NONE_POWER", "RECIPE",
+             "RECIPE2", "DET_RECIPE", "CLS_RECIPE", "HERE"]
 KCOMP_MODULE = f"{sys.executable} -m kcomp.commands.main"
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="GNU make not installed")
@@ -54,11 +55,26 @@ class Call:
     sub: str
     args: list[str]
     redirect: str | None
+    cwd: Path = ROOT  # where make ran it: a relative --config file is read from there
 
     def opt(self, name: str) -> str | None:
-        """The value of the last `name VALUE` (click keeps the last of repeated options)."""
+        """The value the command gets for `name`: the last `name VALUE` (click keeps the last of repeated options),
+        else the `--config` file's (a model recipe; its options lose to the command line's)."""
         values = [self.args[i + 1] for i, a in enumerate(self.args[:-1]) if a == name]
-        return values[-1] if values else None
+        if values:
+            return values[-1]
+        return self.recipe().get(name[2:]) if name.startswith("--") and name != "--config" else None
+
+    def recipe(self) -> dict[str, str]:
+        """The options of the --config file, keyed as flags without the dashes, values as text (as kcomp reads
+        them); {} without one."""
+        import yaml
+
+        path = self.opt("--config")
+        if path is None:
+            return {}
+        with open(self.cwd / path) as f:
+            return {k.replace("_", "-"): v for k, v in (yaml.load(f, Loader=yaml.BaseLoader) or {}).items()}
 
     @property
     def positional(self) -> list[str]:
@@ -89,7 +105,7 @@ def _dry_run(directory: Path, *args: str) -> tuple[list[Call], list[str]]:
             if ">" in words:
                 i = words.index(">")
                 redirect, words = words[i + 1], words[:i]
-            calls.append(Call(env, words[1], words[2:], redirect))
+            calls.append(Call(env, words[1], words[2:], redirect, directory))
         elif line.strip():
             other.append(line)
     return calls, other
@@ -181,6 +197,7 @@ def test_cassava_dry_run_prints_the_chain(tmp_path: Path) -> None:
         assert (c.opt("--img-size"), c.opt("--epochs"), c.opt("--device")) == ("384", "10", "auto")
         assert (c.opt("--loss"), c.opt("--t1"), c.opt("--t2")) == ("bi_tempered", "0.8", "1.4")
         assert (c.opt("--cutmix"), c.opt("--ema")) == ("1.0", "0.999")
+        assert c.opt("--config") == "recipes/noisy-labels.yaml"  # from the model recipe
         assert c.env == {}  # no GPU pinning unless NGPU is set
     _assert_writes_only_under(calls, other, tmp_path)
 
@@ -280,7 +297,9 @@ def test_pipeline_sh_runs_the_chain_for_one_model(tmp_path: Path) -> None:
     for k, c in enumerate(calls[2:4]):
         text = " ".join(c)
         assert f"--fold {k} " in text and f"-o {run} " in text and "--batch-size 8" in text
-        assert "--loss bi_tempered --t1 0.8 --t2 1.4 --cutmix 1.0 --ema 0.999" in text
+        recipe = Call({}, "train", c[1:], None).recipe()  # bi-tempered loss, CutMix, EMA
+        assert c[c.index("--config") + 1] == f"{CASSAVA}/recipes/noisy-labels.yaml"
+        assert recipe == {"loss": "bi_tempered", "t1": "0.8", "t2": "1.4", "cutmix": "1.0", "ema": "0.999"}
     assert calls[4][:4] == ["oof", run, "-o", f"{o}/oof_tf_efficientnet_b3.parquet"]
     assert calls[5][:4] == ["tta", run, "-o", f"{o}/test_tf_efficientnet_b3.parquet"]
     assert calls[6] == ["tune-threshold", f"{o}/oof_tf_efficientnet_b3.parquet", "-o", f"{o}/thresholds.json"]
@@ -361,6 +380,9 @@ def test_siim_dry_run_prints_the_chain(tmp_path: Path) -> None:
         assert c.opt("--folds") == folds_file and calls.index(c) > 1
         assert c.redirect == f"{runs}/{name}/fold{c.opt('--fold')}/train.json.tmp" and "--json" in c.args
         assert c.env == {"CUDA_VISIBLE_DEVICES": f"$(( {c.opt('--fold')} % 2 ))"}
+        det = c.positional == ["det"]  # the recipes: EMA for all, label smoothing for the classifiers
+        assert c.opt("--config") == f"recipes/{'det' if det else 'cls'}.yaml"
+        assert (c.opt("--ema"), c.opt("--smoothing")) == ("0.999", None if det else "0.1")
 
     pred: dict[tuple[str, str], int] = {}
     for i, c in enumerate(calls):
@@ -421,6 +443,24 @@ def test_siim_refuses_two_runs_in_one_dir() -> None:
 
 
 # --- every Makefile ---------------------------------------------------------------------------------------------
+
+RECIPES = sorted(ROOT.glob("examples/*/recipes/*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[f"{r.parent.parent.name}/{r.name}" for r in RECIPES])
+def test_recipes_are_train_options(recipe: Path) -> None:
+    """`kcomp train --config RECIPE` reads every key of every shipped recipe as the option it names."""
+    from typer.main import get_command
+
+    from kcomp.commands.main import app
+
+    ctx = get_command(app).commands["train"].make_context("train", ["cls", "--folds", "f", "-o", "r", "--config",
+                                                                    str(recipe)])
+    keys = Call({}, "train", ["--config", str(recipe)], None).recipe()
+    assert keys, f"{recipe} sets nothing"
+    for key in keys:
+        assert ctx.get_parameter_source(key.replace("-", "_")).name == "DEFAULT_MAP", key
+
 
 ALL = [CASSAVA, CLOUDS, SIIM, VESUVIUS, DEMO]
 ALL_IDS = ["cassava", "clouds", "siim-covid19", "vesuvius", "demo"]

@@ -26,12 +26,13 @@ DEVICE=${DEVICE:-auto}
 KCOMP=${KCOMP:-kcomp}          # may hold several words, e.g. "python -m kcomp.commands.main"
 WEIGHTS=${WEIGHTS:-}           # a local weights file for MODEL (timm state dict); empty = timm's pretrained weights
                                # (Hugging Face hub cache, downloaded once); EXTRA=--no-pretrained: random init
-# What worked on Cassava's noisy labels: bi-tempered loss, CutMix, EMA of the weights.
-FLAGS=${FLAGS:---loss bi_tempered --t1 0.8 --t2 1.4 --cutmix 1.0 --ema 0.999}
-EXTRA=${EXTRA:-}               # more `kcomp train` flags, e.g. "--batch-size 16 --lr 3e-4"
+# The training recipe, a YAML file of `kcomp train` options given as --config: what worked on Cassava's noisy
+# labels (bi-tempered loss, CutMix, EMA of the weights). Empty: none.
+RECIPE=${RECIPE-$(dirname "$0")/recipes/noisy-labels.yaml}
+EXTRA=${EXTRA:-}               # more `kcomp train` flags (they win over the recipe), e.g. "--batch-size 16 --lr 3e-4"
 
 read -r -a kcomp <<<"$KCOMP"
-read -r -a flags <<<"$FLAGS $EXTRA ${WEIGHTS:+--weights $WEIGHTS}"
+read -r -a flags <<<"${RECIPE:+--config $RECIPE} $EXTRA ${WEIGHTS:+--weights $WEIGHTS}"
 run="$RUNS/$MODEL"
 split="$DATA/folds$FOLDS.parquet"
 
