@@ -115,17 +115,18 @@ def _by_label(lab: np.ndarray, k: int, gorder: np.ndarray) -> tuple[np.ndarray, 
 
 
 @numba.njit(cache=True, error_model="numpy")  # no zero-division branch (areas are > 0)
-def _hit(kept: np.ndarray, q0: int, q1: int, b: np.ndarray, iou_thr: float) -> bool:
+def _hit(kept: np.ndarray, q0: int, q1: int, b: np.ndarray, iou_thr: float, slack: float) -> int:
     """Whether one of kept boxes q0..q1-1 (columns of kept: x1, y1, x2, y2, area) has IoU > iou_thr with box b,
     the IoU as the reference computes it; branch-free, so the loop is vectorised."""
     x1, y1, x2, y2, a = b[0], b[1], b[2], b[3], b[4]
-    hit = False
     for q in range(q0, q1):
         w = max(0.0, min(kept[2, q], x2) - max(kept[0, q], x1))
         h = max(0.0, min(kept[3, q], y2) - max(kept[1, q], y1))
         inter = w * h
-        hit |= not (inter / (kept[4, q] + a - inter) <= iou_thr)
-    return hit
+        union = kept[4, q] + a - inter
+        if inter > slack * union and not (inter / union <= iou_thr):
+            return q
+    return -1
 
 
 @numba.njit(cache=True)
@@ -159,18 +160,22 @@ def _greedy(g: np.ndarray, order: np.ndarray, iou_thr: float, kept: np.ndarray, 
     for c in range(GRID * GRID):
         cstart[c + 1] += cstart[c]
     cend[:] = cstart
+    hint = np.full(GRID * GRID, -1)
     n_kept, reach_x, reach_y = 0, 1e-12, 1e-12
     for j in order:
         own = _cell(g[j, 0]) * GRID + _cell(g[j, 1])
-        out = _hit(kept, cstart[own], cend[own], g[j], iou_thr)
-        if not out:
+        by = -1 if hint[own] < 0 else _hit(kept, hint[own], hint[own] + 1, g[j], iou_thr, slack)
+        if by < 0:
+            by = _hit(kept, cstart[own], cend[own], g[j], iou_thr, slack)
+        if by < 0:
             x0, x1 = _window(g[j, 0] - reach_x, g[j], 0, slack)
             y0, y1 = _window(g[j, 1] - reach_y, g[j], 1, slack)
             for cx in range(x0, x1 + 1):
                 for c in range(cx * GRID + y0, cx * GRID + y1 + 1):
-                    if c != own and not out:
-                        out = _hit(kept, cstart[c], cend[c], g[j], iou_thr)
-        if out:
+                    if c != own and by < 0:
+                        by = _hit(kept, cstart[c], cend[c], g[j], iou_thr, slack)
+        if by >= 0:
+            hint[own] = by
             continue
         kept[:, cend[own]] = g[j]
         cend[own] += 1
