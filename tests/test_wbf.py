@@ -260,6 +260,31 @@ def test_nms_and_soft_nms_equal_ensemble_boxes_on_random_clusters():
         _assert_same(*_nms_both("soft_nms", boxes, scores, labels, **kw))
 
 
+def test_nms_long_groups_with_ties_duplicates_and_edges():
+    """Groups of 32+ boxes (ordered by the bucket sort unless scores tie): float32 scores, a few equal ones, -0.0
+    beside 0.0, exact duplicates, boxes on the image's edges and spanning it, and tiny ones, at thresholds 0..1."""
+    rng = np.random.default_rng(21)
+    for k in range(60):
+        n_models = int(rng.integers(4, 12))
+        boxes, scores, labels = _clustered(rng, n_models, 40, spread=0.08, labels=(0, 1) if k % 2 else (2,),
+                                           grid=2 if k % 3 == 0 else None)
+        for m in range(n_models):
+            s = scores[m].astype(np.float32).astype(float)
+            if k % 4 == 1 and len(s) > 3:  # a few ties inside a long group
+                s[rng.integers(0, len(s), 3)] = s[0]
+            if k % 4 == 2 and len(s) > 2:
+                s[:2] = [0.0, -0.0]
+            scores[m] = s
+        if k % 5 == 0:
+            boxes[0] = np.concatenate([boxes[0], boxes[0][:5], [[0, 0, 1, 1], [0.99, 0.2, 1.0, 0.3],
+                                                                 [0.5, 0.5, 0.5 + 1e-9, 0.5 + 1e-9]]])
+            scores[0] = np.concatenate([scores[0], scores[0][:5], [0.5, 0.4, 0.3]])
+            labels[0] = np.concatenate([labels[0], labels[0][:5], np.full(3, labels[0][0] if len(labels[0]) else 0)])
+        thr = float(rng.choice([0.0, 0.2, 0.55, 0.9, 1.0]))
+        weights = list(rng.uniform(0.5, 2, n_models)) if k % 3 == 2 else None
+        _assert_same(*_nms_both("nms", boxes, scores, labels, iou_thr=thr, weights=weights))
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lists=st.lists(st.lists(_box_row, max_size=12), min_size=1, max_size=6),
        method=st.sampled_from(["nms", "soft_nms"]), iou_thr=st.sampled_from([0.0, 0.2, 0.5, 0.9, 1.0]),

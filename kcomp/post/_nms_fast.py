@@ -5,12 +5,12 @@ Here every image's boxes are prepared at once as the reference prepares them (sc
 when weights are given; coordinates clipped to [0, 1], corners ordered, zero-area boxes dropped), cut in one group
 per (image, label) (labels ascending, rows in list order: the reference's concatenation), and selected by numba
 kernels that make the reference's decisions with fewer IoUs:
-- NMS: a kept box only needs the boxes near it along x (`_nms_greedy`);
+- NMS: one pass per image with no global sort, kept boxes in a grid (`kcomp.post._nms_hard`);
 - soft-NMS: only pairs of boxes that overlap can change a score (IoU 0 gives a factor of exactly 1), so they are
   found once by a sweep along x, a chunk of groups at a time (`_overlaps`), before the selection (`_soft_select`).
 IoUs are computed with the reference's float64 operations. What else keeps the output identical, bit for bit and
 in order:
-- NMS orders a group with numba's `argsort()[::-1]`, as the reference's own jitted kernel does (numba's quicksort
+- NMS orders a group as numba's `argsort()[::-1]`, the reference's own jitted kernel, does (numba's quicksort
   decides the order of equal scores, not numpy's);
 - soft-NMS factors are `np.exp(-(iou * iou) / sigma)` computed by numpy: numpy's SIMD exp and the libm exp a numba
   kernel would call differ in the last bit for ~5% of arguments on AVX-512 machines. They are applied in the
