@@ -320,6 +320,23 @@ def test_nms_many_images_in_small_pair_chunks(method, monkeypatch):
         _assert_same(ref, [fb[fi == i], fs[fi == i], fl[fi == i]])
 
 
+@pytest.mark.parametrize("lazy", [True, False])
+def test_soft_nms_lazy_path_and_its_fallback_equal_ensemble_boxes(lazy, monkeypatch):
+    """The lazy soft-NMS (only the pairs that can change the output, numpy's exp checked by a replay) is what runs
+    on clustered boxes with distinct scores; the full computation it falls back to gives the same output."""
+    from kcomp.post import _soft_lazy
+
+    took = []
+    real = _soft_lazy.soft_lazy
+    monkeypatch.setattr(_nms_fast, "soft_lazy", lambda *a: took.append(real(*a)) or (took[-1] if lazy else None))
+    rng = np.random.default_rng(3)
+    for k in range(30):
+        boxes, scores, labels = _clustered(rng, 8, 40, spread=0.06, labels=(0, 1))
+        kw = {"iou_thr": 0.5, "sigma": [0.5, 0.1][k % 2], "thresh": [0.001, 0.3, 0.0][k % 3], "method": 1 + k % 2}
+        _assert_same(*_nms_both("soft_nms", boxes, scores, labels, **kw))
+    assert all(t is not None for t in took) and len(took) == 30
+
+
 def test_fuse_boxes_rejects_bad_options():
     rng = np.random.default_rng(4)
     lists = _lists(rng, 2, 2, [(100, 100), (50, 80)], empty=())

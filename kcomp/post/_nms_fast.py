@@ -33,6 +33,7 @@ import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
 from kcomp.post._nms_hard import nms_images
+from kcomp.post._soft_lazy import soft_lazy
 from kcomp.post._wbf_fast import check_flat, check_weights, flatten_lists
 
 PAIR_CHUNK = 1 << 20  # soft-NMS: overlapping pairs held at once (16 bytes each); grown when one group has more
@@ -153,6 +154,9 @@ def _prepared(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _select(coords: np.ndarray, area: np.ndarray, scores: np.ndarray, gstart: np.ndarray, method: int,
             iou_thr: float, sigma: float, thresh: float) -> np.ndarray:
     """Kept rows in output order; soft-NMS takes the groups' overlapping pairs a chunk of groups at a time."""
+    kept = soft_lazy(coords, area, scores, gstart, method, iou_thr, sigma, thresh)
+    if kept is not None:
+        return kept
     keep = np.empty(len(scores), dtype=np.int64)
     n_keep, g, n_groups, cap = 0, 0, len(gstart) - 1, PAIR_CHUNK
     pstart = np.empty(n_groups + 1, np.int64)

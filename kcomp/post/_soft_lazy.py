@@ -1,0 +1,225 @@
+"""Soft-NMS that computes only the IoUs that can change its output, with `ensemble_boxes.soft_nms`'s decisions.
+
+The reference decays every remaining box at every step; a box whose score is at or below `thresh` is never
+written, and (scores >= 0, factors in [0, 1]) it stays there. Such a box cannot change anything either: it is
+selected only once every remaining score is at or below `thresh`, and from that step on nothing is written. So a
+group stops at that step, and a selected box decays only the remaining boxes still above `thresh`, found in a grid
+of the group's boxes by (x1, y1) (`_window` of the NMS kernel bounds where they can lie). On the clustered
+benchmark this is ~1/6 of the overlapping pairs the full computation needs.
+
+Gaussian factors must be numpy's `exp` (its SIMD exp and libm's differ in the last bit on AVX-512 machines), which a
+kernel cannot call: `_soft_groups` runs once with libm's exp and records each step's selected box and the boxes it
+decays (a trace), numpy computes the factors of the recorded IoUs, and a second run with those factors checks that
+it takes the very same steps. Where it does not (a last-bit difference that flips a choice), the caller falls back
+to the full computation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+from kcomp.post._nms_hard import GRID, _cell, _window
+
+END = np.iinfo(np.int64).min  # closes a group's trace; a selected row r is -1 - r, a decayed one 2 r + (still above)
+
+
+@numba.njit(cache=True)
+def _grid(co: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The group's rows by the cell of their (x1, y1): cell c's rows are at[cstart[c]:cstart[c + 1]]."""
+    cstart = np.zeros(GRID * GRID + 1, np.int64)
+    for r in range(n):
+        cstart[_cell(co[r, 0]) * GRID + _cell(co[r, 1]) + 1] += 1
+    for c in range(GRID * GRID):
+        cstart[c + 1] += cstart[c]
+    fill, at = cstart[:-1].copy(), np.empty(n, np.int64)
+    for r in range(n):
+        c = _cell(co[r, 0]) * GRID + _cell(co[r, 1])
+        at[fill[c]] = r
+        fill[c] += 1
+    return cstart, at
+
+
+@numba.njit(cache=True)
+def _rescan(val: np.ndarray, bval: np.ndarray, bpos: np.ndarray, b: int, width: int, n: int) -> None:
+    """Block b's highest value and its position, the first on ties (numpy's argmax picks the first maximum)."""
+    lo = b * width
+    best, where = val[lo], lo
+    for p in range(lo + 1, min(lo + width, n)):
+        if val[p] > best:
+            best, where = val[p], p
+    bval[b], bpos[b] = best, where
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _decayed(co: np.ndarray, ar: np.ndarray, rb: int, cstart: np.ndarray, at: np.ndarray, reach: np.ndarray,
+             min_iou: float, live: np.ndarray, nbr: np.ndarray, ovr: np.ndarray) -> int:
+    """The live rows whose IoU with row rb (the reference's float64 expression) is > min_iou, in a fixed order:
+    written to nbr/ovr, returns how many. A pair with IoU <= min_iou has a factor of exactly 1."""
+    slack = max(min_iou, 0.0) * (1.0 - 1e-9)
+    b = co[rb]
+    x0, x1 = _window(b[0] - reach[0], b, 0, slack)
+    y0, y1 = _window(b[1] - reach[1], b, 1, slack)
+    k = 0
+    for cx in range(x0, x1 + 1):
+        for c in range(cx * GRID + y0, cx * GRID + y1 + 1):
+            for t in range(cstart[c], cstart[c + 1]):
+                r = at[t]
+                if not live[r]:
+                    continue
+                w = min(b[2], co[r, 2]) - max(b[0], co[r, 0])
+                h = min(b[3], co[r, 3]) - max(b[1], co[r, 1])
+                if w > 0.0 and h > 0.0:
+                    inter = w * h
+                    v = inter / (ar[rb] + ar[r] - inter)
+                    if v > min_iou:
+                        nbr[k], ovr[k] = r, v
+                        k += 1
+    return k
+
+
+@numba.njit(cache=True)
+def _soft_group(co: np.ndarray, ar: np.ndarray, s: np.ndarray, linear: bool, iou_thr: float, sigma: float,
+                thresh: float, cut: float, trace: np.ndarray, tovr: np.ndarray, tfac: np.ndarray, k: int, replay: bool,
+                keep: np.ndarray) -> tuple[int, int, np.ndarray, np.ndarray, bool]:
+    """One group as `cpu_soft_nms_float`: at step i the row with the highest current score among positions i..
+    (the first on ties) is swapped into position i and decays the rows after it; stops once that score is <= cut
+    and decays only rows above cut. Records (or, on replay, checks) the trace from entry k; on replay the factors
+    are tfac's. Returns the rows kept (in `keep`, score at selection > thresh), the trace's end, the trace arrays
+    and False if a replay left the recorded steps.
+
+    Positions are cut in blocks of ~sqrt(n) holding an upper bound of their highest score (scores only fall),
+    made exact when a step needs it (`_best`)."""
+    n = s.shape[0]
+    cstart, at = _grid(co, n)
+    reach = np.zeros(2)
+    for r in range(n):
+        reach[0], reach[1] = max(reach[0], co[r, 2] - co[r, 0]), max(reach[1], co[r, 3] - co[r, 1])
+    reach = (1.0 - max(iou_thr if linear else -1.0, 0.0) * (1.0 - 1e-9)) * reach + 1e-12
+    val, row_at, pos_of, live = s.copy(), np.arange(n), np.arange(n), s > cut
+    nbr, ovr = np.empty(n, np.int64), np.empty(n)
+    width = max(16, int(np.sqrt(n)))
+    bval, bpos = np.full((n + width - 1) // width, np.inf), np.empty((n + width - 1) // width, np.int64)
+    exact = np.zeros(bval.shape[0], np.bool_)
+    nk = 0
+    for i in range(n):
+        best = _best(val, bval, bpos, exact, i, width)
+        if not val[best] > cut:
+            break
+        rb = row_at[best]
+        if val[best] > thresh:
+            keep[nk] = rb
+            nk += 1
+        if best != i:  # the reference's swap of rows i and best
+            r_i = row_at[i]
+            row_at[i], row_at[best], pos_of[rb], pos_of[r_i], val[best] = rb, r_i, i, best, val[i]
+            exact[best // width] = False
+        val[i], live[rb], exact[i // width] = -np.inf, False, False
+        if replay:
+            ok, k = _replayed(trace, tfac, k, rb, val, pos_of, live, cut, bpos, exact, width)
+            if not ok:
+                return nk, k, trace, tovr, False
+            continue
+        m = _decayed(co, ar, rb, cstart, at, reach, iou_thr if linear else -1.0, live, nbr, ovr)
+        if k + m + 2 > trace.shape[0]:
+            trace, tovr = _grown(trace, tovr, k + m + 2)
+        trace[k], tovr[k], k = -1 - rb, 0.0, k + 1
+        for e in range(m):
+            f = 1.0 - ovr[e] if linear else math.exp(-(ovr[e] * ovr[e]) / sigma)
+            live[nbr[e]] = _decay(val, pos_of[nbr[e]], f, cut, bpos, exact, width)
+            trace[k], tovr[k], k = 2 * nbr[e] + live[nbr[e]], ovr[e], k + 1
+    if replay:
+        return nk, k + 1, trace, tovr, trace[k] == END
+    if k + 1 > trace.shape[0]:
+        trace, tovr = _grown(trace, tovr, k + 1)
+    trace[k], tovr[k] = END, 0.0
+    return nk, k + 1, trace, tovr, True
+
+
+@numba.njit(cache=True)
+def _best(val: np.ndarray, bval: np.ndarray, bpos: np.ndarray, exact: np.ndarray, i: int, width: int) -> int:
+    """The position of the highest score among positions i.. (earlier ones hold -inf), the first on ties: the
+    first block with the highest bound, once its bound is exact (an earlier block's bound, hence its scores, is
+    lower; a later one's is not higher)."""
+    while True:
+        top = i // width
+        for b in range(top + 1, bval.shape[0]):
+            if bval[b] > bval[top]:
+                top = b
+        if exact[top]:
+            return bpos[top]
+        _rescan(val, bval, bpos, top, width, val.shape[0])
+        exact[top] = True
+
+
+@numba.njit(cache=True)
+def _decay(val: np.ndarray, p: int, f: float, cut: float, bpos: np.ndarray, exact: np.ndarray, width: int) -> bool:
+    """Position p's score times f (the reference's order of operands); whether it stays above cut."""
+    val[p] = f * val[p]
+    if bpos[p // width] == p:
+        exact[p // width] = False
+    return val[p] > cut
+
+
+@numba.njit(cache=True)
+def _replayed(trace: np.ndarray, tfac: np.ndarray, k: int, rb: int, val: np.ndarray, pos_of: np.ndarray,
+              live: np.ndarray, cut: float, bpos: np.ndarray, exact: np.ndarray, width: int) -> tuple[bool, int]:
+    """The recorded step from entry k with tfac's factors: the same row selected, and every decayed row above cut
+    before and after as recorded (so the rows a step decays are the recorded ones). Returns (kept to it, next k)."""
+    if trace[k] != -1 - rb:
+        return False, k
+    k += 1
+    while trace[k] >= 0:
+        r = trace[k] >> 1
+        if not live[r]:
+            return False, k
+        live[r] = _decay(val, pos_of[r], tfac[k], cut, bpos, exact, width)
+        if live[r] != (trace[k] & 1):
+            return False, k
+        k += 1
+    return True, k
+
+
+@numba.njit(cache=True)
+def _grown(trace: np.ndarray, tovr: np.ndarray, need: int) -> tuple[np.ndarray, np.ndarray]:
+    cap = max(need, 2 * trace.shape[0])
+    t, o = np.empty(cap, np.int64), np.empty(cap)
+    t[:trace.shape[0]], o[:trace.shape[0]] = trace, tovr
+    return t, o
+
+
+@numba.njit(cache=True)
+def _soft_groups(coords: np.ndarray, area: np.ndarray, scores: np.ndarray, gstart: np.ndarray, linear: bool,
+                 iou_thr: float, sigma: float, thresh: float, trace: np.ndarray, tovr: np.ndarray, tfac: np.ndarray,
+                 replay: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """`_soft_group` over every group: kept rows in output order, the trace and its IoUs, and whether a replay
+    kept to the recorded steps (trace and tovr: room to record, grown as needed, or the record to replay).
+    The early stop needs thresh >= 0 and a group's scores >= 0 (then a score at or below thresh stays there);
+    otherwise the group runs to its end."""
+    keep = np.empty(scores.shape[0], np.int64)
+    nk, k = 0, 0
+    for g in range(gstart.shape[0] - 1):
+        a, b = gstart[g], gstart[g + 1]
+        cut = thresh if thresh >= 0.0 and scores[a:b].min() >= 0.0 else -np.inf
+        m, k, trace, tovr, ok = _soft_group(coords[a:b], area[a:b], scores[a:b], linear, iou_thr, sigma, thresh,
+                                            cut, trace, tovr, tfac, k, replay, keep[nk:])
+        if not ok:
+            return keep[:0], trace, tovr, False
+        keep[nk:nk + m] += a
+        nk += m
+    return keep[:nk], trace[:k], tovr[:k], True
+
+
+def soft_lazy(coords: np.ndarray, area: np.ndarray, scores: np.ndarray, gstart: np.ndarray, method: int,
+              iou_thr: float, sigma: float, thresh: float) -> np.ndarray | None:
+    """Kept rows in output order (method 1 linear, 2 gaussian), or None where the replay with numpy's factors left
+    the recorded steps (the caller then runs the full computation)."""
+    args = (coords, area, scores, gstart, method == 1, iou_thr, sigma, thresh)
+    keep, trace, tovr, _ = _soft_groups(*args, np.empty(1 << 16, np.int64), np.empty(1 << 16), np.zeros(0), False)
+    if method == 1:  # 1 - IoU: the same operation in numba and numpy
+        return keep
+    factor = np.exp(-(tovr * tovr) / sigma)
+    again, _, _, ok = _soft_groups(*args, trace, tovr.copy(), factor, True)
+    return again if ok else None
