@@ -168,7 +168,10 @@ def _close(v: float, c: float) -> bool:
 
 @numba.njit(cache=True)
 def _near_tie(val: np.ndarray, bval: np.ndarray, i: int, shift: int, best: int) -> bool:
-    """Whether a remaining position other than best holds a score within EPS of best's (block bounds skip most)."""
+    """Whether a remaining position other than best holds a score within EPS of best's (block bounds skip most),
+    or best's score is about to underflow."""
+    if abs(val[best]) < 1e-290:  # near underflow the relative bound does not hold
+        return True
     lim = val[best] - abs(val[best]) * EPS
     for b in range(i >> shift, bval.shape[0]):
         if bval[b] >= lim:
