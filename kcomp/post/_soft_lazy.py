@@ -44,6 +44,16 @@ def _grid(co: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True)
+def _drop(co: np.ndarray, r: int, cend: np.ndarray, at: np.ndarray, where: np.ndarray) -> None:
+    """Row r out of its cell (swapped with the cell's last live row), so the decay search reads live rows only."""
+    c = _cell(co[r, 0]) * GRID + _cell(co[r, 1])
+    p, last = where[r], cend[c] - 1
+    at[p], at[last] = at[last], r
+    where[at[p]], where[r] = p, last
+    cend[c] = last
+
+
+@numba.njit(cache=True)
 def _rescan(val: np.ndarray, bval: np.ndarray, bpos: np.ndarray, b: int, shift: int, n: int) -> None:
     """Block b's highest value and its position, the first on ties (numpy's argmax picks the first maximum)."""
     lo = b << shift
@@ -55,10 +65,11 @@ def _rescan(val: np.ndarray, bval: np.ndarray, bpos: np.ndarray, b: int, shift: 
 
 
 @numba.njit(cache=True, error_model="numpy")
-def _decayed(co: np.ndarray, ar: np.ndarray, rb: int, cstart: np.ndarray, at: np.ndarray, reach: np.ndarray,
-             min_iou: float, live: np.ndarray, nbr: np.ndarray, ovr: np.ndarray) -> int:
-    """The live rows whose IoU with row rb (the reference's float64 expression) is > min_iou, in a fixed order:
-    written to nbr/ovr, returns how many. A pair with IoU <= min_iou has a factor of exactly 1."""
+def _decayed(co: np.ndarray, ar: np.ndarray, rb: int, cstart: np.ndarray, cend: np.ndarray, at: np.ndarray,
+             reach: np.ndarray, min_iou: float, nbr: np.ndarray, ovr: np.ndarray) -> int:
+    """The live rows (cell c's are at[cstart[c]:cend[c]]) whose IoU with row rb (the reference's float64
+    expression) is > min_iou: written to nbr/ovr, returns how many. A pair with IoU <= min_iou has a factor of
+    exactly 1."""
     slack = max(min_iou, 0.0) * (1.0 - 1e-9)
     b = co[rb]
     x0, x1 = _window(b[0] - reach[0], b, 0, slack)
@@ -66,10 +77,8 @@ def _decayed(co: np.ndarray, ar: np.ndarray, rb: int, cstart: np.ndarray, at: np
     k = 0
     for cx in range(x0, x1 + 1):
         for c in range(cx * GRID + y0, cx * GRID + y1 + 1):
-            for t in range(cstart[c], cstart[c + 1]):
+            for t in range(cstart[c], cend[c]):
                 r = at[t]
-                if not live[r]:
-                    continue
                 w = min(b[2], co[r, 2]) - max(b[0], co[r, 0])
                 h = min(b[3], co[r, 3]) - max(b[1], co[r, 1])
                 if w > 0.0 and h > 0.0:
@@ -97,11 +106,15 @@ def _soft_group(co: np.ndarray, ar: np.ndarray, s: np.ndarray, linear: bool, iou
     made exact when a step needs it (`_best`)."""
     n = s.shape[0]
     cstart, at = _grid(co, n)
+    cend, where = cstart[1:].copy(), np.empty(n, np.int64)
+    where[at] = np.arange(n)
     reach = np.zeros(2)
     for r in range(n):
         reach[0], reach[1] = max(reach[0], co[r, 2] - co[r, 0]), max(reach[1], co[r, 3] - co[r, 1])
     reach = (1.0 - max(iou_thr if linear else -1.0, 0.0) * (1.0 - 1e-9)) * reach + 1e-12
     val, row_at, pos_of, live = s.copy(), np.arange(n), np.arange(n), s > cut
+    for r in np.flatnonzero(~live):
+        _drop(co, r, cend, at, where)
     nbr, ovr = np.empty(n, np.int64), np.empty(n)
     shift = max(4, int(np.log2(max(n, 1)) / 2 + 0.5))  # blocks of 2**shift ~ sqrt(n) positions
     bval, bpos = np.full(((n - 1) >> shift) + 1, np.inf), np.empty(((n - 1) >> shift) + 1, np.int64)
@@ -127,13 +140,16 @@ def _soft_group(co: np.ndarray, ar: np.ndarray, s: np.ndarray, linear: bool, iou
             if not ok:
                 return nk, k, trace, tovr, False
             continue
-        m = _decayed(co, ar, rb, cstart, at, reach, iou_thr if linear else -1.0, live, nbr, ovr)
+        _drop(co, rb, cend, at, where)
+        m = _decayed(co, ar, rb, cstart, cend, at, reach, iou_thr if linear else -1.0, nbr, ovr)
         if k + m + 2 > trace.shape[0]:
             trace, tovr = _grown(trace, tovr, k + m + 2)
         trace[k], tovr[k], k = -1 - rb, 0.0, k + 1
         for e in range(m):
             f = 1.0 - ovr[e] if linear else math.exp(-(ovr[e] * ovr[e]) / sigma)
             live[nbr[e]] = _decay(val, pos_of[nbr[e]], f, cut, bpos, exact, shift)
+            if not live[nbr[e]]:
+                _drop(co, nbr[e], cend, at, where)
             sure &= not (check and _close(val[pos_of[nbr[e]]], cut))
             trace[k], tovr[k], k = 2 * nbr[e] + live[nbr[e]], ovr[e], k + 1
     if replay:
