@@ -302,9 +302,10 @@ def test_nms_property(lists, method, iou_thr, thresh, weighted):
 
 @pytest.mark.parametrize("method", ["nms", "soft_nms"])
 def test_nms_many_images_in_small_pair_chunks(method, monkeypatch):
-    """Images fused in one call equal image by image; soft-NMS also when its overlapping pairs are taken a few
-    groups at a time and one group has more pairs than a chunk holds (the buffer grows)."""
+    """Images fused in one call equal image by image; soft-NMS's full computation (the lazy one's fallback) also
+    when its overlapping pairs are taken a few groups at a time and one group has more pairs than a chunk holds."""
     monkeypatch.setattr(_nms_fast, "PAIR_CHUNK", 16)
+    monkeypatch.setattr(_nms_fast, "soft_lazy", lambda *a: None)
     rng = np.random.default_rng(11)
     per_image = [_clustered(rng, 4, [0, 3, 25][i % 3], labels=(0, 1)) for i in range(12)]
     rows = []  # image, list, x1, y1, x2, y2, score, label

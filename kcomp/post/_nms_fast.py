@@ -6,14 +6,17 @@ when weights are given; coordinates clipped to [0, 1], corners ordered, zero-are
 per (image, label) (labels ascending, rows in list order: the reference's concatenation), and selected by numba
 kernels that make the reference's decisions with fewer IoUs:
 - NMS: one pass per image with no global sort, kept boxes in a grid (`kcomp.post._nms_hard`);
-- soft-NMS: only pairs of boxes that overlap can change a score (IoU 0 gives a factor of exactly 1), so they are
-  found once by a sweep along x, a chunk of groups at a time (`_overlaps`), before the selection (`_soft_select`).
+- soft-NMS: only the pairs that can change the output are computed (`kcomp.post._soft_lazy`: a group stops once
+  every remaining score is at or below `thresh`, and only boxes above it are decayed). Should that path not be
+  certain of the reference's decisions (see there), all pairs of overlapping boxes are found by a sweep along x, a
+  chunk of groups at a time (`_overlaps`), before the selection (`_soft_select`).
 IoUs are computed with the reference's float64 operations. What else keeps the output identical, bit for bit and
 in order:
 - NMS orders a group as numba's `argsort()[::-1]`, the reference's own jitted kernel, does (numba's quicksort
   decides the order of equal scores, not numpy's);
 - soft-NMS factors are `np.exp(-(iou * iou) / sigma)` computed by numpy: numpy's SIMD exp and the libm exp a numba
-  kernel would call differ in the last bit for ~5% of arguments on AVX-512 machines. They are applied in the
+  kernel would call differ in the last bit for ~5% of arguments on AVX-512 machines (the lazy path uses libm's only
+  where no decision is within 1e-9 of flipping, and checks the others with numpy's). They are applied in the
   reference's order, and the selection keeps the reference's "highest current score, first in the current row
   order" with its swap of the selected row and the current one;
 - soft-NMS returns each kept box's input (weighted) score: the reference's decayed scores only decide the order and
