@@ -44,6 +44,22 @@ def _grid(co: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @numba.njit(cache=True)
+def _live_grid(co: np.ndarray, live: np.ndarray, min_iou: float) -> tuple[np.ndarray, ...]:
+    """The live rows by cell (`_grid`; cell c's are at[cstart[c]:cend[c]], row r at where[r]) and how far left
+    and down of a box a row with IoU > min_iou can start (the widest and tallest rows)."""
+    n = live.shape[0]
+    cstart, at = _grid(co, n)
+    cend, where = cstart[1:].copy(), np.empty(n, np.int64)
+    where[at] = np.arange(n)
+    reach = np.zeros(2)
+    for r in range(n):
+        reach[0], reach[1] = max(reach[0], co[r, 2] - co[r, 0]), max(reach[1], co[r, 3] - co[r, 1])
+        if not live[r]:
+            _drop(co, r, cend, at, where)
+    return cstart, cend, at, where, (1.0 - max(min_iou, 0.0) * (1.0 - 1e-9)) * reach + 1e-12
+
+
+@numba.njit(cache=True)
 def _drop(co: np.ndarray, r: int, cend: np.ndarray, at: np.ndarray, where: np.ndarray) -> None:
     """Row r out of its cell (swapped with the cell's last live row), so the decay search reads live rows only."""
     c = _cell(co[r, 0]) * GRID + _cell(co[r, 1])
@@ -105,16 +121,8 @@ def _soft_group(co: np.ndarray, ar: np.ndarray, s: np.ndarray, linear: bool, iou
     Positions are cut in blocks of ~sqrt(n) holding an upper bound of their highest score (scores only fall),
     made exact when a step needs it (`_best`)."""
     n = s.shape[0]
-    cstart, at = _grid(co, n)
-    cend, where = cstart[1:].copy(), np.empty(n, np.int64)
-    where[at] = np.arange(n)
-    reach = np.zeros(2)
-    for r in range(n):
-        reach[0], reach[1] = max(reach[0], co[r, 2] - co[r, 0]), max(reach[1], co[r, 3] - co[r, 1])
-    reach = (1.0 - max(iou_thr if linear else -1.0, 0.0) * (1.0 - 1e-9)) * reach + 1e-12
     val, row_at, pos_of, live = s.copy(), np.arange(n), np.arange(n), s > cut
-    for r in np.flatnonzero(~live):
-        _drop(co, r, cend, at, where)
+    cstart, cend, at, where, reach = _live_grid(co, live, iou_thr if linear else -1.0)
     nbr, ovr = np.empty(n, np.int64), np.empty(n)
     shift = max(4, int(np.log2(max(n, 1)) / 2 + 0.5))  # blocks of 2**shift ~ sqrt(n) positions
     bval, bpos = np.full(((n - 1) >> shift) + 1, np.inf), np.empty(((n - 1) >> shift) + 1, np.int64)
