@@ -7,9 +7,9 @@ prepares them as the reference does, cuts them by label and runs the greedy sele
 - the score order of a group is a bucket sort on the float bits, which equals numba's `argsort()[::-1]` (the
   reference's) when no two scores are equal; a group with equal scores is ordered by that very call (`_descending`);
 - a candidate is kept iff no box kept before it has IoU > iou_thr with it (the reference drops, for each kept box,
-  the later boxes above the threshold: the same decisions). Kept boxes sit in bins along x1 and a candidate is tested
-  only against the bins that can hold a box with IoU > iou_thr (`_suppressed`); the IoU itself is the reference's
-  float64 expression, so every decision is the reference's bit for bit.
+  the later boxes above the threshold: the same decisions). Kept boxes sit in a grid by (x1, y1) and a candidate is
+  tested only against the cells that can hold a box with IoU > iou_thr (`_window`), its own cell's last suppressor
+  first; the IoU itself is the reference's float64 expression, so every decision is the reference's bit for bit.
 """
 
 from __future__ import annotations
