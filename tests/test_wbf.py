@@ -357,3 +357,8 @@ def test_fuse_boxes_rejects_bad_options():
     for method in ("wbf", "nms", "soft_nms"):
         with pytest.raises(BadInput, match="NaN"):
             fuse_boxes([nan, lists[1]], h, w, method=method)
+    corner = Boxes(np.array([0, 1, 1]), np.array([[0.0, 3, 5, 5]]), np.array([0.5]), np.array([0]))
+    for method in ("wbf", "nms", "soft_nms"):  # a 0 x 0 image: 0 / 0 is NaN on every path (NMS divides in its kernel)
+        with pytest.raises(BadInput, match="NaN"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fuse_boxes([corner], np.array([0, 5]), np.array([0, 5]), method=method)

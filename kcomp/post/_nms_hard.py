@@ -58,7 +58,7 @@ def _descending(s: np.ndarray) -> np.ndarray:
     return perm[::-1]
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, error_model="numpy")  # x / 0 is inf (clipped) or NaN (bad input), as in numpy
 def _gather(xyxy: np.ndarray, score: np.ndarray, label: np.ndarray, rows: np.ndarray, starts: np.ndarray, i: int,
             scale: np.ndarray, w: np.ndarray, wsum: float, weighted: bool, box: np.ndarray, s: np.ndarray,
             lab: np.ndarray) -> int:
@@ -71,8 +71,8 @@ def _gather(xyxy: np.ndarray, score: np.ndarray, label: np.ndarray, rows: np.nda
             r = rows[p]
             a, b = xyxy[r, 0] / scale[i, 0], xyxy[r, 1] / scale[i, 1]
             c, d = xyxy[r, 2] / scale[i, 2], xyxy[r, 3] / scale[i, 3]
-            if not (np.isfinite(a) and np.isfinite(b) and np.isfinite(c) and np.isfinite(d) and np.isfinite(score[r])
-                    and np.isfinite(label[r])):
+            if (np.isnan(a) or np.isnan(b) or np.isnan(c) or np.isnan(d) or not np.isfinite(score[r])
+                    or not np.isfinite(label[r])):  # as np.clip then check_flat: +-inf coordinates clip to 1 / 0
                 return -1
             a, b, c, d = min(max(a, 0.0), 1.0), min(max(b, 0.0), 1.0), min(max(c, 0.0), 1.0), min(max(d, 0.0), 1.0)
             x1, x2, y1, y2 = min(a, c), max(a, c), min(b, d), max(b, d)
