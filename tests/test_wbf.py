@@ -260,6 +260,31 @@ def test_nms_and_soft_nms_equal_ensemble_boxes_on_random_clusters():
         _assert_same(*_nms_both("soft_nms", boxes, scores, labels, **kw))
 
 
+def test_nms_long_groups_with_ties_duplicates_and_edges():
+    """Groups of 32+ boxes (ordered by the bucket sort unless scores tie): float32 scores, a few equal ones, -0.0
+    beside 0.0, exact duplicates, boxes on the image's edges and spanning it, and tiny ones, at thresholds 0..1."""
+    rng = np.random.default_rng(21)
+    for k in range(60):
+        n_models = int(rng.integers(4, 12))
+        boxes, scores, labels = _clustered(rng, n_models, 40, spread=0.08, labels=(0, 1) if k % 2 else (2,),
+                                           grid=2 if k % 3 == 0 else None)
+        for m in range(n_models):
+            s = scores[m].astype(np.float32).astype(float)
+            if k % 4 == 1 and len(s) > 3:  # a few ties inside a long group
+                s[rng.integers(0, len(s), 3)] = s[0]
+            if k % 4 == 2 and len(s) > 2:
+                s[:2] = [0.0, -0.0]
+            scores[m] = s
+        if k % 5 == 0:
+            boxes[0] = np.concatenate([boxes[0], boxes[0][:5], [[0, 0, 1, 1], [0.99, 0.2, 1.0, 0.3],
+                                                                 [0.5, 0.5, 0.5 + 1e-9, 0.5 + 1e-9]]])
+            scores[0] = np.concatenate([scores[0], scores[0][:5], [0.5, 0.4, 0.3]])
+            labels[0] = np.concatenate([labels[0], labels[0][:5], np.full(3, labels[0][0] if len(labels[0]) else 0)])
+        thr = float(rng.choice([0.0, 0.2, 0.55, 0.9, 1.0]))
+        weights = list(rng.uniform(0.5, 2, n_models)) if k % 3 == 2 else None
+        _assert_same(*_nms_both("nms", boxes, scores, labels, iou_thr=thr, weights=weights))
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(lists=st.lists(st.lists(_box_row, max_size=12), min_size=1, max_size=6),
        method=st.sampled_from(["nms", "soft_nms"]), iou_thr=st.sampled_from([0.0, 0.2, 0.5, 0.9, 1.0]),
@@ -277,9 +302,10 @@ def test_nms_property(lists, method, iou_thr, thresh, weighted):
 
 @pytest.mark.parametrize("method", ["nms", "soft_nms"])
 def test_nms_many_images_in_small_pair_chunks(method, monkeypatch):
-    """Images fused in one call equal image by image; soft-NMS also when its overlapping pairs are taken a few
-    groups at a time and one group has more pairs than a chunk holds (the buffer grows)."""
+    """Images fused in one call equal image by image; soft-NMS's full computation (the lazy one's fallback) also
+    when its overlapping pairs are taken a few groups at a time and one group has more pairs than a chunk holds."""
     monkeypatch.setattr(_nms_fast, "PAIR_CHUNK", 16)
+    monkeypatch.setattr(_nms_fast, "soft_lazy", lambda *a: None)
     rng = np.random.default_rng(11)
     per_image = [_clustered(rng, 4, [0, 3, 25][i % 3], labels=(0, 1)) for i in range(12)]
     rows = []  # image, list, x1, y1, x2, y2, score, label
@@ -293,6 +319,23 @@ def test_nms_many_images_in_small_pair_chunks(method, monkeypatch):
     for i, (b, s, lab) in enumerate(per_image):
         ref = _eb(REF[method], b, s, lab)
         _assert_same(ref, [fb[fi == i], fs[fi == i], fl[fi == i]])
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+def test_soft_nms_lazy_path_and_its_fallback_equal_ensemble_boxes(lazy, monkeypatch):
+    """The lazy soft-NMS (only the pairs that can change the output, numpy's exp checked by a replay) is what runs
+    on clustered boxes with distinct scores; the full computation it falls back to gives the same output."""
+    from kcomp.post import _soft_lazy
+
+    took = []
+    real = _soft_lazy.soft_lazy
+    monkeypatch.setattr(_nms_fast, "soft_lazy", lambda *a: took.append(real(*a)) or (took[-1] if lazy else None))
+    rng = np.random.default_rng(3)
+    for k in range(30):
+        boxes, scores, labels = _clustered(rng, 8, 40, spread=0.06, labels=(0, 1))
+        kw = {"iou_thr": 0.5, "sigma": [0.5, 0.1][k % 2], "thresh": [0.001, 0.3, 0.0][k % 3], "method": 1 + k % 2}
+        _assert_same(*_nms_both("soft_nms", boxes, scores, labels, **kw))
+    assert all(t is not None for t in took) and len(took) == 30
 
 
 def test_fuse_boxes_rejects_bad_options():
@@ -314,3 +357,8 @@ def test_fuse_boxes_rejects_bad_options():
     for method in ("wbf", "nms", "soft_nms"):
         with pytest.raises(BadInput, match="NaN"):
             fuse_boxes([nan, lists[1]], h, w, method=method)
+    corner = Boxes(np.array([0, 1, 1]), np.array([[0.0, 3, 5, 5]]), np.array([0.5]), np.array([0]))
+    for method in ("wbf", "nms", "soft_nms"):  # a 0 x 0 image: 0 / 0 is NaN on every path (NMS divides in its kernel)
+        with pytest.raises(BadInput, match="NaN"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fuse_boxes([corner], np.array([0, 5]), np.array([0, 5]), method=method)

@@ -5,15 +5,18 @@ Here every image's boxes are prepared at once as the reference prepares them (sc
 when weights are given; coordinates clipped to [0, 1], corners ordered, zero-area boxes dropped), cut in one group
 per (image, label) (labels ascending, rows in list order: the reference's concatenation), and selected by numba
 kernels that make the reference's decisions with fewer IoUs:
-- NMS: a kept box only needs the boxes near it along x (`_nms_greedy`);
-- soft-NMS: only pairs of boxes that overlap can change a score (IoU 0 gives a factor of exactly 1), so they are
-  found once by a sweep along x, a chunk of groups at a time (`_overlaps`), before the selection (`_soft_select`).
+- NMS: one pass per image with no global sort, kept boxes in a grid (`kcomp.post._nms_hard`);
+- soft-NMS: only the pairs that can change the output are computed (`kcomp.post._soft_lazy`: a group stops once
+  every remaining score is at or below `thresh`, and only boxes above it are decayed). Should that path not be
+  certain of the reference's decisions (see there), all pairs of overlapping boxes are found by a sweep along x, a
+  chunk of groups at a time (`_overlaps`), before the selection (`_soft_select`).
 IoUs are computed with the reference's float64 operations. What else keeps the output identical, bit for bit and
 in order:
-- NMS orders a group with numba's `argsort()[::-1]`, as the reference's own jitted kernel does (numba's quicksort
+- NMS orders a group as numba's `argsort()[::-1]`, the reference's own jitted kernel, does (numba's quicksort
   decides the order of equal scores, not numpy's);
 - soft-NMS factors are `np.exp(-(iou * iou) / sigma)` computed by numpy: numpy's SIMD exp and the libm exp a numba
-  kernel would call differ in the last bit for ~5% of arguments on AVX-512 machines. They are applied in the
+  kernel would call differ in the last bit for ~5% of arguments on AVX-512 machines (the lazy path uses libm's only
+  where no decision is within 1e-9 of flipping, and checks the others with numpy's). They are applied in the
   reference's order, and the selection keeps the reference's "highest current score, first in the current row
   order" with its swap of the selected row and the current one;
 - soft-NMS returns each kept box's input (weighted) score: the reference's decayed scores only decide the order and
@@ -31,8 +34,10 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from kcomp.errors import BadUsage
-from kcomp.post._wbf_fast import check_flat, flatten_lists
+from kcomp.errors import BadInput, BadUsage
+from kcomp.post._nms_hard import nms_images
+from kcomp.post._soft_lazy import soft_lazy
+from kcomp.post._wbf_fast import check_flat, check_weights, flatten_lists
 
 PAIR_CHUNK = 1 << 20  # soft-NMS: overlapping pairs held at once (16 bytes each); grown when one group has more
 
@@ -61,9 +66,47 @@ def nms_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: 
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Rows as `wbf_flat` takes them; returns kept boxes, scores, labels and images: images ascending, within an
     image labels ascending, within a label the reference's order (score descending)."""
+    boxes, scores, labels, models, images, _ = check_flat(boxes, scores, labels, models, images, n_models, weights)
+    ids, code = np.unique(images, return_inverse=True)
+    rows, starts = _segments(models, code.astype(np.int64), n_models, len(ids))
+    fb, fs, fl, fi = nms_segments(boxes, scores, labels, rows, starts, np.ones((len(ids), 4)), weights=weights,
+                                  iou_thr=iou_thr)
+    return fb, fs, fl, ids[fi]
+
+
+def nms_segments(xyxy: np.ndarray, score: np.ndarray, label: np.ndarray, rows: np.ndarray, starts: np.ndarray,
+                 scale: np.ndarray, *, weights: Sequence[float] | None = None, iou_thr: float = 0.5
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """NMS of images 0..len(scale)-1 whose list m's rows are rows[starts[m, i]:starts[m, i + 1]], in coordinates
+    divided by scale[i] (x, y, x, y); returns as `nms_flat`, images as indices. `kcomp.post._nms_hard` says how."""
     if not iou_thr >= 0:
         raise BadUsage(f"iou_thr {iou_thr}: NMS needs a threshold >= 0")
-    return _run(boxes, scores, labels, models, images, n_models, weights, 3, float(iou_thr), 1.0, 0.0)
+    w = check_weights(weights, starts.shape[0])
+    fb, fs, fl, fi, finite = nms_images(xyxy, score, np.asarray(label, np.float64), rows, starts, scale, w,
+                                        float(w.sum()), weights is not None, float(iou_thr))
+    if not finite:
+        raise BadInput("NaN or inf in boxes, scores or labels")
+    return fb, fs, fl, fi
+
+
+@numba.njit(cache=True)
+def _segments(models: np.ndarray, images: np.ndarray, n_models: int, n_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rows stably ordered by (list, image) and where each (list, image)'s rows start: a counting sort."""
+    starts = np.zeros(n_models * n_images + 1, np.int64)
+    for r in range(models.shape[0]):
+        starts[models[r] * n_images + images[r] + 1] += 1
+    for k in range(n_models * n_images):
+        starts[k + 1] += starts[k]
+    fill = starts[:-1].copy()
+    rows = np.empty(models.shape[0], np.int64)
+    for r in range(models.shape[0]):
+        k = models[r] * n_images + images[r]
+        rows[fill[k]] = r
+        fill[k] += 1
+    out = np.empty((n_models, n_images + 1), np.int64)
+    for m in range(n_models):
+        out[m] = starts[m * n_images:(m + 1) * n_images + 1]
+    return rows, out
 
 
 def soft_nms_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models: np.ndarray, images: np.ndarray,
@@ -114,9 +157,10 @@ def _prepared(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _select(coords: np.ndarray, area: np.ndarray, scores: np.ndarray, gstart: np.ndarray, method: int,
             iou_thr: float, sigma: float, thresh: float) -> np.ndarray:
     """Kept rows in output order; soft-NMS takes the groups' overlapping pairs a chunk of groups at a time."""
+    kept = soft_lazy(coords, area, scores, gstart, method, iou_thr, sigma, thresh)
+    if kept is not None:
+        return kept
     keep = np.empty(len(scores), dtype=np.int64)
-    if method == 3:
-        return keep[:_nms_greedy(coords, area, scores, gstart, iou_thr, keep)]
     n_keep, g, n_groups, cap = 0, 0, len(gstart) - 1, PAIR_CHUNK
     pstart = np.empty(n_groups + 1, np.int64)
     pa, pb, iou = np.empty(cap, np.int32), np.empty(cap, np.int32), np.empty(cap)
@@ -200,46 +244,6 @@ def _neighbours(m: int, pa: np.ndarray, pb: np.ndarray, val: np.ndarray) -> tupl
         nbr[fill[y]], v[fill[y]] = x, val[k]
         fill[y] += 1
     return start, nbr, v
-
-
-@numba.njit(cache=True, error_model="numpy")  # no zero-division branch in the loop (areas are > 0)
-def _nms_greedy(coords: np.ndarray, area: np.ndarray, scores: np.ndarray, gstart: np.ndarray, iou_thr: float,
-                keep: np.ndarray) -> int:
-    """Greedy NMS of every group with the reference's decisions: in score order (numba's argsort, reversed, as in
-    `nms_float_fast`) a box still in is kept and every box whose IoU with it is not <= iou_thr goes out. Boxes that
-    came earlier are kept ones (IoU <= iou_thr with it, or it would be out) or out already, so going through all
-    boxes near it changes the same ones as going through the later ones.
-
-    "Near" is a window of the boxes sorted by x1: IoU > t >= 0 needs an overlap above t * each box's width along
-    x, so x1 lies within (x1 - (1 - t) * the group's widest box, x2 - t * width) (with 1e-9 relative slack for
-    rounding); the window is one contiguous loop. Writes kept rows to `keep`; returns how many."""
-    nk = 0
-    slack = max(iou_thr, 0.0) * (1.0 - 1e-9)
-    for g in range(gstart.shape[0] - 1):
-        a, n = gstart[g], gstart[g + 1] - gstart[g]
-        order = scores[a:a + n].argsort()[::-1]
-        by_x = np.argsort(coords[a:a + n, 0].copy())
-        at = np.empty(n, dtype=np.int64)
-        at[by_x] = np.arange(n)
-        rows = by_x + a
-        x1, y1, x2, y2, ar = coords[rows, 0], coords[rows, 1], coords[rows, 2], coords[rows, 3], area[rows]
-        reach = (1.0 - slack) * (x2 - x1).max() + 1e-12
-        alive = np.ones(n, dtype=np.bool_)
-        for r in range(n):
-            p = at[order[r]]
-            if not alive[p]:
-                continue
-            keep[nk] = a + order[r]
-            nk += 1
-            bx1, by1, bx2, by2, ba = x1[p], y1[p], x2[p], y2[p], ar[p]
-            lo = np.searchsorted(x1, bx1 - reach)
-            hi = np.searchsorted(x1, bx2 - slack * (bx2 - bx1) + 1e-12)
-            for q in range(lo, hi):
-                w = max(0.0, min(bx2, x2[q]) - max(bx1, x1[q]))
-                h = max(0.0, min(by2, y2[q]) - max(by1, y1[q]))
-                inter = w * h
-                alive[q] = alive[q] & (inter / (ba + ar[q] - inter) <= iou_thr)
-    return nk
 
 
 @numba.njit(cache=True)

@@ -129,11 +129,7 @@ def check_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models
                n_models: int, weights: Sequence[float] | None) -> tuple[np.ndarray, ...]:
     """The flat inputs as float64/int64 arrays of equal length, finite, with valid list indices, and the weights
     (ones if None): (boxes, scores, labels, models, images, weights)."""
-    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=np.float64)
-    if len(w) != n_models:
-        raise BadUsage(f"{len(w)} weight(s) for {n_models} box list(s)")
-    if not (np.isfinite(w).all() and (w > 0).all()):
-        raise BadUsage(f"weights must be positive numbers, got {w.tolist()}")
+    w = check_weights(weights, n_models)
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.float64)
@@ -147,6 +143,16 @@ def check_flat(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, models
     if len(models) and (models.min() < 0 or models.max() >= n_models):
         raise BadInput(f"model index outside 0..{n_models - 1}")
     return boxes, scores, labels, models, images, w
+
+
+def check_weights(weights: Sequence[float] | None, n_models: int) -> np.ndarray:
+    """One positive finite weight per box list, as float64 (ones if None)."""
+    w = np.ones(n_models) if weights is None else np.asarray(weights, dtype=np.float64)
+    if len(w) != n_models:
+        raise BadUsage(f"{len(w)} weight(s) for {n_models} box list(s)")
+    if not (np.isfinite(w).all() and (w > 0).all()):
+        raise BadUsage(f"weights must be positive numbers, got {w.tolist()}")
+    return w
 
 
 def _descending(values: np.ndarray, group: np.ndarray, start: np.ndarray) -> np.ndarray:

@@ -69,6 +69,8 @@ def fuse_boxes(lists: Sequence[Boxes], heights: np.ndarray, widths: np.ndarray, 
     if any(len(b) != n for b in lists):
         raise ValueError(f"box lists of {[len(b) for b in lists]} images for {n} image sizes")
     scale = np.stack([widths, heights, widths, heights], axis=1).astype(np.float64)
+    if impl == "fast" and method == "nms":
+        return _nms_pixels(lists, scale, weights, iou_thr)
     unit = [Boxes(b.offsets, np.clip(b.xyxy / scale[b.image_index()], 0.0, 1.0), b.score, b.label) for b in lists]
     kw = {"method": method, "iou_thr": iou_thr, "skip_box_thr": skip_box_thr, "weights": weights,
           "conf_type": conf_type, "sigma": sigma}
@@ -105,6 +107,20 @@ def fuse_flat(xyxy: np.ndarray, score: np.ndarray, label: np.ndarray, model: np.
     else:
         fb, fs, fl, fi = soft_nms_flat(*args, weights=weights, iou_thr=iou_thr, sigma=sigma, thresh=skip_box_thr)
     return Boxes.from_flat(fi, n_images, fb, fs, fl)
+
+
+def _nms_pixels(lists: Sequence[Boxes], scale: np.ndarray, weights: Sequence[float] | None, iou_thr: float) -> Boxes:
+    """NMS reading every list where it lies: the kernel divides by each image's size itself (the normalised copies
+    and their gathers cost as much as the selection)."""
+    from kcomp.post._nms_fast import nms_segments
+
+    cat = Boxes.concat(lists)
+    base = np.cumsum([0, *(b.n_boxes for b in lists)])[:-1]
+    starts = np.stack([b.offsets + o for b, o in zip(lists, base, strict=True)]) if lists else \
+        np.zeros((0, len(scale) + 1), np.int64)
+    fb, fs, fl, fi = nms_segments(cat.xyxy, cat.score, cat.label, np.arange(cat.n_boxes), starts, scale,
+                                  weights=weights, iou_thr=iou_thr)
+    return Boxes.from_flat(fi, len(scale), fb * scale[fi], fs, fl)
 
 
 def _reference(lists: Sequence[Boxes], *, method: str, iou_thr: float, skip_box_thr: float,
