@@ -267,6 +267,26 @@ def parse_weights(text: str | None, n: int) -> tuple[float, ...] | None:
     return tuple(values)
 
 
+class Checked:
+    """Base of a command's frozen options dataclass: `check_fields` on creation, so an object that exists holds only
+    accepted values."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+class Weighted(Checked):
+    """Options of a command with one `--weights` number per input file (ensemble, wbf)."""
+
+    weights: tuple[float, ...] | None
+
+    @classmethod
+    def from_cli(cls, *, weights: str | None, inputs: int, **values: Any) -> Any:
+        """The options as typed on the command line (`weights` as text, for `inputs` files): every plain value is
+        checked first, then the weights are parsed."""
+        return replace(cls(**values), weights=parse_weights(weights, inputs))
+
+
 def validated(command: str) -> None:
     """The seam between checking and doing: called once by every command after all its options are checked and
     before it creates any file. Intentionally empty; see the module docstring."""

@@ -12,7 +12,7 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kcomp.options import CACHE_SIZE, SEED, WORKERS, Choice, Flag, Float, Text, check_fields, given, option, specs
+from kcomp.options import CACHE_SIZE, SEED, WORKERS, Checked, Choice, Flag, Float, Text, given, option, specs
 from kcomp.registry import Registry
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Competition(Protocol):
 
 
 @dataclass(frozen=True)
-class PrepOptions:
+class PrepOptions(Checked):
     """What `kcomp prep` was asked, checked on creation (each field with its Spec, as `TrainOptions`). Each
     applies to the presets whose `prep` declares it (`preset`); unset, the preset uses its own default."""
 
@@ -49,9 +49,6 @@ class PrepOptions:
     bits: int | None = option(Choice((8, 16), kind=int))
     workers: int | None = option(WORKERS)
     skip_bad: bool = option(Flag(), False)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
     def preset(self, comp: Competition, name: str) -> dict[str, Any]:
         """The options given, as the keywords of the preset's `prep`; one it does not declare is refused."""
@@ -64,15 +61,12 @@ PREP = specs(PrepOptions)  # what `kcomp prep` accepts; a preset's prep holds it
 
 
 @dataclass(frozen=True)
-class SubmitOptions:
+class SubmitOptions(Checked):
     """What `kcomp submit` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
 
     thresholds: str | None = option(Text())  # THRESHOLDS.json from `kcomp tune-threshold`
     sample: str | None = option(Text())  # sample_submission.csv (default: the one of the runs' raw data, if any)
     none_power: float | None = option(Float(0))  # siim-covid19
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
     def preset(self, comp: Competition, name: str) -> dict[str, Any]:
         """The preset options given (all but the files), as the keywords of the preset's `submit`; one it does not

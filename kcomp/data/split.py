@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import SEED, Choice, Int, Text, check_fields, lazy, option
+from kcomp.options import SEED, Checked, Choice, Int, Text, lazy, option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,7 +31,7 @@ SPLIT_COL = "split"
 
 
 @dataclass(frozen=True)
-class SplitOptions:
+class SplitOptions(Checked):
     """What `kcomp split` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
 
     folds: int = option(Int(2), 5)
@@ -39,9 +39,6 @@ class SplitOptions:
     seed: int = option(SEED, 42)
     label_col: str | None = option(Text())  # None: label / labels, whichever the index has
     group_col: str | None = option(Text())
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 def _is_listlike(value: object) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import WEIGHT, Choice, Float, check_fields, check_values, lazy, option, parse_weights, specs
+from kcomp.options import WEIGHT, Choice, Float, Weighted, check_values, lazy, option, specs
 
 METHODS = ("mean", "rank", "geometric", "power")
 GEOMETRIC_EPS = 1e-7
@@ -20,7 +20,7 @@ POWER = 2.0  # --method power's default exponent
 
 
 @dataclass(frozen=True)
-class EnsembleOptions:
+class EnsembleOptions(Weighted):
     """What `kcomp ensemble` was asked, checked on creation (each field with its Spec, as `TrainOptions`).
     `weights` holds one number per input file, parsed once from `--weights 1,2` by `from_cli`; `power` is None
     when not given (it applies to --method power only) and `exponent` the one blending uses."""
@@ -30,15 +30,6 @@ class EnsembleOptions:
     # p**64 already underflows float64 for p < 1e-5: larger powers zero whole rows
     power: float | None = option(Float(0, 64, low_open=True, default=POWER,
                                        needs=("--method power", lambda v: v["method"] == "power")))
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-    @classmethod
-    def from_cli(cls, *, weights: str | None, inputs: int, **values: object) -> EnsembleOptions:
-        """The options as typed on the command line (`weights` as text, for `inputs` files): every plain value is
-        checked first, then the weights are parsed."""
-        return replace(cls(**values), weights=parse_weights(weights, inputs))
 
     @property
     def exponent(self) -> float:

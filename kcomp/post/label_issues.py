@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import Choice, check_fields, lazy, option
+from kcomp.options import Checked, Choice, lazy, option
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -28,16 +28,13 @@ QUALITY = ("self_confidence", "normalized_margin", "confidence_weighted_entropy"
 
 
 @dataclass(frozen=True)
-class CleanOptions:
+class CleanOptions(Checked):
     """What `kcomp clean` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
 
     filter_by: str = option(Choice(lazy("kcomp.post.label_issues", "FILTERS"), what="cleanlab filter"),
                             "prune_by_noise_rate")
     quality: str = option(Choice(lazy("kcomp.post.label_issues", "QUALITY"), what="label quality score"),
                           "self_confidence")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 def find_issues(preds: Predictions, *, filter_by: str = "prune_by_noise_rate",

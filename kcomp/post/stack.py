@@ -13,22 +13,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import SEED, Choice, Int, Text, check_fields, check_values, lazy, option, specs
+from kcomp.options import SEED, Checked, Choice, Int, Text, check_values, lazy, option, specs
 
 MODELS = ("logreg", "mlp", "gbm")
 
 
 @dataclass(frozen=True)
-class StackOptions:
+class StackOptions(Checked):
     """What `kcomp stack` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
 
     model: str = option(Choice(lazy("kcomp.post.stack", "MODELS"), what="stacking model"), "logreg")
     folds: int = option(Int(2), 5)  # CV folds of the level-2 score
     seed: int = option(SEED, 42)
     oof_output: str | None = option(Text())  # where the level-2 OOF predictions go, if anywhere
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 STACK = specs(StackOptions)  # what `kcomp stack` accepts; stack() holds its callers to the same values

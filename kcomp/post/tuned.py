@@ -9,13 +9,13 @@ from typing import Any
 
 from kcomp import console
 from kcomp.errors import BadInput
-from kcomp.options import MIN_SIZE, THRESHOLD, Int, check_fields, option, parse_list
+from kcomp.options import MIN_SIZE, THRESHOLD, Checked, Int, check_fields, option, parse_list
 
 SEG, INK = ("seg",), ("ink",)
 
 
 @dataclass(frozen=True)
-class TuneOptions:
+class TuneOptions(Checked):
     """What `kcomp tune-threshold` was asked, checked on creation (each field with its Spec, as `TrainOptions`).
     The seg grids are tuples of candidates, parsed once from `--thresholds 0.3,0.5` by `from_cli`; each option
     applies to one task (`check_task`, once the OOF file says which); unset, the task's tuner uses its own grid."""
@@ -24,9 +24,6 @@ class TuneOptions:
     thresholds: tuple[float, ...] | None = option(replace(THRESHOLD, repeated=True, only=SEG))
     min_sizes: tuple[int, ...] | None = option(replace(MIN_SIZE, repeated=True, only=SEG))
     tops: tuple[float, ...] | None = option(replace(THRESHOLD, repeated=True, only=SEG))
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
     @classmethod
     def from_cli(cls, downscale: int | None, thresholds: str | None, min_sizes: str | None,

@@ -16,7 +16,7 @@ import numpy as np
 
 from kcomp.artifacts.boxes import Boxes
 from kcomp.errors import BadUsage
-from kcomp.options import WEIGHT, Choice, Float, check_fields, check_values, lazy, option, parse_weights, specs
+from kcomp.options import WEIGHT, Choice, Float, Weighted, check_values, lazy, option, specs
 
 METHODS = ("wbf", "nms", "soft_nms")
 CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
@@ -25,7 +25,7 @@ SKIP_BOX_THR = 0.01  # wbf's default: boxes scoring below are dropped before fus
 
 
 @dataclass(frozen=True)
-class WbfOptions:
+class WbfOptions(Weighted):
     """What `kcomp wbf` was asked, checked on creation (each field with its Spec, as `TrainOptions`). `weights`
     holds one number per input file, parsed once from `--weights 1,2` by `from_cli`; `skip_box_thr` is None when
     not given (it applies to wbf and soft_nms only) and `box_thr` the threshold fusion uses."""
@@ -36,15 +36,6 @@ class WbfOptions:
     weights: tuple[float, ...] | None = option(replace(WEIGHT, repeated=True))
     method: str = option(Choice(lazy("kcomp.post.wbf", "METHODS"), what="fusion method"), "wbf")
     conf_type: str = option(Choice(lazy("kcomp.post.wbf", "CONF_TYPES"), what="confidence type"), "avg")
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-
-    @classmethod
-    def from_cli(cls, *, weights: str | None, inputs: int, **values: object) -> WbfOptions:
-        """The options as typed on the command line (`weights` as text, for `inputs` files): every plain value is
-        checked first, then the weights are parsed."""
-        return replace(cls(**values), weights=parse_weights(weights, inputs))
 
     @property
     def box_thr(self) -> float:

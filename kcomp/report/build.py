@@ -7,20 +7,17 @@ from pathlib import Path
 
 from kcomp.artifacts._input import regular_file
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import Int, check_fields, option
+from kcomp.options import Checked, Int, option
 from kcomp.report import _plot
 from kcomp.report.section import Section
 
 
 @dataclass(frozen=True)
-class ReportOptions:
+class ReportOptions(Checked):
     """What `kcomp report` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
 
     previews: int = option(Int(0), 4)  # overlay previews per predictions file
     worst: int = option(Int(0), 8)  # gallery of the worst OOF rows per OOF file (0 = none)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 def kind_of(path: Path) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import Int, Text, check_fields, option
+from kcomp.options import Checked, Int, Text, option
 
 if TYPE_CHECKING:
     import numpy as np
@@ -31,16 +31,13 @@ PREVIEWS = 8  # ids drawn by default
 
 
 @dataclass(frozen=True)
-class PreviewOptions:
+class PreviewOptions(Checked):
     """`kcomp tta --preview DIR --preview-count N`, checked on creation (each field with its Spec, as
     `TrainOptions`); `preview_count` is None when not given (it applies with --preview only) and `count` the ids
     drawn."""
 
     preview: str | None = option(Text())
     preview_count: int | None = option(Int(1, default=PREVIEWS, needs=("--preview DIR", lambda v: bool(v["preview"]))))
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
     @property
     def count(self) -> int:

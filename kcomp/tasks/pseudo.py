@@ -21,7 +21,7 @@ import numpy as np
 
 from kcomp import options
 from kcomp.errors import BadInput, BadUsage
-from kcomp.options import Flag, Float, Text, check_fields, option
+from kcomp.options import Checked, Flag, Float, Text, option
 
 if TYPE_CHECKING:
 
@@ -32,7 +32,7 @@ TASKS = ("cls", "seg", "det", "ink")
 
 
 @dataclass(frozen=True)
-class PseudoOptions:
+class PseudoOptions(Checked):
     """What `kcomp pseudo` was asked, checked on creation (each field with its Spec, as `TrainOptions`)."""
 
     min_conf: float = option(Float(0, 1), 0.0)  # keep rows at least this confident
@@ -40,9 +40,6 @@ class PseudoOptions:
     soft: bool = option(Flag(), False)  # cls: also store the class probabilities
     thresholds: str | None = option(Text())  # seg/ink: THRESHOLDS.json (default: 0.5, no post-processing)
     min_score: float = option(Float(0, 1), 0.5)  # det: boxes scoring at least this become labels
-
-    def __post_init__(self) -> None:
-        check_fields(self)
 
 
 def make_pseudo(pred_paths: list[str], output: str, opts: PseudoOptions | None = None,
