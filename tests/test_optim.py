@@ -332,3 +332,15 @@ def test_a_last_pt_from_before_timms_optimizer_and_schedule_resumes():
     assert all(torch.equal(opt.state[p]["exp_avg"], old.state[p]["exp_avg"]) for p in net.parameters())
     fresh = build_optimizer(net, opts)
     assert _lrs(opt, sched, 50)[1:] == _lrs(fresh, build_scheduler(fresh, opts, steps_per_epoch=5), 50)[1:]
+
+
+def test_a_last_pt_whose_groups_differ_is_refused_naming_it(tmp_path):
+    """An optimizer state grouped otherwise than these options group the model now: one line naming last.pt."""
+    from kcomp.errors import ConfigMismatch
+    from kcomp.runs._fold import load_optimizer
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    old = torch.optim.AdamW([{"params": list(net.parameters())}])  # one group where kcomp builds two
+    last = tmp_path / "fold0" / "last.pt"
+    with pytest.raises(ConfigMismatch, match=r"fold0/last.pt: its optimizer state does not fit"):
+        load_optimizer(build_optimizer(net, _opts()), old.state_dict(), last)

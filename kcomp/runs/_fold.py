@@ -280,12 +280,23 @@ def resume(f: Fold, asked: bool) -> Position:
         raise BadUsage(f"fold {f.fold}: {last} was trained by {trained_by} process(es), this run has {f.world}; "
                        f"the global batch would change mid-run: resume with the same --gpus/--nodes")
     f.model.load_state_dict(ck["model"])
-    f.optimizer.load_state_dict(ck["optimizer"])
+    load_optimizer(f.optimizer, ck["optimizer"], last)
     load_scheduler(f.scheduler, ck["scheduler"])
     load_scaler(f.scaler, ck["scaler"])
     if f.ema is not None:
         f.ema.module.load_state_dict(ck["ema"])
     return Position.from_checkpoint(ck, f.device, f.world)
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, state: dict[str, Any], last: Path) -> None:
+    """A last.pt whose parameter groups differ from what the same options build now (a ViT run saved before its
+    `no_weight_decay()` parameters got their own group) is refused naming the file, not a torch traceback."""
+    try:
+        optimizer.load_state_dict(state)
+    except ValueError as e:
+        raise ConfigMismatch(f"{last}: its optimizer state does not fit the optimizer these options build now "
+                             f"({e}); start the fold over (delete {last.parent}) or finish it with the kcomp "
+                             f"version that wrote it") from None
 
 
 def load_scaler(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
