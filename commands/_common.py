@@ -130,4 +130,3 @@ def _fail(e: BaseException | None, code: int, prefix: str = "error") -> None:
     if prefix.startswith("internal error") and not STATE["debug"]:  # a KcompError's line says all there is
         sys.stderr.write("kcomp: re-run with --debug for the traceback\n")
     raise SystemExit(code)
-

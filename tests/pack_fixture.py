@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 # the guard a notebook with internet off amounts to: any connection attempt fails at once
-SOCKET_GUARD = '''\
+SOCKET_GUARD = """\
 import socket
 
 
@@ -26,7 +26,7 @@ def _offline(*args, **kwargs):
 
 socket.socket.connect = socket.socket.connect_ex = _offline
 socket.create_connection = _offline
-'''
+"""
 
 
 def _canonical(name: str) -> str:

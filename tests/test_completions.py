@@ -166,7 +166,7 @@ def test_fish_script_in_fish() -> None:
 def test_zsh_script_in_zsh_autoloaded_and_sourced() -> None:
     # Completion widgets need a terminal; stub the two completion-system calls the script makes and call it the
     # ways zsh does: autoloaded from $fpath on the first Tab (must complete at once), and after `source`.
-    stubs = "compdef() { print -r -- \"compdef $*\" }; _arguments() { print -r -- \"args $*\" }"
+    stubs = 'compdef() { print -r -- "compdef $*" }; _arguments() { print -r -- "args $*" }'
     autoload = f"""{stubs}
         fpath=({COMPLETIONS} $fpath); autoload -Uz _kcomp
         words=(kcomp pr); CURRENT=2; _kcomp

@@ -233,8 +233,6 @@ def test_fast_wbf_property(lists, conf_type, iou_thr, skip, weighted):
                         conf_type=conf_type))
 
 
-
-
 # --- NMS and soft-NMS kernels against ensemble-boxes --------------------------------------------------------------
 
 

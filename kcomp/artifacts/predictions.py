@@ -413,4 +413,3 @@ def pair_by_runs(oofs: list[Predictions], tests: list[Predictions]) -> tuple[lis
         if all(tuple(o.meta.get("runs") or ()) in by_runs for o in oofs):
             return oofs, [by_runs[tuple(o.meta["runs"])] for o in oofs]
     return oofs, tests
-

@@ -69,7 +69,7 @@ def _classes(path: Path, n: int) -> list[str]:
         mapping: dict[str, Any] = json.loads(path.read_text())
         names = [str(mapping[str(i)]) for i in range(max(n, len(mapping)))]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise BadInput(f"expected {{\"0\": name, ...}} for every label: {e}", path=path) from None
+        raise BadInput(f'expected {{"0": name, ...}} for every label: {e}', path=path) from None
     return names
 
 

@@ -167,4 +167,3 @@ def parse_siim_boxes(cell: Any, *, where: str = "") -> list[dict[str, float]]:
                 raise BadInput(f"{at}boxes item {k}: {key} = {box[key]!r} must be > 0")
         boxes.append(out)
     return boxes
-

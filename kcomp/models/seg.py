@@ -137,4 +137,3 @@ def load_encoder_weights(encoder: nn.Module, path: str | Path, *, partial: bool 
         except BadInput:
             raise first from None
         return len(holder.state_dict()) - len(missing)
-

@@ -59,7 +59,7 @@ def notebook(blocks: list[Block], paths: Paths, package_id: str, header: str) ->
 
 def _env_cell(paths: Paths, package_id: str) -> str:
     offline = ", ".join(f"{k}={v!r}" for k, v in OFFLINE.items())
-    return f'''\
+    return f"""\
 # Where the package is (found by its id among the attached datasets), the competition's data, the outputs.
 import glob, json, os
 
@@ -85,4 +85,4 @@ os.environ.update(dict({offline}))
 os.makedirs(os.environ["WORK"], exist_ok=True)
 os.makedirs(os.path.dirname(os.environ["OUT"]) or ".", exist_ok=True)
 print({{k: os.environ[k] for k in ("PKG", "INPUT", "WORK", "OUT")}})
-'''
+"""

@@ -37,6 +37,7 @@ class TuneOptions(Checked):
         """Refuse a given option that does not apply to the OOF predictions' task."""
         check_fields(self, context=("task", task))
 
+
 SEG_DEFAULTS = {"threshold": 0.5, "min_size": 0, "top": 0.0}
 INK_DEFAULT_THRESHOLD = 0.5
 _LOGGED: set[str] = set()

@@ -27,9 +27,9 @@ def write_page(sections: list[Section], out_dir: Path, title: str = "kcomp repor
     from kcomp import __version__
     from kcomp.artifacts import atomic_write_bytes
 
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{_e(title)}</title>\n"
+    parts = [f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{_e(title)}</title>\n'
              f"<style>{STYLE}</style>\n</head>\n<body>\n<h1>{_e(title)}</h1>\n"
-             f"<p class=\"source\">kcomp {_e(__version__)}</p>\n"]
+             f'<p class="source">kcomp {_e(__version__)}</p>\n']
     for i, s in enumerate(sections):
         parts.append(_section(s, i))
     parts.append("</body>\n</html>\n")
@@ -39,9 +39,9 @@ def write_page(sections: list[Section], out_dir: Path, title: str = "kcomp repor
 
 
 def _section(s: Section, i: int) -> str:
-    out = [f"<section id=\"s{i}\">\n<h2>{_e(s.title)}</h2>\n<p class=\"source\">{_e(s.source)}</p>\n"]
+    out = [f'<section id="s{i}">\n<h2>{_e(s.title)}</h2>\n<p class="source">{_e(s.source)}</p>\n']
     if s.facts:
-        out.append("<table>\n" + "".join(f"<tr><th class=\"key\">{_e(k)}</th><td class=\"key\">{_e(_fmt(v))}</td>"
+        out.append("<table>\n" + "".join(f'<tr><th class="key">{_e(k)}</th><td class="key">{_e(_fmt(v))}</td>'
                                           "</tr>\n" for k, v in s.facts.items()) + "</table>\n")
     if s.rows:
         cols = list(dict.fromkeys(k for r in s.rows for k in r))
@@ -50,12 +50,12 @@ def _section(s: Section, i: int) -> str:
             out.append("<tr>" + "".join(f"<td>{_e(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>\n")
         out.append("</table>\n")
     for n in s.notes:
-        out.append(f"<p class=\"note\">{_e(n)}</p>\n")
+        out.append(f'<p class="note">{_e(n)}</p>\n')
     if s.images:
-        out.append("<div class=\"figures\">\n")
+        out.append('<div class="figures">\n')
         for im in s.images:
-            out.append(f"<figure><a href=\"{_e(im.path)}\"><img src=\"{_e(im.path)}\" alt=\"{_e(im.caption)}\" "
-                       f"loading=\"lazy\"></a><figcaption>{_e(im.caption)}</figcaption></figure>\n")
+            out.append(f'<figure><a href="{_e(im.path)}"><img src="{_e(im.path)}" alt="{_e(im.caption)}" '
+                       f'loading="lazy"></a><figcaption>{_e(im.caption)}</figcaption></figure>\n')
         out.append("</div>\n")
     out.append("</section>\n")
     return "".join(out)

@@ -203,6 +203,7 @@ def _det(preds: Predictions, out_dir: Path, prefix: str, section: Section, n: in
                                    f", score >= {BOX_MIN_SCORE})")
         section.images.append(Image(f"{sub.name}/{path.name}", f"{rid}: {what} boxes"))
 
+
 def _draw_boxes(image: Path, boxes: Boxes, truth: Any, height: int, width: int, classes: list[str]) -> np.ndarray:
     """The image (possibly a smaller cached copy) with one image's predicted `boxes` and its true boxes (index
     records), both in ORIGINAL pixels (height x width), scaled onto it, then the whole scaled to at most BOX_SIDE

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from kcomp.artifacts.index import IndexTable
     from kcomp.artifacts.predictions import Predictions
 
+
 def decision_certainty(values: np.ndarray, threshold: float) -> np.ndarray:
     """|p - t| / (1 - t) above the threshold t, (t - p) / t below it: 0 at t, 1 at 0 or 1."""
     v = np.asarray(values, np.float64)
@@ -33,8 +34,6 @@ def map_confidence(prob: np.ndarray, threshold: float, inside: np.ndarray | None
     counts = counts * (p >= threshold / 2)
     total = counts.sum()
     return 1.0 if total == 0 else float((counts * decision_certainty(p, threshold)).sum() / total)
-
-
 
 
 def index_rows(table: IndexTable, preds: Predictions, picked: np.ndarray) -> pd.DataFrame:
