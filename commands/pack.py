@@ -23,7 +23,7 @@ def command(
     output: Annotated[str | None, Opt("-o", "--output", help="Package directory (new, empty, or a package).")] = None,
     verify: Annotated[str | None, Opt(help="Check package PKG against its MANIFEST.json instead.")] = None,
     base: Annotated[str | None, Deps(help="What the notebook image has (requirements-style) [default: the shipped "
-                                         "Kaggle GPU image snapshot].")] = None,
+                                          "Kaggle GPU image snapshot].")] = None,
     find_links: Annotated[list[str] | None, Deps(help="Also look for dependency wheels here (repeatable).")] = None,
     no_index: Annotated[bool, Deps("--no-index", help="Dependency wheels only from --find-links.")] = False,
     python_version: Annotated[str | None, Deps(help="Notebook's Python (e.g. 3.12) when not this one's: binary "

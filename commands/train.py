@@ -34,19 +34,19 @@ def command(
     weight_decay: Annotated[float | None, Optim(help="Default 0.05 (not on norms/biases).")] = None,
     warmup_epochs: Annotated[float | None, Optim(help="Linear warmup length in epochs. Default 1.")] = None,
     opt: Annotated[str | None, Optim(help="Optimizer, any of timm's: adamw, sgd (Nesterov), lamb, lion, adan, adamp..."
-                                        " Default adamw.")] = None,
+                                          " Default adamw.")] = None,
     momentum: Annotated[float | None, Optim(help="Momentum of sgd and other momentum optimizers. Default 0.9.")] = None,
     sched: Annotated[str | None, Optim(help="LR schedule after warmup, per step: cosine | tanh | step | wsd | constant "
-                                          "| plateau (on the validation metric) | onecycle. Default cosine.")] = None,
+                                            "| plateau (on the validation metric) | onecycle. Default cosine.")] = None,
     decay_epochs: Annotated[float | None, Optim(help="step: decay every N epochs (default: a third of the run); wsd: "
-                                                   "decay phase length (default: its last 20%).")] = None,
+                                                     "decay phase length (default: its last 20%).")] = None,
     decay_rate: Annotated[float | None, Optim(help="step, plateau: LR factor per decay. Default 0.1.")] = None,
     plateau_patience: Annotated[int | None, Optim(help="plateau: epochs without improvement before a decay. "
-                                                     "Default 2.")] = None,
+                                                       "Default 2.")] = None,
     layer_decay: Annotated[float | None, Optim(help="Layer-wise LR decay (timm's groups): layer k of n trains at "
-                                                  "lr x X^(n-1-k); the head at lr.")] = None,
+                                                    "lr x X^(n-1-k); the head at lr.")] = None,
     sam: Annotated[bool, Optim("--sam", help="Sharpness-aware minimisation around --opt (two passes per step; "
-                                           "bf16/fp32).")] = False,
+                                             "bf16/fp32).")] = False,
     sam_rho: Annotated[float | None, Optim(help="SAM neighbourhood radius. Default 0.05.")] = None,
     clip_grad: Annotated[float | None, Optim(help="Clip gradients (after unscaling) at this value.")] = None,
     clip_mode: Annotated[str | None, Optim(help="norm (total L2 norm) | value | agc. Default norm.")] = None,
@@ -94,17 +94,17 @@ def command(
                                               "(faster convolutions on CUDA). Default on.")] = None,
     sync_bn: Annotated[bool, Dev("--sync-bn", help="DDP: BatchNorm statistics over the global batch (CUDA).")] = False,
     drop: Annotated[str | None, Loop(help="Label issues from `kcomp clean`: leave those rows out of training (cls; "
-                                         "validation rows never change).")] = None,
+                                          "validation rows never change).")] = None,
     relabel: Annotated[str | None, Loop(help="Label issues from `kcomp clean`: train those rows on the suggested "
-                                            "label (cls).")] = None,
+                                             "label (cls).")] = None,
     extra: Annotated[list[str] | None, Loop(help="Pseudo-labelled rows from `kcomp pseudo`, added to every fold's "
-                                                "training rows and never validated (repeatable).")] = None,
+                                                 "training rows and never validated (repeatable).")] = None,
     teacher: Annotated[str | None, Loop(help="cls OOF predictions (`kcomp oof`) to distil from: soft targets beside "
-                                            "the labels, mixed by --distill-alpha.")] = None,
+                                             "the labels, mixed by --distill-alpha.")] = None,
     distill_alpha: Annotated[float | None, Loop(help="The teacher's share of the loss, 0..1 (1: cross-entropy to its "
-                                                    "probabilities only).")] = None,
+                                                     "probabilities only).")] = None,
     distill_temperature: Annotated[float | None, Loop(help="Softens teacher and student alike (loss x T^2). "
-                                                          "Default 1.")] = None,
+                                                           "Default 1.")] = None,
     freeze_bn: Annotated[bool, Optim("--freeze-bn", help="BatchNorm layers in eval mode with their statistics "
                                                          "and affine parameters kept as they start (small "
                                                          "batches).")] = False,
@@ -113,14 +113,14 @@ def command(
                                                     "nets); the backbone and its BatchNorm statistics stay as they "
                                                     "are. Default 0.")] = None,
     patience: Annotated[int | None, Optim(help="Stop a fold after N epochs without a better validation score "
-                                             "(0 = off, the default).")] = None,
+                                               "(0 = off, the default).")] = None,
     class_weights: Annotated[str | None, Cls(help="balanced: cross-entropy weighs each class n/(k x its count) in "
                                                   "the fold's training rows (--loss ce).")] = None,
     sampler: Annotated[str | None, Cls(help="balanced: draw training rows with replacement, every class equally "
                                             "often (default: each row once per epoch).")] = None,
     grad_checkpointing: Annotated[bool, Optim("--grad-checkpointing", help="Recompute activations in the backward "
-                                                                         "pass: less memory, slower (timm models, "
-                                                                         "seg tu- encoders).")] = False,
+                                                                           "pass: less memory, slower (timm models, "
+                                                                           "seg tu- encoders).")] = False,
     device: Device = "auto",
     workers: Workers = None,
     compile_model: Annotated[bool, Dev("--compile", help="torch.compile the model.")] = False,
