@@ -26,10 +26,10 @@ from kcomp.data.balance import train_sampler
 from kcomp.data.datasets import SeededSampler
 from kcomp.errors import BadUsage, ConfigMismatch
 from kcomp.infer.predict import loader_workers
+from kcomp.models.optim import build_optimizer, build_scheduler, check_precision, load_scheduler
 from kcomp.runs import config as config_mod
 from kcomp.runs import freeze, stopping
 from kcomp.runs._data import DataChanges
-from kcomp.models.optim import build_optimizer, build_scheduler, check_precision, load_scheduler
 from kcomp.runtime import distributed
 from kcomp.runtime.device import (amp_dtype, configure_backends, resolve_device, resolve_workers, rng_state,
                                   seed_everything, set_rng_state)
@@ -274,8 +274,7 @@ def resume(f: Fold, asked: bool) -> Position:
     ck = load_checkpoint(last, task=f.task.name)
     config_mod.require_same(ck["config"], f.config, str(last))
     trained_by = int(ck["position"].get("world_size", 1))
-    done = ck["position"]["epoch"] >= f.opts.epochs or stopping.exhausted(
-        ck["position"]["epoch"], ck["position"]["best_epoch"], f.opts.patience)  # a fold --patience stopped
+    done = stopping.finished(f.opts, ck["position"]["epoch"], ck["position"]["best_epoch"])
     if trained_by != f.world and not done:
         raise BadUsage(f"fold {f.fold}: {last} was trained by {trained_by} process(es), this run has {f.world}; "
                        f"the global batch would change mid-run: resume with the same --gpus/--nodes")

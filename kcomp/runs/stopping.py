@@ -19,6 +19,11 @@ def exhausted(epochs_done: int, best_epoch: int, patience: int) -> bool:
     return patience > 0 and best_epoch >= 1 and epochs_done - best_epoch >= patience
 
 
+def finished(opts: TrainOptions, epochs_done: int, best_epoch: int) -> bool:
+    """Whether a fold is done: `--epochs` trained, or stopped early by `--patience`."""
+    return epochs_done >= opts.epochs or exhausted(epochs_done, best_epoch, opts.patience)
+
+
 def stopped(opts: TrainOptions, pos: Position) -> bool:
     """Whether the fold at `pos` has stopped early (before `opts.epochs`)."""
     return pos.epoch < opts.epochs and exhausted(pos.epoch, pos.best_epoch, opts.patience)

@@ -21,9 +21,9 @@ from kcomp.artifacts import paths, read_index, write_table
 from kcomp.artifacts.index import IndexTable
 from kcomp.errors import BadInput, BadUsage, Interrupted
 from kcomp.infer.predict import predict_loader
+from kcomp.models.optim import clip_gradients
 from kcomp.runs import config, freeze, stopping, tensorboard
 from kcomp.runs._data import DataChanges
-from kcomp.models.optim import clip_gradients
 from kcomp.runs._fold import Fold, Position, build_fold, check_run_config, resume, save_best, save_last, stop_requests
 from kcomp.runtime import distributed
 from kcomp.runtime.device import amp_dtype, describe, out_of_memory_as_error, resolve_device, step_generator, to_device
@@ -80,7 +80,7 @@ def train_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str
     """Train one fold to `opts.epochs`, from its last.pt when there is one."""
     f = build_fold(opts, table, task, setup, run, fold, changes)
     pos = resume(f, resume_asked)
-    if pos.epoch >= opts.epochs or stopping.stopped(opts, pos):
+    if stopping.finished(opts, pos.epoch, pos.best_epoch):
         if not paths.best_checkpoint(run, fold).is_file():
             raise BadInput(f"fold {fold} finished training but its best.pt is gone; delete the fold directory "
                            f"to train it again", path=paths.fold_dir(run, fold))
@@ -89,7 +89,7 @@ def train_fold(opts: TrainOptions, table: IndexTable, task: Any, setup: dict[str
     paths.train_log(run, fold).parent.mkdir(parents=True, exist_ok=True)
     bs = opts.batch_size
     with stop_requests() as stop, console.progress(f.batches * bs, f"fold {fold}") as bar:
-        while pos.epoch < opts.epochs and not stopping.stopped(opts, pos):
+        while not stopping.finished(opts, pos.epoch, pos.best_epoch):
             f.sampler.set_epoch(pos.epoch, start=pos.batch * bs)
             bar.reset(f.batches * bs, f"fold {fold} epoch {pos.epoch + 1}/{opts.epochs}")
             bar.advance(pos.batch * bs)
